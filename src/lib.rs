@@ -1,0 +1,1 @@
+//! papersys: keeps sentence embeddings of arXiv metadata complete, correct and up to date.
