@@ -9,10 +9,12 @@
 mod batch;
 mod error;
 mod identity;
+mod secret;
 
 pub use batch::{BatchingHint, Embeddings, PreparedBatch, TokenBatch};
 pub use error::EmbedError;
 pub use identity::{IdentityMismatch, ModelIdentity, Pooling};
+pub use secret::Secret;
 
 /// A model that turns prepared texts into fixed-length `f32` vectors.
 ///
