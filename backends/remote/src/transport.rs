@@ -142,8 +142,8 @@ fn exchange_inner(
         404 => (
             FailureKind::Fatal,
             format!(
-                "HTTP 404 for /v1/embeddings: is this an OpenAI-compatible embedding server, and does it serve \
-                 model {:?}? ({detail})",
+                "HTTP 404 for /v1/embeddings: is this an OpenAI-compatible embedding server serving model {:?}? \
+                 (Infinity needs `--url-prefix /v1`) ({detail})",
                 call.model
             ),
         ),
