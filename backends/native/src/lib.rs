@@ -1,1 +1,468 @@
-//! Placeholder: being built.
+//! papersys' native embedding engine: sentence-transformers models run in
+//! this process, with no Python and no server.
+//!
+//! [`NativeEmbedder::load`] finds the model ([`resolve_model`]: `model_path`,
+//! the Hugging Face cache, the hub), reads the sentence-transformers files
+//! (pooling, normalisation, `max_seq_length`, prompts) and builds the CPU
+//! engine: a hand-written BERT / XLM-RoBERTa forward pass on packed batches
+//! over the `gemm` crate, with fused vectorised softmax, GELU and LayerNorm.
+//! GPU builds (`cuda` feature) run a candle engine instead.
+
+mod config;
+mod loader;
+mod models;
+mod pooling;
+mod tokenize;
+mod weights;
+
+#[cfg(feature = "candle")]
+mod candle_engine;
+
+pub mod kernels;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use papersys_backend_core::{BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, Pooling, PreparedBatch, TokenBatch};
+use sha2::{Digest, Sha256};
+
+pub use config::{SentenceConfig, TransformerConfig};
+pub use loader::{ModelFiles, ModelSource, hf_hub_cache_dir, resolve_model};
+pub use models::SUPPORTED_MODEL_TYPES;
+
+use models::encoder::{Encoder, Scratch};
+use tokenize::TextTokenizer;
+use weights::WeightsFile;
+
+/// The model papersys uses when none is configured.
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// How to find and run a model: the native part of a model table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NativeOptions {
+    /// Hub model id (`sentence-transformers/all-MiniLM-L6-v2`), also the
+    /// recorded model name.
+    pub name: String,
+    /// A local model directory, tried before the Hugging Face cache.
+    pub model_path: Option<PathBuf>,
+    /// Truncation limit in tokens; the effective one is the smallest of
+    /// this, the model's `max_seq_length` and its position table.
+    pub max_length: Option<usize>,
+    /// Texts per batch the pipeline should send.
+    pub batch_size: usize,
+    /// `""` or `"cpu"`; `"cuda"` / `"cuda:N"` in builds with the `cuda` feature.
+    pub device: String,
+    /// `"auto"`, `"float32"` or `"float16"` (f16 only on CUDA; the CPU
+    /// computes in f32).
+    pub precision: String,
+    /// Worker threads; `None` uses every core.
+    pub threads: Option<usize>,
+    /// Text put before every document; `None` takes the model's own document
+    /// prompt from `config_sentence_transformers.json` (E5 needs `passage: `).
+    pub document_prefix: Option<String>,
+    /// The vector length the model table declares (`dimension`), checked
+    /// against the model's.
+    pub expected_dimension: Option<usize>,
+}
+
+impl Default for NativeOptions {
+    fn default() -> Self {
+        NativeOptions {
+            name: DEFAULT_MODEL.into(),
+            model_path: None,
+            max_length: None,
+            batch_size: 32,
+            device: String::new(),
+            precision: "auto".into(),
+            threads: None,
+            document_prefix: None,
+            expected_dimension: None,
+        }
+    }
+}
+
+/// Where the forward pass runs, parsed from [`NativeOptions::device`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    /// The native CPU engine.
+    Cpu,
+    /// A CUDA GPU (ordinal), through the candle engine.
+    Cuda(usize),
+}
+
+impl Device {
+    /// Parses a device string; `cuda` in a build without the `cuda` feature
+    /// is an error that says how to build one with it.
+    pub fn parse(device: &str) -> Result<Self, EmbedError> {
+        let d = device.trim().to_ascii_lowercase();
+        let parsed = match d.as_str() {
+            "" | "cpu" => Device::Cpu,
+            "cuda" | "gpu" => Device::Cuda(0),
+            other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(ordinal) => Device::Cuda(ordinal),
+                None => {
+                    return Err(EmbedError::Unsupported(format!(
+                        "device {device:?} is not supported (supported: \"cpu\", \"cuda\", \"cuda:N\")"
+                    )));
+                }
+            },
+        };
+        if matches!(parsed, Device::Cuda(_)) && !cfg!(feature = "cuda") {
+            return Err(EmbedError::Unsupported(format!(
+                "device {device:?} needs a GPU build, but this papersys was built without the `cuda` \
+                 cargo feature of papersys-backend-native; rebuild on a machine with the CUDA toolkit \
+                 with that feature enabled (cargo build --release --features papersys-backend-native/cuda), \
+                 or set device = \"cpu\""
+            )));
+        }
+        Ok(parsed)
+    }
+}
+
+/// Numeric precision of the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 everywhere.
+    F32,
+    /// f16 weights and activations (CUDA only); vectors are still stored as f32.
+    F16,
+}
+
+fn parse_precision(precision: &str, device: Device) -> Result<Precision, EmbedError> {
+    let wanted = match precision.trim().to_ascii_lowercase().as_str() {
+        "" | "auto" => None,
+        "float32" | "fp32" | "f32" => Some(Precision::F32),
+        "float16" | "fp16" | "f16" | "half" => Some(Precision::F16),
+        other => {
+            return Err(EmbedError::Unsupported(format!(
+                "precision {other:?} is not supported (supported: \"auto\", \"float32\", \"float16\")"
+            )));
+        }
+    };
+    Ok(match (device, wanted) {
+        (Device::Cpu, Some(Precision::F16)) => {
+            tracing::info!("precision float16 requested: the CPU engine computes in float32");
+            Precision::F32
+        }
+        (Device::Cpu, _) => Precision::F32,
+        (Device::Cuda(_), None) => Precision::F16,
+        (Device::Cuda(_), Some(p)) => p,
+    })
+}
+
+/// Everything read from a model directory before the weights are run.
+struct ModelSetup {
+    files: ModelFiles,
+    transformer: TransformerConfig,
+    sentence: SentenceConfig,
+    tokenizer: TextTokenizer,
+    max_tokens: usize,
+}
+
+/// Reads configs and tokenizer of the located model and works out the
+/// effective truncation and document prefix.
+fn setup(opts: &NativeOptions, usable_positions: impl Fn(&TransformerConfig) -> Result<usize, EmbedError>) -> Result<ModelSetup, EmbedError> {
+    let files = resolve_model(opts)?;
+    let sentence = config::read_sentence_config(&files.dir)?;
+    let transformer = config::read_transformer_config(&files.dir.join(&sentence.transformer_path))?;
+    if let Some(expected) = opts.expected_dimension
+        && expected != transformer.hidden_size
+    {
+        return Err(EmbedError::Load(format!(
+            "model {} makes vectors of dimension {}, but the model table's `dimension` says {expected}; \
+             set dimension = {} (or pick the model that has {expected})",
+            opts.name, transformer.hidden_size, transformer.hidden_size
+        )));
+    }
+    let positions = usable_positions(&transformer)?;
+    // sentence-transformers' own default when max_seq_length is absent.
+    #[derive(serde::Deserialize)]
+    struct TokenizerConfig {
+        model_max_length: Option<f64>,
+    }
+    let st_limit = match sentence.max_seq_length {
+        Some(n) => n,
+        None => {
+            let tc: Option<TokenizerConfig> = config::read_json(&files.dir.join("tokenizer_config.json"))?;
+            let model_max = tc.and_then(|t| t.model_max_length).filter(|v| *v >= 1.0 && *v < 1e9);
+            model_max.map_or(transformer.max_position_embeddings, |m| (m as usize).min(transformer.max_position_embeddings))
+        }
+    };
+    let max_tokens = [Some(st_limit), Some(positions), opts.max_length.filter(|&n| n > 0)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(positions);
+    if max_tokens < 2 {
+        return Err(EmbedError::Load(format!("max_length {max_tokens} leaves no room for text")));
+    }
+    let prefix = effective_document_prefix(opts, &sentence);
+    let tokenizer_path = files.dir.join(&sentence.transformer_path).join("tokenizer.json");
+    if !tokenizer_path.is_file() {
+        return Err(EmbedError::Load(format!("{} is missing", tokenizer_path.display())));
+    }
+    let tokenizer = TextTokenizer::load(&tokenizer_path, max_tokens, prefix, sentence.lowercase)?;
+    Ok(ModelSetup {
+        files,
+        transformer,
+        sentence,
+        tokenizer,
+        max_tokens,
+    })
+}
+
+/// The prefix put before every document: the model table's
+/// `document_prefix` when set (even to `""`), else the model's own document
+/// prompt from `config_sentence_transformers.json`.
+pub fn effective_document_prefix(opts: &NativeOptions, sentence: &SentenceConfig) -> String {
+    opts.document_prefix
+        .clone()
+        .or_else(|| sentence.document_prompt.clone())
+        .unwrap_or_default()
+}
+
+/// SHA-256 of the weights: the cache blob name when there is one, else hashed.
+fn weights_sha256(files: &ModelFiles, weights: &WeightsFile) -> String {
+    files.weights_sha256.clone().unwrap_or_else(|| {
+        let digest = Sha256::digest(weights.bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    })
+}
+
+fn resolve_threads(threads: Option<usize>) -> usize {
+    threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The CPU engine: encoder weights, a dedicated thread pool and reused buffers.
+struct CpuEngine {
+    encoder: Encoder,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    scratch: Mutex<Scratch>,
+}
+
+enum Engine {
+    Cpu(CpuEngine),
+    #[cfg(feature = "candle")]
+    Candle(candle_engine::CandleEngine),
+}
+
+/// A sentence-transformers model loaded for embedding; implements
+/// [`Embedder`].
+pub struct NativeEmbedder {
+    identity: ModelIdentity,
+    tokenizer: TextTokenizer,
+    batch_size: usize,
+    pooling: Pooling,
+    normalize: bool,
+    engine: Engine,
+}
+
+impl NativeEmbedder {
+    /// Finds and loads the model of `opts` onto its device.
+    pub fn load(opts: &NativeOptions) -> Result<Self, EmbedError> {
+        let device = Device::parse(&opts.device)?;
+        let precision = parse_precision(&opts.precision, device)?;
+        match device {
+            Device::Cpu => Self::load_cpu(opts),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => Self::load_candle(opts, candle_engine::CandleDevice::Cuda(ordinal), precision),
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => {
+                let _ = precision;
+                unreachable!("Device::parse rejects cuda without the feature")
+            }
+        }
+    }
+
+    fn load_cpu(opts: &NativeOptions) -> Result<Self, EmbedError> {
+        let setup = setup(opts, |cfg| {
+            let offset = match cfg.model_type.as_str() {
+                "bert" => 0,
+                "xlm-roberta" | "roberta" => cfg.pad_token_id.unwrap_or(1) + 1,
+                other => return Err(models::unsupported_model_type(other)),
+            };
+            Ok(cfg.max_position_embeddings.saturating_sub(offset))
+        })?;
+        let weights = WeightsFile::open(&setup.files.weights())?;
+        let encoder = models::load_encoder(&setup.transformer, &weights.tensors()?)?;
+        let sha = weights_sha256(&setup.files, &weights);
+        drop(weights);
+        let threads = resolve_threads(opts.threads);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("papersys-embed-{i}"))
+            .start_handler(|_| kernels::set_flush_denormals())
+            .build()
+            .map_err(|e| EmbedError::Load(format!("cannot start {threads} embedding threads: {e}")))?;
+        let identity = Self::identity_of(opts, &setup, sha);
+        tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, "native CPU engine loaded");
+        Ok(NativeEmbedder {
+            identity,
+            tokenizer: setup.tokenizer,
+            batch_size: opts.batch_size.max(1),
+            pooling: setup.sentence.pooling,
+            normalize: setup.sentence.normalize,
+            engine: Engine::Cpu(CpuEngine {
+                encoder,
+                pool,
+                threads,
+                scratch: Mutex::new(Scratch::default()),
+            }),
+        })
+    }
+
+    /// Loads the model into the candle engine on the CPU, the code path GPU
+    /// builds run, so that it can be checked on machines without a GPU.
+    #[cfg(feature = "candle")]
+    pub fn load_candle_cpu(opts: &NativeOptions) -> Result<Self, EmbedError> {
+        Self::load_candle(opts, candle_engine::CandleDevice::Cpu, Precision::F32)
+    }
+
+    #[cfg(feature = "candle")]
+    fn load_candle(opts: &NativeOptions, device: candle_engine::CandleDevice, precision: Precision) -> Result<Self, EmbedError> {
+        let setup = setup(opts, |cfg| match cfg.model_type.as_str() {
+            "bert" => Ok(cfg.max_position_embeddings),
+            "xlm-roberta" | "roberta" => Ok(cfg.max_position_embeddings.saturating_sub(cfg.pad_token_id.unwrap_or(1) + 1)),
+            other => Err(models::unsupported_model_type(other)),
+        })?;
+        let weights = WeightsFile::open(&setup.files.weights())?;
+        let sha = weights_sha256(&setup.files, &weights);
+        drop(weights);
+        let engine = candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
+        let identity = Self::identity_of(opts, &setup, sha);
+        Ok(NativeEmbedder {
+            identity,
+            tokenizer: setup.tokenizer,
+            batch_size: opts.batch_size.max(1),
+            pooling: setup.sentence.pooling,
+            normalize: setup.sentence.normalize,
+            engine: Engine::Candle(engine),
+        })
+    }
+
+    fn identity_of(opts: &NativeOptions, setup: &ModelSetup, sha: String) -> ModelIdentity {
+        ModelIdentity {
+            name: opts.name.clone(),
+            revision: setup.files.revision.clone(),
+            weights_sha256: Some(sha),
+            dimension: setup.transformer.hidden_size,
+            max_tokens: setup.max_tokens,
+            pooling: setup.sentence.pooling,
+            normalize: setup.sentence.normalize,
+            document_prefix: setup.tokenizer.prefix().to_string(),
+            backend: "native".into(),
+        }
+    }
+
+    /// The text put before every document (part of the hashed text).
+    pub fn document_prefix(&self) -> &str {
+        self.tokenizer.prefix()
+    }
+
+    /// Effective truncation in tokens, special tokens included.
+    pub fn max_tokens(&self) -> usize {
+        self.tokenizer.max_tokens()
+    }
+
+    /// Tokenises `texts` (prefix added, truncated, packed).
+    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<TokenBatch, EmbedError> {
+        self.tokenizer.encode_batch(texts)
+    }
+
+    /// Embeds packed token ids: one vector per sequence, in order.
+    pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<Embeddings, EmbedError> {
+        let dim = self.identity.dimension;
+        let mut out = Vec::with_capacity(batch.len() * dim);
+        let n = batch.len();
+        let mut first = 0;
+        while first < n {
+            let last = (first + self.batch_size).min(n);
+            let base = batch.cu_seq_lengths[first];
+            let ids = &batch.input_ids[base as usize..batch.cu_seq_lengths[last] as usize];
+            let cu: Vec<u32> = batch.cu_seq_lengths[first..=last].iter().map(|c| c - base).collect();
+            self.run(ids, &cu, &mut out)?;
+            first = last;
+        }
+        let embeddings = Embeddings::new(dim, out)?;
+        embeddings.validate(n, dim)?;
+        Ok(embeddings)
+    }
+
+    fn run(&self, ids: &[u32], cu: &[u32], out: &mut Vec<f32>) -> Result<(), EmbedError> {
+        let dim = self.identity.dimension;
+        match &self.engine {
+            Engine::Cpu(cpu) => {
+                let mut guard = cpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
+                let scratch: &mut Scratch = &mut guard;
+                cpu.pool.install(|| cpu.encoder.forward(ids, cu, scratch, cpu.threads))?;
+                pooling::pool(&scratch.hidden, cu, dim, self.pooling, self.normalize, out);
+            }
+            #[cfg(feature = "candle")]
+            Engine::Candle(engine) => {
+                let hidden = engine.forward(ids, cu)?;
+                pooling::pool(&hidden, cu, dim, self.pooling, self.normalize, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Embedder for NativeEmbedder {
+    fn identity(&self) -> &ModelIdentity {
+        &self.identity
+    }
+
+    fn batching(&self) -> BatchingHint {
+        BatchingHint {
+            batch_size: self.batch_size,
+            max_in_flight: 1,
+        }
+    }
+
+    fn prepare(&self, texts: Vec<String>) -> Result<PreparedBatch, EmbedError> {
+        self.tokenize(&texts).map(PreparedBatch::Tokens)
+    }
+
+    fn embed(&self, batch: &PreparedBatch) -> Result<Embeddings, EmbedError> {
+        match batch {
+            PreparedBatch::Tokens(tokens) => self.embed_tokens(tokens),
+            PreparedBatch::Texts(texts) => self.embed_tokens(&self.tokenize(texts)?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_without_the_feature_is_a_clear_error() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        for device in ["cuda", "cuda:1", "CUDA"] {
+            let e = Device::parse(device).unwrap_err().to_string();
+            assert!(e.contains("`cuda`"), "{e}");
+            assert!(e.contains("--features"), "{e}");
+        }
+        let opts = NativeOptions {
+            device: "cuda".into(),
+            ..NativeOptions::default()
+        };
+        assert!(matches!(NativeEmbedder::load(&opts), Err(EmbedError::Unsupported(_))));
+    }
+
+    #[test]
+    fn devices_and_precisions_parse() {
+        assert_eq!(Device::parse("").unwrap(), Device::Cpu);
+        assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
+        assert!(Device::parse("metal").unwrap_err().to_string().contains("not supported"));
+        assert_eq!(parse_precision("float16", Device::Cpu).unwrap(), Precision::F32);
+        assert_eq!(parse_precision("auto", Device::Cuda(0)).unwrap(), Precision::F16);
+        assert_eq!(parse_precision("float32", Device::Cuda(0)).unwrap(), Precision::F32);
+        assert!(parse_precision("int8", Device::Cpu).is_err());
+    }
+}

@@ -1,0 +1,570 @@
+//! Element-wise kernels of the forward pass: exp, erf, GELU, softmax,
+//! LayerNorm and bias adds.
+//!
+//! Each kernel has an AVX2+FMA path chosen at run time and a scalar path
+//! that evaluates the same polynomials, so results agree to rounding on
+//! every machine. The polynomials are minimax fits made for this crate
+//! (`scripts/make_fixtures_kernel_fits.py`), accurate to about 1e-8 relative.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Below this argument `exp` returns exactly 0: the true value would be at
+/// most ~1.6e-38, near the denormal range, where x86 arithmetic is slow.
+const EXP_LO: f32 = -87.0;
+const EXP_HI: f32 = 88.3;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// exp(r) on [-ln2/2, ln2/2], degree 6, relative error 1.9e-9.
+const EXP_P: [f32; 7] = [
+    1.000_000_000_554_187_8,
+    1.000_000_036_323_097_4,
+    0.499_999_920_794_947_5,
+    0.166_664_201_701_879_23,
+    0.041_668_225_641_962_285,
+    0.008_374_815_781_707_406,
+    0.001_383_684_193_652_284_8,
+];
+/// erf(x)/x as a polynomial in x² on [0, 0.9], relative error 1.2e-8.
+const ERF_P: [f32; 6] = [
+    1.128_379_153_851_122,
+    -0.376_125_234_071_122_36,
+    0.112_821_417_049_727_84,
+    -0.026_778_933_850_765_685,
+    0.005_011_993_341_572_804,
+    -0.000_609_049_605_427_014_5,
+];
+/// erfc(x)·exp(x²) as a polynomial in t = 1/(1+x) on [0.9, 4], relative error 1.4e-8.
+const ERFC_Q: [f32; 8] = [
+    -0.000_144_481_540_297_676_65,
+    0.567_588_692_066_806_4,
+    0.531_203_594_618_783,
+    0.447_334_567_072_226_63,
+    -0.693_206_456_980_097_8,
+    -0.500_607_556_355_633_7,
+    1.183_902_874_991_905_8,
+    -0.552_076_549_792_940_9,
+];
+const ERF_SPLIT: f32 = 0.9;
+/// erf(4) rounds to 1 in f32.
+const ERF_CLAMP: f32 = 4.0;
+const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// True when the AVX2+FMA kernels can run on this CPU.
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline(always)]
+fn horner<const N: usize>(c: &[f32; N], x: f32) -> f32 {
+    let mut acc = c[N - 1];
+    for k in (0..N - 1).rev() {
+        acc = acc.mul_add(x, c[k]);
+    }
+    acc
+}
+
+/// `e^x` with the vector path's algorithm; exactly 0 below -87.
+#[inline]
+pub fn exp_scalar(x: f32) -> f32 {
+    if x < EXP_LO {
+        return 0.0;
+    }
+    let x = x.min(EXP_HI);
+    let n = (x * LOG2E).round_ties_even();
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let p = horner(&EXP_P, r);
+    p * f32::from_bits((((n as i32) + 127) as u32) << 23)
+}
+
+/// The error function with the vector path's algorithm.
+#[inline]
+pub fn erf_scalar(x: f32) -> f32 {
+    let a = x.abs();
+    let v = if a < ERF_SPLIT {
+        a * horner(&ERF_P, a * a)
+    } else {
+        let a = a.min(ERF_CLAMP);
+        let t = 1.0 / (1.0 + a);
+        1.0 - exp_scalar(-a * a) * horner(&ERFC_Q, t)
+    };
+    v.copysign(x)
+}
+
+/// Exact (erf-based) GELU, as PyTorch's `gelu` with `approximate="none"`.
+#[inline]
+pub fn gelu_scalar(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_scalar(x * SQRT_HALF))
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    #[inline(always)]
+    unsafe fn horner8<const N: usize>(c: &[f32; N], x: __m256) -> __m256 {
+        unsafe {
+            let mut acc = _mm256_set1_ps(c[N - 1]);
+            for k in (0..N - 1).rev() {
+                acc = _mm256_fmadd_ps(acc, x, _mm256_set1_ps(c[k]));
+            }
+            acc
+        }
+    }
+
+    #[inline(always)]
+    pub unsafe fn exp8(x: __m256) -> __m256 {
+        unsafe {
+            let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
+            let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                x,
+                _mm256_set1_ps(LOG2E),
+            ));
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+            let p = horner8(&EXP_P, r);
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+            _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)))
+        }
+    }
+
+    #[inline(always)]
+    pub unsafe fn erf8(x: __m256) -> __m256 {
+        unsafe {
+            let sign_mask = _mm256_set1_ps(-0.0);
+            let sign = _mm256_and_ps(x, sign_mask);
+            let a = _mm256_andnot_ps(sign_mask, x);
+            let a2 = _mm256_mul_ps(a, a);
+            let small = _mm256_mul_ps(a, horner8(&ERF_P, a2));
+            let ac = _mm256_min_ps(a, _mm256_set1_ps(ERF_CLAMP));
+            let one = _mm256_set1_ps(1.0);
+            let t = _mm256_div_ps(one, _mm256_add_ps(one, ac));
+            let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), ac), ac));
+            let large = _mm256_fnmadd_ps(e, horner8(&ERFC_Q, t), one);
+            let is_small = _mm256_cmp_ps::<_CMP_LT_OQ>(a, _mm256_set1_ps(ERF_SPLIT));
+            _mm256_or_ps(_mm256_blendv_ps(large, small, is_small), sign)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+        unsafe {
+            let half = _mm256_set1_ps(0.5);
+            let one = _mm256_set1_ps(1.0);
+            let s = _mm256_set1_ps(SQRT_HALF);
+            for row in x.chunks_exact_mut(bias.len()) {
+                let mut i = 0;
+                while i + 8 <= row.len() {
+                    let p = row.as_mut_ptr().add(i);
+                    let v = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(bias.as_ptr().add(i)));
+                    let g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf8(_mm256_mul_ps(v, s))));
+                    _mm256_storeu_ps(p, g);
+                    i += 8;
+                }
+                for j in i..row.len() {
+                    row[j] = gelu_scalar(row[j] + bias[j]);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_row(row: &mut [f32]) {
+        unsafe {
+            let n = row.len();
+            let p = row.as_mut_ptr();
+            let mut i = 0;
+            let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+            while i + 8 <= n {
+                vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p.add(i)));
+                i += 8;
+            }
+            let mut max = hmax(vmax);
+            for &v in &row[i..] {
+                max = max.max(v);
+            }
+            let m = _mm256_set1_ps(max);
+            let mut vsum = _mm256_setzero_ps();
+            i = 0;
+            while i + 8 <= n {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+                _mm256_storeu_ps(p.add(i), e);
+                vsum = _mm256_add_ps(vsum, e);
+                i += 8;
+            }
+            let mut sum = hsum(vsum);
+            for v in &mut row[i..] {
+                *v = exp_scalar(*v - max);
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            let vinv = _mm256_set1_ps(inv);
+            i = 0;
+            while i + 8 <= n {
+                _mm256_storeu_ps(p.add(i), _mm256_mul_ps(_mm256_loadu_ps(p.add(i)), vinv));
+                i += 8;
+            }
+            for v in &mut row[i..] {
+                *v *= inv;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        unsafe {
+            let h = gamma.len();
+            let inv_h = 1.0 / h as f32;
+            for row in x.chunks_exact_mut(h) {
+                let p = row.as_mut_ptr();
+                let mut i = 0;
+                let mut vs = _mm256_setzero_ps();
+                while i + 8 <= h {
+                    vs = _mm256_add_ps(vs, _mm256_loadu_ps(p.add(i)));
+                    i += 8;
+                }
+                let mut sum = hsum(vs);
+                for &v in &row[i..] {
+                    sum += v;
+                }
+                let mean = sum * inv_h;
+                let vm = _mm256_set1_ps(mean);
+                let mut vq = _mm256_setzero_ps();
+                i = 0;
+                while i + 8 <= h {
+                    let d = _mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vm);
+                    vq = _mm256_fmadd_ps(d, d, vq);
+                    i += 8;
+                }
+                let mut sq = hsum(vq);
+                for &v in &row[i..] {
+                    sq += (v - mean) * (v - mean);
+                }
+                let rstd = 1.0 / (sq * inv_h + eps).sqrt();
+                let vr = _mm256_set1_ps(rstd);
+                i = 0;
+                while i + 8 <= h {
+                    let d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vm), vr);
+                    let y = _mm256_fmadd_ps(d, _mm256_loadu_ps(gamma.as_ptr().add(i)), _mm256_loadu_ps(beta.as_ptr().add(i)));
+                    _mm256_storeu_ps(p.add(i), y);
+                    i += 8;
+                }
+                for j in i..h {
+                    row[j] = ((row[j] - mean) * rstd).mul_add(gamma[j], beta[j]);
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hmax(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_max_ss(s, _mm_shuffle_ps::<1>(s, s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_slice(x: &mut [f32]) {
+        unsafe {
+            let mut i = 0;
+            while i + 8 <= x.len() {
+                let p = x.as_mut_ptr().add(i);
+                _mm256_storeu_ps(p, exp8(_mm256_loadu_ps(p)));
+                i += 8;
+            }
+            for v in &mut x[i..] {
+                *v = exp_scalar(*v);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn erf_slice(x: &mut [f32]) {
+        unsafe {
+            let mut i = 0;
+            while i + 8 <= x.len() {
+                let p = x.as_mut_ptr().add(i);
+                _mm256_storeu_ps(p, erf8(_mm256_loadu_ps(p)));
+                i += 8;
+            }
+            for v in &mut x[i..] {
+                *v = erf_scalar(*v);
+            }
+        }
+    }
+}
+
+/// Replaces each value by `e^x` (exactly 0 below -87).
+pub fn exp_inplace(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        unsafe { avx2::exp_slice(x) };
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = exp_scalar(*v));
+}
+
+/// Replaces each value by `erf(x)`.
+pub fn erf_inplace(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        unsafe { avx2::erf_slice(x) };
+        return;
+    }
+    x.iter_mut().for_each(|v| *v = erf_scalar(*v));
+}
+
+/// `x[r][j] = gelu(x[r][j] + bias[j])` for every row `r` of `bias.len()` values.
+pub fn bias_gelu_inplace(x: &mut [f32], bias: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        unsafe { avx2::bias_gelu(x, bias) };
+        return;
+    }
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v = gelu_scalar(*v + b);
+        }
+    }
+}
+
+/// Softmax of one row in place; scores far below the row maximum become
+/// exactly 0 (never denormal), so a later product with them stays fast.
+pub fn softmax_inplace(row: &mut [f32]) {
+    if row.is_empty() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        unsafe { avx2::softmax_row(row) };
+        return;
+    }
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = exp_scalar(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// LayerNorm of every row of `gamma.len()` values in place.
+pub fn layer_norm_inplace(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        unsafe { avx2::layer_norm(x, gamma, beta, eps) };
+        return;
+    }
+    let h = gamma.len() as f32;
+    for row in x.chunks_exact_mut(gamma.len()) {
+        let mean = row.iter().sum::<f32>() / h;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = ((*v - mean) * rstd).mul_add(*g, *b);
+        }
+    }
+}
+
+/// `x[r][j] += bias[j]` for every row `r`.
+pub fn add_bias_inplace(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// Sets flush-to-zero and denormals-are-zero on the calling thread, so no
+/// arithmetic of the forward pass ever runs on denormal floats (which x86
+/// executes in microcode, an order of magnitude slower).
+pub fn set_flush_denormals() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut csr: u32 = 0;
+        // SAFETY: stmxcsr/ldmxcsr only read and write the SSE control
+        // register of this thread; FTZ (bit 15) and DAZ (bit 6) are valid
+        // on every x86_64 CPU.
+        unsafe {
+            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
+            csr |= (1 << 15) | (1 << 6);
+            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn erf_ref(x: f64) -> f64 {
+        // erf via its continued series with f64; accurate to ~1e-15 on [-6, 6].
+        if x.abs() < 2.5 {
+            let mut sum = x;
+            let mut term = x;
+            let x2 = x * x;
+            for n in 1..200 {
+                term *= -x2 / n as f64;
+                sum += term / (2 * n + 1) as f64;
+                if term.abs() < 1e-18 {
+                    break;
+                }
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            // erfc continued fraction (Lentz) for large |x|.
+            let a = x.abs();
+            let mut f = 0.0;
+            for k in (1..=200).rev() {
+                f = (k as f64 / 2.0) / (a + f);
+            }
+            let erfc = (-a * a).exp() / (std::f64::consts::PI.sqrt() * (a + f));
+            (1.0 - erfc).copysign(x)
+        }
+    }
+
+    fn grid(lo: f32, hi: f32, n: usize) -> Vec<f32> {
+        (0..n).map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32).collect()
+    }
+
+    #[test]
+    fn exp_matches_f64_within_two_ulp_and_flushes_tiny() {
+        let xs = grid(-86.9, 88.0, 100_003);
+        let mut v = xs.clone();
+        exp_inplace(&mut v);
+        for (x, y) in xs.iter().zip(&v) {
+            let r = (*x as f64).exp();
+            let rel = ((*y as f64) - r).abs() / r;
+            assert!(rel < 2.5e-7, "exp({x}) = {y}, want {r} (rel {rel})");
+            assert_eq!(*y, exp_scalar(*x).max(0.0), "vector and scalar paths differ at {x}");
+        }
+        let mut tiny = vec![-87.5, -100.0, -1e30, f32::NEG_INFINITY, -88.0, -87.2, -90.0, -200.0, -95.0];
+        exp_inplace(&mut tiny);
+        assert!(tiny.iter().all(|v| *v == 0.0), "{tiny:?}");
+    }
+
+    #[test]
+    fn erf_is_accurate_to_f32() {
+        let xs = grid(-6.0, 6.0, 200_001);
+        let mut v = xs.clone();
+        erf_inplace(&mut v);
+        for (x, y) in xs.iter().zip(&v) {
+            let r = erf_ref(*x as f64);
+            let err = ((*y as f64) - r).abs();
+            assert!(err <= 2.4e-7 * r.abs() + 1e-40, "erf({x}) = {y}, want {r}");
+            assert!((erf_scalar(*x) - y).abs() <= f32::EPSILON * y.abs(), "paths differ at {x}");
+        }
+        assert_eq!(erf_scalar(0.0), 0.0);
+    }
+
+    #[test]
+    fn gelu_matches_exact_definition() {
+        let xs = grid(-10.0, 10.0, 20_011);
+        let bias = vec![0.0; xs.len()];
+        let mut v = xs.clone();
+        bias_gelu_inplace(&mut v, &bias);
+        for (x, y) in xs.iter().zip(&v) {
+            let xd = *x as f64;
+            let r = 0.5 * xd * (1.0 + erf_ref(xd / std::f64::consts::SQRT_2));
+            // 1 + erf cancels for negative x, as in PyTorch's own formula.
+            let tol = 3e-7 * r.abs() + 1e-7 * (*x as f64).abs();
+            assert!(((*y as f64) - r).abs() <= tol, "gelu({x}) = {y}, want {r}");
+        }
+    }
+
+    #[test]
+    fn bias_gelu_adds_bias_per_row_including_tails() {
+        let bias: Vec<f32> = (0..11).map(|j| j as f32 * 0.1 - 0.5).collect();
+        let mut x: Vec<f32> = (0..33).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let want: Vec<f32> = x.iter().enumerate().map(|(i, v)| gelu_scalar(v + bias[i % 11])).collect();
+        bias_gelu_inplace(&mut x, &bias);
+        for (a, b) in x.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn softmax_matches_reference_and_zeroes_far_scores() {
+        for n in [1usize, 3, 8, 13, 64, 255] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97) as f32 * 0.3 - 12.0).collect();
+            let mut v = row.clone();
+            softmax_inplace(&mut v);
+            let max = row.iter().copied().fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
+            let sum: f64 = row.iter().map(|x| (*x as f64 - max).exp()).sum();
+            for (x, y) in row.iter().zip(&v) {
+                let r = (*x as f64 - max).exp() / sum;
+                // x - max is rounded to f32 first: ~1e-6 relative for |x - max| < 30.
+                assert!(((*y as f64) - r).abs() <= 4e-6 * r + 1e-30, "n={n}: {y} vs {r}");
+            }
+        }
+        let mut v = vec![0.0, -100.0, -1000.0, 5.0, -95.0, 1.0, 2.0, 3.0, -200.0];
+        softmax_inplace(&mut v);
+        assert_eq!(v[1], 0.0);
+        assert_eq!(v[2], 0.0);
+        assert_eq!(v[8], 0.0);
+        assert!(v.iter().all(|p| *p == 0.0 || p.is_normal()));
+    }
+
+    #[test]
+    fn layer_norm_matches_reference() {
+        for h in [7usize, 32, 384, 389] {
+            let gamma: Vec<f32> = (0..h).map(|j| 1.0 + j as f32 * 0.01).collect();
+            let beta: Vec<f32> = (0..h).map(|j| j as f32 * -0.02).collect();
+            let x: Vec<f32> = (0..3 * h).map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5).collect();
+            let mut y = x.clone();
+            layer_norm_inplace(&mut y, &gamma, &beta, 1e-12);
+            for (r, row) in x.chunks(h).enumerate() {
+                let mean = row.iter().map(|v| *v as f64).sum::<f64>() / h as f64;
+                let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
+                for j in 0..h {
+                    let want = (row[j] as f64 - mean) / (var + 1e-12).sqrt() * gamma[j] as f64 + beta[j] as f64;
+                    let got = y[r * h + j] as f64;
+                    assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "h={h}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flush_denormals_turns_denormal_results_into_zero() {
+        std::thread::spawn(|| {
+            set_flush_denormals();
+            let tiny = std::hint::black_box(1e-30f32);
+            let product = std::hint::black_box(tiny) * std::hint::black_box(1e-10f32);
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(product, 0.0);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}

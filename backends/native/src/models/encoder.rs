@@ -1,0 +1,419 @@
+//! The BERT-style encoder shared by BERT and XLM-RoBERTa, run on packed
+//! batches (sequences back to back, no padding, so attention needs no mask).
+//!
+//! Per layer: one fused QKV GEMM; attention per (sequence, head) straight
+//! out of the QKV buffer, with a fused softmax; output projection
+//! accumulated onto the residual; LayerNorm in place; feed-forward GEMM with
+//! a fused bias+GELU pass; second projection accumulated onto the residual.
+//! All buffers live in [`Scratch`] and are reused across batches.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use papersys_backend_core::EmbedError;
+use rayon::prelude::*;
+
+use crate::config::TransformerConfig;
+use crate::kernels;
+use crate::weights::Tensors;
+
+/// Shape and numeric parameters of an encoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderConfig {
+    /// Token vector width.
+    pub hidden: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Encoder layers.
+    pub layers: usize,
+    /// Feed-forward width.
+    pub intermediate: usize,
+    /// LayerNorm epsilon.
+    pub eps: f32,
+    /// Word embedding rows.
+    pub vocab: usize,
+    /// Position embedding rows.
+    pub positions: usize,
+    /// Position id of a sequence's first token (XLM-R: `padding_idx + 1`).
+    pub position_offset: usize,
+    /// Token-type embedding rows.
+    pub type_vocab: usize,
+}
+
+impl EncoderConfig {
+    /// Reads the shape from `config.json`, with the position offset of the
+    /// architecture; rejects what this encoder cannot run.
+    pub fn from_transformer(cfg: &TransformerConfig, position_offset: usize) -> Result<Self, EmbedError> {
+        if cfg.hidden_act != "gelu" {
+            return Err(EmbedError::Unsupported(format!(
+                "config.json: hidden_act {:?} is not supported (supported: \"gelu\")",
+                cfg.hidden_act
+            )));
+        }
+        if cfg.position_embedding_type != "absolute" {
+            return Err(EmbedError::Unsupported(format!(
+                "config.json: position_embedding_type {:?} is not supported (supported: \"absolute\")",
+                cfg.position_embedding_type
+            )));
+        }
+        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(EmbedError::Load(format!(
+                "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
+                cfg.hidden_size, cfg.num_attention_heads
+            )));
+        }
+        if cfg.max_position_embeddings <= position_offset {
+            return Err(EmbedError::Load(format!(
+                "config.json: max_position_embeddings {} leaves no position after the offset {position_offset}",
+                cfg.max_position_embeddings
+            )));
+        }
+        Ok(EncoderConfig {
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            layers: cfg.num_hidden_layers,
+            intermediate: cfg.intermediate_size,
+            eps: cfg.layer_norm_eps as f32,
+            vocab: cfg.vocab_size,
+            positions: cfg.max_position_embeddings,
+            position_offset,
+            type_vocab: cfg.type_vocab_size.max(1),
+        })
+    }
+
+    /// Longest sequence the position table allows.
+    pub fn max_tokens(&self) -> usize {
+        self.positions - self.position_offset
+    }
+}
+
+struct Layer {
+    /// [hidden, 3·hidden]: Q (pre-scaled by 1/√head_dim), K, V side by side.
+    w_qkv: Vec<f32>,
+    b_qkv: Vec<f32>,
+    /// [hidden, hidden]
+    w_o: Vec<f32>,
+    b_o: Vec<f32>,
+    ln1_g: Vec<f32>,
+    ln1_b: Vec<f32>,
+    /// [hidden, intermediate]
+    w_i: Vec<f32>,
+    b_i: Vec<f32>,
+    /// [intermediate, hidden]
+    w_out: Vec<f32>,
+    b_out: Vec<f32>,
+    ln2_g: Vec<f32>,
+    ln2_b: Vec<f32>,
+}
+
+/// Encoder weights in the layout the forward pass wants (linear weights
+/// transposed to [in, out]).
+pub struct Encoder {
+    cfg: EncoderConfig,
+    word: Vec<f32>,
+    /// Position embedding plus token type 0, [positions, hidden].
+    pos_type: Vec<f32>,
+    emb_ln_g: Vec<f32>,
+    emb_ln_b: Vec<f32>,
+    layers: Vec<Layer>,
+}
+
+/// Buffers of one forward pass, grown on demand and reused.
+#[derive(Default)]
+pub struct Scratch {
+    /// [tokens, hidden]: the residual stream; holds the output at the end.
+    pub hidden: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    inter: Vec<f32>,
+}
+
+impl Scratch {
+    fn ensure(&mut self, tokens: usize, cfg: &EncoderConfig) {
+        grow(&mut self.hidden, tokens * cfg.hidden);
+        grow(&mut self.qkv, tokens * 3 * cfg.hidden);
+        grow(&mut self.ctx, tokens * cfg.hidden);
+        grow(&mut self.inter, tokens * cfg.intermediate);
+    }
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+impl Encoder {
+    /// Loads the encoder from tensors named `{prefix}embeddings.*` and
+    /// `{prefix}encoder.layer.{i}.*`, checking every shape.
+    pub fn load(t: &Tensors<'_>, prefix: &str, cfg: EncoderConfig) -> Result<Self, EmbedError> {
+        let h = cfg.hidden;
+        let n = |s: &str| format!("{prefix}{s}");
+        let ln = |s: &str| -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
+            Ok((
+                t.get_any(&[n(&format!("{s}.weight")), n(&format!("{s}.gamma"))], &[h])?,
+                t.get_any(&[n(&format!("{s}.bias")), n(&format!("{s}.beta"))], &[h])?,
+            ))
+        };
+        let word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
+        let pos = t.get(&n("embeddings.position_embeddings.weight"), &[cfg.positions, h])?;
+        let types = t.get(&n("embeddings.token_type_embeddings.weight"), &[cfg.type_vocab, h])?;
+        let pos_type: Vec<f32> = pos.chunks_exact(h).flat_map(|row| row.iter().zip(&types[..h]).map(|(p, t)| p + t)).collect();
+        let (emb_ln_g, emb_ln_b) = ln("embeddings.LayerNorm")?;
+        let scale = 1.0 / ((h / cfg.heads) as f32).sqrt();
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let l = |s: &str| format!("encoder.layer.{i}.{s}");
+            let linear = |s: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
+                let w = t.get(&n(&l(&format!("{s}.weight"))), &[out, inp])?;
+                let b = t.get(&n(&l(&format!("{s}.bias"))), &[out])?;
+                Ok((transpose(&w, out, inp), b))
+            };
+            let (wq, bq) = linear("attention.self.query", h, h)?;
+            let (wk, bk) = linear("attention.self.key", h, h)?;
+            let (wv, bv) = linear("attention.self.value", h, h)?;
+            let mut w_qkv = Vec::with_capacity(3 * h * h);
+            for r in 0..h {
+                w_qkv.extend(wq[r * h..(r + 1) * h].iter().map(|v| v * scale));
+                w_qkv.extend_from_slice(&wk[r * h..(r + 1) * h]);
+                w_qkv.extend_from_slice(&wv[r * h..(r + 1) * h]);
+            }
+            let b_qkv = bq.iter().map(|v| v * scale).chain(bk).chain(bv).collect();
+            let (w_o, b_o) = linear("attention.output.dense", h, h)?;
+            let (ln1_g, ln1_b) = ln(&l("attention.output.LayerNorm"))?;
+            let (w_i, b_i) = linear("intermediate.dense", cfg.intermediate, h)?;
+            let (w_out, b_out) = linear("output.dense", h, cfg.intermediate)?;
+            let (ln2_g, ln2_b) = ln(&l("output.LayerNorm"))?;
+            layers.push(Layer {
+                w_qkv,
+                b_qkv,
+                w_o,
+                b_o,
+                ln1_g,
+                ln1_b,
+                w_i,
+                b_i,
+                w_out,
+                b_out,
+                ln2_g,
+                ln2_b,
+            });
+        }
+        Ok(Encoder {
+            cfg,
+            word,
+            pos_type,
+            emb_ln_g,
+            emb_ln_b,
+            layers,
+        })
+    }
+
+    /// The encoder's shape.
+    pub fn config(&self) -> &EncoderConfig {
+        &self.cfg
+    }
+
+    /// Runs the encoder on a packed batch; the token vectors end up in
+    /// `scratch.hidden[..tokens * hidden]`. Call inside the engine's thread
+    /// pool: GEMMs and row-wise passes use `threads` rayon workers.
+    pub fn forward(&self, ids: &[u32], cu: &[u32], scratch: &mut Scratch, threads: usize) -> Result<(), EmbedError> {
+        let cfg = &self.cfg;
+        let h = cfg.hidden;
+        let tokens = ids.len();
+        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        for w in cu.windows(2) {
+            let len = w[1].checked_sub(w[0]).ok_or_else(|| EmbedError::Inference("cu_seq_lengths not increasing".into()))?;
+            if len as usize > cfg.max_tokens() {
+                return Err(EmbedError::Inference(format!(
+                    "a sequence of {len} tokens exceeds the model's {} positions",
+                    cfg.max_tokens()
+                )));
+            }
+        }
+        if cu.first() != Some(&0) || cu.last().map(|&l| l as usize) != Some(tokens) {
+            return Err(EmbedError::Inference("cu_seq_lengths do not cover input_ids".into()));
+        }
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
+            return Err(EmbedError::Inference(format!("token id {bad} outside the vocabulary of {}", cfg.vocab)));
+        }
+        scratch.ensure(tokens, cfg);
+        let Scratch { hidden, qkv, ctx, inter } = scratch;
+        let hidden = &mut hidden[..tokens * h];
+        let qkv = &mut qkv[..tokens * 3 * h];
+        let ctx = &mut ctx[..tokens * h];
+        let inter = &mut inter[..tokens * cfg.intermediate];
+
+        for w in cu.windows(2) {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            for (i, t) in (start..end).enumerate() {
+                let id = ids[t] as usize;
+                let p = cfg.position_offset + i;
+                let dst = &mut hidden[t * h..(t + 1) * h];
+                let word = &self.word[id * h..(id + 1) * h];
+                let pos = &self.pos_type[p * h..(p + 1) * h];
+                for ((d, a), b) in dst.iter_mut().zip(word).zip(pos) {
+                    *d = a + b;
+                }
+            }
+        }
+        par_rows(hidden, h, |rows| kernels::layer_norm_inplace(rows, &self.emb_ln_g, &self.emb_ln_b, cfg.eps));
+
+        for layer in &self.layers {
+            // SAFETY (all `matmul` calls): buffers are sliced to exactly the
+            // shapes passed, and weights have the shapes checked at load.
+            unsafe { matmul(tokens, 3 * h, h, qkv.as_mut_ptr(), false, hidden.as_ptr(), h, &layer.w_qkv, par) };
+            par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.b_qkv));
+            self.attention(qkv, ctx, cu);
+            par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.b_o));
+            unsafe { matmul(tokens, h, h, hidden.as_mut_ptr(), true, ctx.as_ptr(), h, &layer.w_o, par) };
+            par_rows(hidden, h, |rows| kernels::layer_norm_inplace(rows, &layer.ln1_g, &layer.ln1_b, cfg.eps));
+            unsafe { matmul(tokens, cfg.intermediate, h, inter.as_mut_ptr(), false, hidden.as_ptr(), h, &layer.w_i, par) };
+            par_rows(inter, cfg.intermediate, |rows| kernels::bias_gelu_inplace(rows, &layer.b_i));
+            par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.b_out));
+            unsafe {
+                matmul(tokens, h, cfg.intermediate, hidden.as_mut_ptr(), true, inter.as_ptr(), cfg.intermediate, &layer.w_out, par)
+            };
+            par_rows(hidden, h, |rows| kernels::layer_norm_inplace(rows, &layer.ln2_g, &layer.ln2_b, cfg.eps));
+        }
+        Ok(())
+    }
+
+    /// Self-attention of every (sequence, head) pair, in parallel:
+    /// `ctx = softmax(Q·Kᵀ)·V` (Q already scaled) read straight from `qkv`.
+    fn attention(&self, qkv: &[f32], ctx: &mut [f32], cu: &[u32]) {
+        let h = self.cfg.hidden;
+        let heads = self.cfg.heads;
+        let dh = h / heads;
+        let ld = 3 * h;
+        let out = SendPtr(ctx.as_mut_ptr());
+        let n_seq = cu.len() - 1;
+        (0..n_seq * heads).into_par_iter().for_each(|task| {
+            let (s, head) = (task / heads, task % heads);
+            let start = cu[s] as usize;
+            let l = cu[s + 1] as usize - start;
+            if l == 0 {
+                return;
+            }
+            SCORES.with(|cell| {
+                let mut scores = cell.borrow_mut();
+                grow(&mut scores, l * l);
+                let q = qkv[start * ld + head * dh..].as_ptr();
+                let k = qkv[start * ld + h + head * dh..].as_ptr();
+                let v = qkv[start * ld + 2 * h + head * dh..].as_ptr();
+                let out = &out;
+                // SAFETY: q, k, v address rows start..start+l of qkv with row
+                // stride ld; scores holds l·l floats; each task writes only
+                // its own rows and head columns of ctx, disjoint from others.
+                unsafe {
+                    gemm::gemm(
+                        l,
+                        l,
+                        dh,
+                        scores.as_mut_ptr(),
+                        1,
+                        l as isize,
+                        false,
+                        q,
+                        1,
+                        ld as isize,
+                        k,
+                        ld as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for row in scores[..l * l].chunks_exact_mut(l) {
+                    kernels::softmax_inplace(row);
+                }
+                unsafe {
+                    gemm::gemm(
+                        l,
+                        dh,
+                        l,
+                        out.0.add(start * h + head * dh),
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        l as isize,
+                        v,
+                        1,
+                        ld as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            });
+        });
+    }
+}
+
+thread_local! {
+    /// Attention scores of one (sequence, head), per worker thread.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint regions of one buffer to rayon tasks.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+/// Applies `f` to blocks of whole rows in parallel.
+fn par_rows(x: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+    const ROWS: usize = 32;
+    x.par_chunks_mut(width * ROWS).for_each(f);
+}
+
+/// `dst[m×n] (+)= a[m×k] · b[k×n]`, all row-major and contiguous except
+/// `a`'s row stride `lda`.
+///
+/// # Safety
+/// `dst` must hold m·n floats, `a` m rows of `lda` floats, `b` k·n floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool, a: *const f32, lda: usize, b: &[f32], par: Parallelism) {
+    debug_assert_eq!(b.len(), k * n);
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            accumulate,
+            a,
+            1,
+            lda as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
