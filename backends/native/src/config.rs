@@ -120,11 +120,18 @@ struct StFile {
 }
 
 /// Reads and parses a JSON file; a missing file is `Ok(None)`.
-pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, EmbedError> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+) -> Result<Option<T>, EmbedError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(EmbedError::Load(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(EmbedError::Load(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )));
+        }
     };
     serde_json::from_str(&text)
         .map(Some)
@@ -140,7 +147,10 @@ pub fn read_transformer_config(dir: &Path) -> Result<TransformerConfig, EmbedErr
 /// Picks the prompt sentence-transformers would put before a document:
 /// a prompt named `document`, `passage` or `corpus` (what `encode_document`
 /// looks for), else the one named by `default_prompt_name`.
-pub fn document_prompt(prompts: &BTreeMap<String, String>, default_prompt_name: Option<&str>) -> Option<String> {
+pub fn document_prompt(
+    prompts: &BTreeMap<String, String>,
+    default_prompt_name: Option<&str>,
+) -> Option<String> {
     ["document", "passage", "corpus"]
         .iter()
         .find_map(|name| prompts.get(*name))
@@ -165,8 +175,9 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
                 "Transformer" => transformer_path = module.path.clone(),
                 "Pooling" => {
                     let path = dir.join(&module.path).join("config.json");
-                    let file: PoolingFile = read_json(&path)?
-                        .ok_or_else(|| EmbedError::Load(format!("{} is missing", path.display())))?;
+                    let file: PoolingFile = read_json(&path)?.ok_or_else(|| {
+                        EmbedError::Load(format!("{} is missing", path.display()))
+                    })?;
                     pooling = parse_pooling(&file, &path)?;
                     include_prompt = file.include_prompt;
                     saw_pooling = true;
@@ -188,11 +199,15 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
             )));
         }
     }
-    let sbert: SbertFile = read_json(&dir.join(&transformer_path).join("sentence_bert_config.json"))?
-        .or(read_json(&dir.join("sentence_bert_config.json"))?)
-        .unwrap_or_default();
+    let sbert: SbertFile = read_json(
+        &dir.join(&transformer_path)
+            .join("sentence_bert_config.json"),
+    )?
+    .or(read_json(&dir.join("sentence_bert_config.json"))?)
+    .unwrap_or_default();
     let st: StFile = read_json(&dir.join("config_sentence_transformers.json"))?.unwrap_or_default();
-    let document_prompt = document_prompt(&st.prompts, st.default_prompt_name.as_deref()).filter(|p| !p.is_empty());
+    let document_prompt =
+        document_prompt(&st.prompts, st.default_prompt_name.as_deref()).filter(|p| !p.is_empty());
     if !include_prompt {
         return Err(EmbedError::Unsupported(format!(
             "{}: pooling with include_prompt=false is not supported",
@@ -221,7 +236,11 @@ fn parse_pooling(file: &PoolingFile, path: &Path) -> Result<Pooling, EmbedError>
             path.display()
         )));
     }
-    match (file.pooling_mode_mean_tokens, file.pooling_mode_cls_token, file.pooling_mode_lasttoken) {
+    match (
+        file.pooling_mode_mean_tokens,
+        file.pooling_mode_cls_token,
+        file.pooling_mode_lasttoken,
+    ) {
         (true, false, false) => Ok(Pooling::Mean),
         (false, true, false) => Ok(Pooling::Cls),
         (false, false, true) => Ok(Pooling::LastToken),
@@ -250,8 +269,16 @@ mod tests {
     fn reads_minilm_style_config() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "modules.json", MODULES);
-        write(dir.path(), "1_Pooling/config.json", r#"{"pooling_mode_mean_tokens": true}"#);
-        write(dir.path(), "sentence_bert_config.json", r#"{"max_seq_length": 256, "do_lower_case": false}"#);
+        write(
+            dir.path(),
+            "1_Pooling/config.json",
+            r#"{"pooling_mode_mean_tokens": true}"#,
+        );
+        write(
+            dir.path(),
+            "sentence_bert_config.json",
+            r#"{"max_seq_length": 256, "do_lower_case": false}"#,
+        );
         let c = read_sentence_config(dir.path()).unwrap();
         assert_eq!(c.pooling, Pooling::Mean);
         assert!(c.normalize);
@@ -262,14 +289,36 @@ mod tests {
     #[test]
     fn cls_and_last_token_pooling_and_no_normalize() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "modules.json", &MODULES.replace(r#",
-        {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}"#, ""));
-        write(dir.path(), "1_Pooling/config.json", r#"{"pooling_mode_cls_token": true}"#);
+        write(
+            dir.path(),
+            "modules.json",
+            &MODULES.replace(
+                r#",
+        {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}"#,
+                "",
+            ),
+        );
+        write(
+            dir.path(),
+            "1_Pooling/config.json",
+            r#"{"pooling_mode_cls_token": true}"#,
+        );
         let c = read_sentence_config(dir.path()).unwrap();
         assert_eq!((c.pooling, c.normalize), (Pooling::Cls, false));
-        write(dir.path(), "1_Pooling/config.json", r#"{"pooling_mode_lasttoken": true}"#);
-        assert_eq!(read_sentence_config(dir.path()).unwrap().pooling, Pooling::LastToken);
-        write(dir.path(), "1_Pooling/config.json", r#"{"pooling_mode_max_tokens": true}"#);
+        write(
+            dir.path(),
+            "1_Pooling/config.json",
+            r#"{"pooling_mode_lasttoken": true}"#,
+        );
+        assert_eq!(
+            read_sentence_config(dir.path()).unwrap().pooling,
+            Pooling::LastToken
+        );
+        write(
+            dir.path(),
+            "1_Pooling/config.json",
+            r#"{"pooling_mode_max_tokens": true}"#,
+        );
         let e = read_sentence_config(dir.path()).unwrap_err().to_string();
         assert!(e.contains("max pooling is not supported"), "{e}");
     }
@@ -278,13 +327,20 @@ mod tests {
     fn bare_transformer_means_mean_pooling() {
         let dir = tempfile::tempdir().unwrap();
         let c = read_sentence_config(dir.path()).unwrap();
-        assert_eq!((c.pooling, c.normalize, c.max_seq_length), (Pooling::Mean, false, None));
+        assert_eq!(
+            (c.pooling, c.normalize, c.max_seq_length),
+            (Pooling::Mean, false, None)
+        );
     }
 
     #[test]
     fn unknown_module_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "modules.json", r#"[{"type":"sentence_transformers.models.Dense","path":"2_Dense"}]"#);
+        write(
+            dir.path(),
+            "modules.json",
+            r#"[{"type":"sentence_transformers.models.Dense","path":"2_Dense"}]"#,
+        );
         let e = read_sentence_config(dir.path()).unwrap_err().to_string();
         assert!(e.contains("sentence_transformers.models.Dense"), "{e}");
     }
@@ -294,15 +350,27 @@ mod tests {
         let mut prompts = BTreeMap::new();
         prompts.insert("query".to_string(), "query: ".to_string());
         assert_eq!(document_prompt(&prompts, None), None);
-        assert_eq!(document_prompt(&prompts, Some("query")).as_deref(), Some("query: "));
+        assert_eq!(
+            document_prompt(&prompts, Some("query")).as_deref(),
+            Some("query: ")
+        );
         prompts.insert("passage".to_string(), "passage: ".to_string());
-        assert_eq!(document_prompt(&prompts, Some("query")).as_deref(), Some("passage: "));
+        assert_eq!(
+            document_prompt(&prompts, Some("query")).as_deref(),
+            Some("passage: ")
+        );
         let dir = tempfile::tempdir().unwrap();
         write(
             dir.path(),
             "config_sentence_transformers.json",
             r#"{"prompts": {"query": "query: ", "document": "passage: "}, "default_prompt_name": null}"#,
         );
-        assert_eq!(read_sentence_config(dir.path()).unwrap().document_prompt.as_deref(), Some("passage: "));
+        assert_eq!(
+            read_sentence_config(dir.path())
+                .unwrap()
+                .document_prompt
+                .as_deref(),
+            Some("passage: ")
+        );
     }
 }

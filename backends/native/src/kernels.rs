@@ -125,15 +125,20 @@ mod avx2 {
     pub unsafe fn exp8(x: __m256) -> __m256 {
         unsafe {
             let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
-            let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-                x,
-                _mm256_set1_ps(LOG2E),
-            ));
+            let x = _mm256_min_ps(
+                _mm256_max_ps(x, _mm256_set1_ps(EXP_LO)),
+                _mm256_set1_ps(EXP_HI),
+            );
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+            );
             let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
             let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
             let p = horner8(&EXP_P, r);
-            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
             _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)))
         }
     }
@@ -166,8 +171,12 @@ mod avx2 {
                 let mut i = 0;
                 while i + 8 <= row.len() {
                     let p = row.as_mut_ptr().add(i);
-                    let v = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(bias.as_ptr().add(i)));
-                    let g = _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf8(_mm256_mul_ps(v, s))));
+                    let v =
+                        _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(bias.as_ptr().add(i)));
+                    let g = _mm256_mul_ps(
+                        _mm256_mul_ps(half, v),
+                        _mm256_add_ps(one, erf8(_mm256_mul_ps(v, s))),
+                    );
                     _mm256_storeu_ps(p, g);
                     i += 8;
                 }
@@ -255,7 +264,11 @@ mod avx2 {
                 i = 0;
                 while i + 8 <= h {
                     let d = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), vm), vr);
-                    let y = _mm256_fmadd_ps(d, _mm256_loadu_ps(gamma.as_ptr().add(i)), _mm256_loadu_ps(beta.as_ptr().add(i)));
+                    let y = _mm256_fmadd_ps(
+                        d,
+                        _mm256_loadu_ps(gamma.as_ptr().add(i)),
+                        _mm256_loadu_ps(beta.as_ptr().add(i)),
+                    );
                     _mm256_storeu_ps(p.add(i), y);
                     i += 8;
                 }
@@ -453,7 +466,9 @@ mod tests {
     }
 
     fn grid(lo: f32, hi: f32, n: usize) -> Vec<f32> {
-        (0..n).map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32).collect()
+        (0..n)
+            .map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32)
+            .collect()
     }
 
     #[test]
@@ -465,9 +480,23 @@ mod tests {
             let r = (*x as f64).exp();
             let rel = ((*y as f64) - r).abs() / r;
             assert!(rel < 2.5e-7, "exp({x}) = {y}, want {r} (rel {rel})");
-            assert_eq!(*y, exp_scalar(*x).max(0.0), "vector and scalar paths differ at {x}");
+            assert_eq!(
+                *y,
+                exp_scalar(*x).max(0.0),
+                "vector and scalar paths differ at {x}"
+            );
         }
-        let mut tiny = vec![-87.5, -100.0, -1e30, f32::NEG_INFINITY, -88.0, -87.2, -90.0, -200.0, -95.0];
+        let mut tiny = vec![
+            -87.5,
+            -100.0,
+            -1e30,
+            f32::NEG_INFINITY,
+            -88.0,
+            -87.2,
+            -90.0,
+            -200.0,
+            -95.0,
+        ];
         exp_inplace(&mut tiny);
         assert!(tiny.iter().all(|v| *v == 0.0), "{tiny:?}");
     }
@@ -481,7 +510,10 @@ mod tests {
             let r = erf_ref(*x as f64);
             let err = ((*y as f64) - r).abs();
             assert!(err <= 2.4e-7 * r.abs() + 1e-40, "erf({x}) = {y}, want {r}");
-            assert!((erf_scalar(*x) - y).abs() <= f32::EPSILON * y.abs(), "paths differ at {x}");
+            assert!(
+                (erf_scalar(*x) - y).abs() <= f32::EPSILON * y.abs(),
+                "paths differ at {x}"
+            );
         }
         assert_eq!(erf_scalar(0.0), 0.0);
     }
@@ -505,7 +537,11 @@ mod tests {
     fn bias_gelu_adds_bias_per_row_including_tails() {
         let bias: Vec<f32> = (0..11).map(|j| j as f32 * 0.1 - 0.5).collect();
         let mut x: Vec<f32> = (0..33).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
-        let want: Vec<f32> = x.iter().enumerate().map(|(i, v)| gelu_scalar(v + bias[i % 11])).collect();
+        let want: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| gelu_scalar(v + bias[i % 11]))
+            .collect();
         bias_gelu_inplace(&mut x, &bias);
         for (a, b) in x.iter().zip(&want) {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
@@ -515,15 +551,23 @@ mod tests {
     #[test]
     fn softmax_matches_reference_and_zeroes_far_scores() {
         for n in [1usize, 3, 8, 13, 64, 255] {
-            let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97) as f32 * 0.3 - 12.0).collect();
+            let row: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 97) as f32 * 0.3 - 12.0)
+                .collect();
             let mut v = row.clone();
             softmax_inplace(&mut v);
-            let max = row.iter().copied().fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
+            let max = row
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, |a, b| a.max(b as f64));
             let sum: f64 = row.iter().map(|x| (*x as f64 - max).exp()).sum();
             for (x, y) in row.iter().zip(&v) {
                 let r = (*x as f64 - max).exp() / sum;
                 // x - max is rounded to f32 first: ~1e-6 relative for |x - max| < 30.
-                assert!(((*y as f64) - r).abs() <= 4e-6 * r + 1e-30, "n={n}: {y} vs {r}");
+                assert!(
+                    ((*y as f64) - r).abs() <= 4e-6 * r + 1e-30,
+                    "n={n}: {y} vs {r}"
+                );
             }
         }
         let mut v = vec![0.0, -100.0, -1000.0, 5.0, -95.0, 1.0, 2.0, 3.0, -200.0];
@@ -539,16 +583,22 @@ mod tests {
         for h in [7usize, 32, 384, 389] {
             let gamma: Vec<f32> = (0..h).map(|j| 1.0 + j as f32 * 0.01).collect();
             let beta: Vec<f32> = (0..h).map(|j| j as f32 * -0.02).collect();
-            let x: Vec<f32> = (0..3 * h).map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5).collect();
+            let x: Vec<f32> = (0..3 * h)
+                .map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5)
+                .collect();
             let mut y = x.clone();
             layer_norm_inplace(&mut y, &gamma, &beta, 1e-12);
             for (r, row) in x.chunks(h).enumerate() {
                 let mean = row.iter().map(|v| *v as f64).sum::<f64>() / h as f64;
                 let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
                 for j in 0..h {
-                    let want = (row[j] as f64 - mean) / (var + 1e-12).sqrt() * gamma[j] as f64 + beta[j] as f64;
+                    let want = (row[j] as f64 - mean) / (var + 1e-12).sqrt() * gamma[j] as f64
+                        + beta[j] as f64;
                     let got = y[r * h + j] as f64;
-                    assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "h={h}: {got} vs {want}");
+                    assert!(
+                        (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                        "h={h}: {got} vs {want}"
+                    );
                 }
             }
         }

@@ -23,7 +23,10 @@ pub mod kernels;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use papersys_backend_core::{BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, Pooling, PreparedBatch, TokenBatch};
+use papersys_backend_core::{
+    BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, Pooling, PreparedBatch,
+    TokenBatch,
+};
 use sha2::{Digest, Sha256};
 
 pub use config::{SentenceConfig, TransformerConfig};
@@ -161,7 +164,10 @@ struct ModelSetup {
 
 /// Reads configs and tokenizer of the located model and works out the
 /// effective truncation and document prefix.
-fn setup(opts: &NativeOptions, usable_positions: impl Fn(&TransformerConfig) -> Result<usize, EmbedError>) -> Result<ModelSetup, EmbedError> {
+fn setup(
+    opts: &NativeOptions,
+    usable_positions: impl Fn(&TransformerConfig) -> Result<usize, EmbedError>,
+) -> Result<ModelSetup, EmbedError> {
     let files = resolve_model(opts)?;
     let sentence = config::read_sentence_config(&files.dir)?;
     let transformer = config::read_transformer_config(&files.dir.join(&sentence.transformer_path))?;
@@ -183,23 +189,40 @@ fn setup(opts: &NativeOptions, usable_positions: impl Fn(&TransformerConfig) -> 
     let st_limit = match sentence.max_seq_length {
         Some(n) => n,
         None => {
-            let tc: Option<TokenizerConfig> = config::read_json(&files.dir.join("tokenizer_config.json"))?;
-            let model_max = tc.and_then(|t| t.model_max_length).filter(|v| *v >= 1.0 && *v < 1e9);
-            model_max.map_or(transformer.max_position_embeddings, |m| (m as usize).min(transformer.max_position_embeddings))
+            let tc: Option<TokenizerConfig> =
+                config::read_json(&files.dir.join("tokenizer_config.json"))?;
+            let model_max = tc
+                .and_then(|t| t.model_max_length)
+                .filter(|v| *v >= 1.0 && *v < 1e9);
+            model_max.map_or(transformer.max_position_embeddings, |m| {
+                (m as usize).min(transformer.max_position_embeddings)
+            })
         }
     };
-    let max_tokens = [Some(st_limit), Some(positions), opts.max_length.filter(|&n| n > 0)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(positions);
+    let max_tokens = [
+        Some(st_limit),
+        Some(positions),
+        opts.max_length.filter(|&n| n > 0),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(positions);
     if max_tokens < 2 {
-        return Err(EmbedError::Load(format!("max_length {max_tokens} leaves no room for text")));
+        return Err(EmbedError::Load(format!(
+            "max_length {max_tokens} leaves no room for text"
+        )));
     }
     let prefix = effective_document_prefix(opts, &sentence);
-    let tokenizer_path = files.dir.join(&sentence.transformer_path).join("tokenizer.json");
+    let tokenizer_path = files
+        .dir
+        .join(&sentence.transformer_path)
+        .join("tokenizer.json");
     if !tokenizer_path.is_file() {
-        return Err(EmbedError::Load(format!("{} is missing", tokenizer_path.display())));
+        return Err(EmbedError::Load(format!(
+            "{} is missing",
+            tokenizer_path.display()
+        )));
     }
     let tokenizer = TextTokenizer::load(&tokenizer_path, max_tokens, prefix, sentence.lowercase)?;
     Ok(ModelSetup {
@@ -268,7 +291,9 @@ impl NativeEmbedder {
         match device {
             Device::Cpu => Self::load_cpu(opts),
             #[cfg(feature = "cuda")]
-            Device::Cuda(ordinal) => Self::load_candle(opts, candle_engine::CandleDevice::Cuda(ordinal), precision),
+            Device::Cuda(ordinal) => {
+                Self::load_candle(opts, candle_engine::CandleDevice::Cuda(ordinal), precision)
+            }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => {
                 let _ = precision;
@@ -296,7 +321,9 @@ impl NativeEmbedder {
             .thread_name(|i| format!("papersys-embed-{i}"))
             .start_handler(|_| kernels::set_flush_denormals())
             .build()
-            .map_err(|e| EmbedError::Load(format!("cannot start {threads} embedding threads: {e}")))?;
+            .map_err(|e| {
+                EmbedError::Load(format!("cannot start {threads} embedding threads: {e}"))
+            })?;
         let identity = Self::identity_of(opts, &setup, sha);
         tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, "native CPU engine loaded");
         Ok(NativeEmbedder {
@@ -322,16 +349,23 @@ impl NativeEmbedder {
     }
 
     #[cfg(feature = "candle")]
-    fn load_candle(opts: &NativeOptions, device: candle_engine::CandleDevice, precision: Precision) -> Result<Self, EmbedError> {
+    fn load_candle(
+        opts: &NativeOptions,
+        device: candle_engine::CandleDevice,
+        precision: Precision,
+    ) -> Result<Self, EmbedError> {
         let setup = setup(opts, |cfg| match cfg.model_type.as_str() {
             "bert" => Ok(cfg.max_position_embeddings),
-            "xlm-roberta" | "roberta" => Ok(cfg.max_position_embeddings.saturating_sub(cfg.pad_token_id.unwrap_or(1) + 1)),
+            "xlm-roberta" | "roberta" => Ok(cfg
+                .max_position_embeddings
+                .saturating_sub(cfg.pad_token_id.unwrap_or(1) + 1)),
             other => Err(models::unsupported_model_type(other)),
         })?;
         let weights = WeightsFile::open(&setup.files.weights())?;
         let sha = weights_sha256(&setup.files, &weights);
         drop(weights);
-        let engine = candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
+        let engine =
+            candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
         let identity = Self::identity_of(opts, &setup, sha);
         Ok(NativeEmbedder {
             identity,
@@ -382,7 +416,10 @@ impl NativeEmbedder {
             let last = (first + self.batch_size).min(n);
             let base = batch.cu_seq_lengths[first];
             let ids = &batch.input_ids[base as usize..batch.cu_seq_lengths[last] as usize];
-            let cu: Vec<u32> = batch.cu_seq_lengths[first..=last].iter().map(|c| c - base).collect();
+            let cu: Vec<u32> = batch.cu_seq_lengths[first..=last]
+                .iter()
+                .map(|c| c - base)
+                .collect();
             self.run(ids, &cu, &mut out)?;
             first = last;
         }
@@ -397,7 +434,8 @@ impl NativeEmbedder {
             Engine::Cpu(cpu) => {
                 let mut guard = cpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
                 let scratch: &mut Scratch = &mut guard;
-                cpu.pool.install(|| cpu.encoder.forward(ids, cu, scratch, cpu.threads))?;
+                cpu.pool
+                    .install(|| cpu.encoder.forward(ids, cu, scratch, cpu.threads))?;
                 pooling::pool(&scratch.hidden, cu, dim, self.pooling, self.normalize, out);
             }
             #[cfg(feature = "candle")]
@@ -452,17 +490,34 @@ mod tests {
             device: "cuda".into(),
             ..NativeOptions::default()
         };
-        assert!(matches!(NativeEmbedder::load(&opts), Err(EmbedError::Unsupported(_))));
+        assert!(matches!(
+            NativeEmbedder::load(&opts),
+            Err(EmbedError::Unsupported(_))
+        ));
     }
 
     #[test]
     fn devices_and_precisions_parse() {
         assert_eq!(Device::parse("").unwrap(), Device::Cpu);
         assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
-        assert!(Device::parse("metal").unwrap_err().to_string().contains("not supported"));
-        assert_eq!(parse_precision("float16", Device::Cpu).unwrap(), Precision::F32);
-        assert_eq!(parse_precision("auto", Device::Cuda(0)).unwrap(), Precision::F16);
-        assert_eq!(parse_precision("float32", Device::Cuda(0)).unwrap(), Precision::F32);
+        assert!(
+            Device::parse("metal")
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
+        assert_eq!(
+            parse_precision("float16", Device::Cpu).unwrap(),
+            Precision::F32
+        );
+        assert_eq!(
+            parse_precision("auto", Device::Cuda(0)).unwrap(),
+            Precision::F16
+        );
+        assert_eq!(
+            parse_precision("float32", Device::Cuda(0)).unwrap(),
+            Precision::F32
+        );
         assert!(parse_precision("int8", Device::Cpu).is_err());
     }
 }

@@ -52,7 +52,11 @@ impl ModelFiles {
 /// The Hugging Face hub cache directory, as `huggingface_hub` picks it:
 /// `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
 pub fn hf_hub_cache_dir() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("HF_HUB_CACHE")
         .or_else(|| var("HF_HOME").map(|home| home.join("hub")))
         .or_else(|| var("HOME").map(|home| home.join(".cache").join("huggingface").join("hub")))
@@ -61,7 +65,12 @@ pub fn hf_hub_cache_dir() -> Option<PathBuf> {
 /// True when `HF_HUB_OFFLINE` forbids network access.
 pub fn hub_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -87,8 +96,13 @@ fn check_dir(dir: &Path) -> Result<(), String> {
 fn find_in_cache(cache: &Path, name: &str) -> Result<ModelFiles, String> {
     let repo = cache.join(format!("models--{}", name.replace('/', "--")));
     let reference = repo.join("refs").join("main");
-    let commit = std::fs::read_to_string(&reference)
-        .map_err(|_| format!("no {} in the Hugging Face cache ({} is missing)", name, reference.display()))?;
+    let commit = std::fs::read_to_string(&reference).map_err(|_| {
+        format!(
+            "no {} in the Hugging Face cache ({} is missing)",
+            name,
+            reference.display()
+        )
+    })?;
     let commit = commit.trim().to_string();
     let dir = repo.join("snapshots").join(&commit);
     check_dir(&dir)?;
@@ -163,7 +177,9 @@ pub fn resolve_model(opts: &NativeOptions) -> Result<ModelFiles, EmbedError> {
             Ok(files) => return Ok(files),
             Err(e) => tried.push(format!("Hugging Face cache {}: {e}", cache.display())),
         },
-        None => tried.push("Hugging Face cache: neither HF_HUB_CACHE, HF_HOME nor HOME is set".into()),
+        None => {
+            tried.push("Hugging Face cache: neither HF_HUB_CACHE, HF_HOME nor HOME is set".into())
+        }
     }
     if hub_offline() {
         tried.push("Hugging Face hub: not contacted because HF_HUB_OFFLINE is set".into());
@@ -214,7 +230,8 @@ pub(crate) mod tests {
         std::fs::write(repo.join("refs/main"), commit).unwrap();
         let sha = "ab".repeat(32);
         std::fs::write(repo.join("blobs").join(&sha), b"weights").unwrap();
-        std::os::unix::fs::symlink(format!("../../blobs/{sha}"), snap.join("model.safetensors")).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{sha}"), snap.join("model.safetensors"))
+            .unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
         std::fs::write(snap.join("tokenizer.json"), "{}").unwrap();
         snap
@@ -265,7 +282,10 @@ pub(crate) mod tests {
         let mut o = opts("org/model");
         o.model_path = Some(own.clone());
         let files = resolve_model(&o).unwrap();
-        assert_eq!((files.dir.as_path(), files.source), (own.as_path(), ModelSource::Path));
+        assert_eq!(
+            (files.dir.as_path(), files.source),
+            (own.as_path(), ModelSource::Path)
+        );
         std::fs::remove_file(own.join("tokenizer.json")).unwrap();
         let e = resolve_model(&o).unwrap_err().to_string();
         assert!(e.contains("tokenizer.json"), "{e}");

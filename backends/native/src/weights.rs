@@ -17,10 +17,12 @@ pub struct WeightsFile {
 impl WeightsFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<Self, EmbedError> {
-        let file = File::open(path).map_err(|e| EmbedError::Load(format!("cannot open {}: {e}", path.display())))?;
+        let file = File::open(path)
+            .map_err(|e| EmbedError::Load(format!("cannot open {}: {e}", path.display())))?;
         // SAFETY: the file is opened read-only; like every loader of
         // memory-mapped weights we rely on nobody truncating it meanwhile.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| EmbedError::Load(format!("cannot map {}: {e}", path.display())))?;
+        let mmap = unsafe { Mmap::map(&file) }
+            .map_err(|e| EmbedError::Load(format!("cannot map {}: {e}", path.display())))?;
         Ok(WeightsFile {
             path: path.to_path_buf(),
             mmap,
@@ -34,9 +36,16 @@ impl WeightsFile {
 
     /// Parses the header; the returned view borrows the mapping.
     pub fn tensors(&self) -> Result<Tensors<'_>, EmbedError> {
-        let st = SafeTensors::deserialize(&self.mmap)
-            .map_err(|e| EmbedError::Load(format!("{} is not a valid safetensors file: {e}", self.path.display())))?;
-        Ok(Tensors { path: &self.path, st })
+        let st = SafeTensors::deserialize(&self.mmap).map_err(|e| {
+            EmbedError::Load(format!(
+                "{} is not a valid safetensors file: {e}",
+                self.path.display()
+            ))
+        })?;
+        Ok(Tensors {
+            path: &self.path,
+            st,
+        })
     }
 }
 
@@ -69,10 +78,9 @@ impl Tensors<'_> {
 
     /// Tensor `name` as f32, checking it has `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EmbedError> {
-        let view = self
-            .st
-            .tensor(name)
-            .map_err(|_| EmbedError::Load(format!("{}: tensor {name} is missing", self.path.display())))?;
+        let view = self.st.tensor(name).map_err(|_| {
+            EmbedError::Load(format!("{}: tensor {name} is missing", self.path.display()))
+        })?;
         if view.shape() != shape {
             return Err(EmbedError::Load(format!(
                 "{}: tensor {name} has shape {:?}, expected {shape:?} from config.json",
@@ -82,7 +90,10 @@ impl Tensors<'_> {
         }
         let data = view.data();
         let out = match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
             Dtype::F16 => data
                 .chunks_exact(2)
                 .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())

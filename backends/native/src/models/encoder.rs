@@ -43,7 +43,10 @@ pub struct EncoderConfig {
 impl EncoderConfig {
     /// Reads the shape from `config.json`, with the position offset of the
     /// architecture; rejects what this encoder cannot run.
-    pub fn from_transformer(cfg: &TransformerConfig, position_offset: usize) -> Result<Self, EmbedError> {
+    pub fn from_transformer(
+        cfg: &TransformerConfig,
+        position_offset: usize,
+    ) -> Result<Self, EmbedError> {
         if cfg.hidden_act != "gelu" {
             return Err(EmbedError::Unsupported(format!(
                 "config.json: hidden_act {:?} is not supported (supported: \"gelu\")",
@@ -166,19 +169,29 @@ impl Encoder {
             ))
         };
         let word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
-        let pos = t.get(&n("embeddings.position_embeddings.weight"), &[cfg.positions, h])?;
-        let types = t.get(&n("embeddings.token_type_embeddings.weight"), &[cfg.type_vocab, h])?;
-        let pos_type: Vec<f32> = pos.chunks_exact(h).flat_map(|row| row.iter().zip(&types[..h]).map(|(p, t)| p + t)).collect();
+        let pos = t.get(
+            &n("embeddings.position_embeddings.weight"),
+            &[cfg.positions, h],
+        )?;
+        let types = t.get(
+            &n("embeddings.token_type_embeddings.weight"),
+            &[cfg.type_vocab, h],
+        )?;
+        let pos_type: Vec<f32> = pos
+            .chunks_exact(h)
+            .flat_map(|row| row.iter().zip(&types[..h]).map(|(p, t)| p + t))
+            .collect();
         let (emb_ln_g, emb_ln_b) = ln("embeddings.LayerNorm")?;
         let scale = 1.0 / ((h / cfg.heads) as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let l = |s: &str| format!("encoder.layer.{i}.{s}");
-            let linear = |s: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
-                let w = t.get(&n(&l(&format!("{s}.weight"))), &[out, inp])?;
-                let b = t.get(&n(&l(&format!("{s}.bias"))), &[out])?;
-                Ok((transpose(&w, out, inp), b))
-            };
+            let linear =
+                |s: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
+                    let w = t.get(&n(&l(&format!("{s}.weight"))), &[out, inp])?;
+                    let b = t.get(&n(&l(&format!("{s}.bias"))), &[out])?;
+                    Ok((transpose(&w, out, inp), b))
+                };
             let (wq, bq) = linear("attention.self.query", h, h)?;
             let (wk, bk) = linear("attention.self.key", h, h)?;
             let (wv, bv) = linear("attention.self.value", h, h)?;
@@ -227,13 +240,25 @@ impl Encoder {
     /// Runs the encoder on a packed batch; the token vectors end up in
     /// `scratch.hidden[..tokens * hidden]`. Call inside the engine's thread
     /// pool: GEMMs and row-wise passes use `threads` rayon workers.
-    pub fn forward(&self, ids: &[u32], cu: &[u32], scratch: &mut Scratch, threads: usize) -> Result<(), EmbedError> {
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        cu: &[u32],
+        scratch: &mut Scratch,
+        threads: usize,
+    ) -> Result<(), EmbedError> {
         let cfg = &self.cfg;
         let h = cfg.hidden;
         let tokens = ids.len();
-        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        let par = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
         for w in cu.windows(2) {
-            let len = w[1].checked_sub(w[0]).ok_or_else(|| EmbedError::Inference("cu_seq_lengths not increasing".into()))?;
+            let len = w[1]
+                .checked_sub(w[0])
+                .ok_or_else(|| EmbedError::Inference("cu_seq_lengths not increasing".into()))?;
             if len as usize > cfg.max_tokens() {
                 return Err(EmbedError::Inference(format!(
                     "a sequence of {len} tokens exceeds the model's {} positions",
@@ -242,13 +267,23 @@ impl Encoder {
             }
         }
         if cu.first() != Some(&0) || cu.last().map(|&l| l as usize) != Some(tokens) {
-            return Err(EmbedError::Inference("cu_seq_lengths do not cover input_ids".into()));
+            return Err(EmbedError::Inference(
+                "cu_seq_lengths do not cover input_ids".into(),
+            ));
         }
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
-            return Err(EmbedError::Inference(format!("token id {bad} outside the vocabulary of {}", cfg.vocab)));
+            return Err(EmbedError::Inference(format!(
+                "token id {bad} outside the vocabulary of {}",
+                cfg.vocab
+            )));
         }
         scratch.ensure(tokens, cfg);
-        let Scratch { hidden, qkv, ctx, inter } = scratch;
+        let Scratch {
+            hidden,
+            qkv,
+            ctx,
+            inter,
+        } = scratch;
         let hidden = &mut hidden[..tokens * h];
         let qkv = &mut qkv[..tokens * 3 * h];
         let ctx = &mut ctx[..tokens * h];
@@ -267,24 +302,84 @@ impl Encoder {
                 }
             }
         }
-        par_rows(hidden, h, |rows| kernels::layer_norm_inplace(rows, &self.emb_ln_g, &self.emb_ln_b, cfg.eps));
+        par_rows(hidden, h, |rows| {
+            kernels::layer_norm_inplace(rows, &self.emb_ln_g, &self.emb_ln_b, cfg.eps)
+        });
 
         for layer in &self.layers {
             // SAFETY (all `matmul` calls): buffers are sliced to exactly the
             // shapes passed, and weights have the shapes checked at load.
-            unsafe { matmul(tokens, 3 * h, h, qkv.as_mut_ptr(), false, hidden.as_ptr(), h, &layer.w_qkv, par) };
-            par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.b_qkv));
-            self.attention(qkv, ctx, cu);
-            par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.b_o));
-            unsafe { matmul(tokens, h, h, hidden.as_mut_ptr(), true, ctx.as_ptr(), h, &layer.w_o, par) };
-            par_rows(hidden, h, |rows| kernels::layer_norm_inplace(rows, &layer.ln1_g, &layer.ln1_b, cfg.eps));
-            unsafe { matmul(tokens, cfg.intermediate, h, inter.as_mut_ptr(), false, hidden.as_ptr(), h, &layer.w_i, par) };
-            par_rows(inter, cfg.intermediate, |rows| kernels::bias_gelu_inplace(rows, &layer.b_i));
-            par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.b_out));
             unsafe {
-                matmul(tokens, h, cfg.intermediate, hidden.as_mut_ptr(), true, inter.as_ptr(), cfg.intermediate, &layer.w_out, par)
+                matmul(
+                    tokens,
+                    3 * h,
+                    h,
+                    qkv.as_mut_ptr(),
+                    false,
+                    hidden.as_ptr(),
+                    h,
+                    &layer.w_qkv,
+                    par,
+                )
             };
-            par_rows(hidden, h, |rows| kernels::layer_norm_inplace(rows, &layer.ln2_g, &layer.ln2_b, cfg.eps));
+            par_rows(qkv, 3 * h, |rows| {
+                kernels::add_bias_inplace(rows, &layer.b_qkv)
+            });
+            self.attention(qkv, ctx, cu);
+            par_rows(hidden, h, |rows| {
+                kernels::add_bias_inplace(rows, &layer.b_o)
+            });
+            unsafe {
+                matmul(
+                    tokens,
+                    h,
+                    h,
+                    hidden.as_mut_ptr(),
+                    true,
+                    ctx.as_ptr(),
+                    h,
+                    &layer.w_o,
+                    par,
+                )
+            };
+            par_rows(hidden, h, |rows| {
+                kernels::layer_norm_inplace(rows, &layer.ln1_g, &layer.ln1_b, cfg.eps)
+            });
+            unsafe {
+                matmul(
+                    tokens,
+                    cfg.intermediate,
+                    h,
+                    inter.as_mut_ptr(),
+                    false,
+                    hidden.as_ptr(),
+                    h,
+                    &layer.w_i,
+                    par,
+                )
+            };
+            par_rows(inter, cfg.intermediate, |rows| {
+                kernels::bias_gelu_inplace(rows, &layer.b_i)
+            });
+            par_rows(hidden, h, |rows| {
+                kernels::add_bias_inplace(rows, &layer.b_out)
+            });
+            unsafe {
+                matmul(
+                    tokens,
+                    h,
+                    cfg.intermediate,
+                    hidden.as_mut_ptr(),
+                    true,
+                    inter.as_ptr(),
+                    cfg.intermediate,
+                    &layer.w_out,
+                    par,
+                )
+            };
+            par_rows(hidden, h, |rows| {
+                kernels::layer_norm_inplace(rows, &layer.ln2_g, &layer.ln2_b, cfg.eps)
+            });
         }
         Ok(())
     }
@@ -391,7 +486,17 @@ fn par_rows(x: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
 /// # Safety
 /// `dst` must hold m·n floats, `a` m rows of `lda` floats, `b` k·n floats.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul(m: usize, n: usize, k: usize, dst: *mut f32, accumulate: bool, a: *const f32, lda: usize, b: &[f32], par: Parallelism) {
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    accumulate: bool,
+    a: *const f32,
+    lda: usize,
+    b: &[f32],
+    par: Parallelism,
+) {
     debug_assert_eq!(b.len(), k * n);
     unsafe {
         gemm::gemm(

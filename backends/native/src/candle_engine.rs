@@ -1,0 +1,1 @@
+//! The candle engine (being built).
