@@ -1,1 +1,11 @@
-//! papersys: keeps sentence embeddings of arXiv metadata complete, correct and up to date.
+//! papersys keeps sentence embeddings of arXiv paper metadata complete,
+//! correct and up to date, for several models at once.
+//!
+//! Data flows one way: [`metadata`] (CSV input) → [`plan`] (what is missing)
+//! → batches → a backend behind [`papersys_backend_core::Embedder`] →
+//! [`store`] (Parquet year files, manifest, backlog). The `papersys` binary
+//! is a thin shell over this library.
+
+pub mod config;
+pub mod metadata;
+pub mod text;

@@ -180,7 +180,12 @@ mod tests {
     fn validate_catches_count_dimension_and_nan() {
         let ok = Embeddings::new(2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
         assert!(ok.validate(2, 2).is_ok());
-        assert!(ok.validate(3, 2).unwrap_err().to_string().contains("2 vectors for 3 texts"));
+        assert!(
+            ok.validate(3, 2)
+                .unwrap_err()
+                .to_string()
+                .contains("2 vectors for 3 texts")
+        );
         assert!(ok.validate(2, 4).is_err());
         let nan = Embeddings::new(2, vec![1.0, 0.0, f32::NAN, 1.0]).unwrap();
         let message = nan.validate(2, 2).unwrap_err().to_string();

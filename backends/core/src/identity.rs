@@ -70,7 +70,11 @@ pub struct IdentityMismatch {
 
 impl std::fmt::Display for IdentityMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: recorded {}, configured {}", self.field, self.recorded, self.current)
+        write!(
+            f,
+            "{}: recorded {}, configured {}",
+            self.field, self.recorded, self.current
+        )
     }
 }
 
@@ -83,11 +87,19 @@ impl ModelIdentity {
         let mut out = Vec::new();
         let mut check = |field: &'static str, recorded: String, current: String| {
             if recorded != current {
-                out.push(IdentityMismatch { field, recorded, current });
+                out.push(IdentityMismatch {
+                    field,
+                    recorded,
+                    current,
+                });
             }
         };
         check("name", recorded.name.clone(), self.name.clone());
-        check("dimension", recorded.dimension.to_string(), self.dimension.to_string());
+        check(
+            "dimension",
+            recorded.dimension.to_string(),
+            self.dimension.to_string(),
+        );
         check(
             "document_prefix",
             format!("{:?}", recorded.document_prefix),
@@ -97,11 +109,19 @@ impl ModelIdentity {
             check("weights_sha256", a.clone(), b.clone());
         }
         if recorded.max_tokens != 0 && self.max_tokens != 0 {
-            check("max_tokens", recorded.max_tokens.to_string(), self.max_tokens.to_string());
+            check(
+                "max_tokens",
+                recorded.max_tokens.to_string(),
+                self.max_tokens.to_string(),
+            );
         }
         if recorded.pooling != Pooling::Unknown && self.pooling != Pooling::Unknown {
             check("pooling", recorded.pooling.to_string(), self.pooling.to_string());
-            check("normalize", recorded.normalize.to_string(), self.normalize.to_string());
+            check(
+                "normalize",
+                recorded.normalize.to_string(),
+                self.normalize.to_string(),
+            );
         }
         out
     }

@@ -120,17 +120,12 @@ struct StFile {
 }
 
 /// Reads and parses a JSON file; a missing file is `Ok(None)`.
-pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-) -> Result<Option<T>, EmbedError> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, EmbedError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(EmbedError::Load(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )));
+            return Err(EmbedError::Load(format!("cannot read {}: {e}", path.display())));
         }
     };
     serde_json::from_str(&text)
@@ -175,9 +170,8 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
                 "Transformer" => transformer_path = module.path.clone(),
                 "Pooling" => {
                     let path = dir.join(&module.path).join("config.json");
-                    let file: PoolingFile = read_json(&path)?.ok_or_else(|| {
-                        EmbedError::Load(format!("{} is missing", path.display()))
-                    })?;
+                    let file: PoolingFile = read_json(&path)?
+                        .ok_or_else(|| EmbedError::Load(format!("{} is missing", path.display())))?;
                     pooling = parse_pooling(&file, &path)?;
                     include_prompt = file.include_prompt;
                     saw_pooling = true;
@@ -199,12 +193,9 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
             )));
         }
     }
-    let sbert: SbertFile = read_json(
-        &dir.join(&transformer_path)
-            .join("sentence_bert_config.json"),
-    )?
-    .or(read_json(&dir.join("sentence_bert_config.json"))?)
-    .unwrap_or_default();
+    let sbert: SbertFile = read_json(&dir.join(&transformer_path).join("sentence_bert_config.json"))?
+        .or(read_json(&dir.join("sentence_bert_config.json"))?)
+        .unwrap_or_default();
     let st: StFile = read_json(&dir.join("config_sentence_transformers.json"))?.unwrap_or_default();
     let document_prompt =
         document_prompt(&st.prompts, st.default_prompt_name.as_deref()).filter(|p| !p.is_empty());

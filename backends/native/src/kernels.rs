@@ -125,20 +125,16 @@ mod avx2 {
     pub unsafe fn exp8(x: __m256) -> __m256 {
         unsafe {
             let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
-            let x = _mm256_min_ps(
-                _mm256_max_ps(x, _mm256_set1_ps(EXP_LO)),
-                _mm256_set1_ps(EXP_HI),
-            );
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
-            );
+            let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                x,
+                _mm256_set1_ps(LOG2E),
+            ));
             let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
             let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
             let p = horner8(&EXP_P, r);
-            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_cvtps_epi32(n),
-                _mm256_set1_epi32(127),
-            ));
+            let bits =
+                _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
             _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)))
         }
     }
@@ -171,8 +167,7 @@ mod avx2 {
                 let mut i = 0;
                 while i + 8 <= row.len() {
                     let p = row.as_mut_ptr().add(i);
-                    let v =
-                        _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(bias.as_ptr().add(i)));
+                    let v = _mm256_add_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(bias.as_ptr().add(i)));
                     let g = _mm256_mul_ps(
                         _mm256_mul_ps(half, v),
                         _mm256_add_ps(one, erf8(_mm256_mul_ps(v, s))),
@@ -551,9 +546,7 @@ mod tests {
     #[test]
     fn softmax_matches_reference_and_zeroes_far_scores() {
         for n in [1usize, 3, 8, 13, 64, 255] {
-            let row: Vec<f32> = (0..n)
-                .map(|i| ((i * 7919) % 97) as f32 * 0.3 - 12.0)
-                .collect();
+            let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97) as f32 * 0.3 - 12.0).collect();
             let mut v = row.clone();
             softmax_inplace(&mut v);
             let max = row
@@ -564,10 +557,7 @@ mod tests {
             for (x, y) in row.iter().zip(&v) {
                 let r = (*x as f64 - max).exp() / sum;
                 // x - max is rounded to f32 first: ~1e-6 relative for |x - max| < 30.
-                assert!(
-                    ((*y as f64) - r).abs() <= 4e-6 * r + 1e-30,
-                    "n={n}: {y} vs {r}"
-                );
+                assert!(((*y as f64) - r).abs() <= 4e-6 * r + 1e-30, "n={n}: {y} vs {r}");
             }
         }
         let mut v = vec![0.0, -100.0, -1000.0, 5.0, -95.0, 1.0, 2.0, 3.0, -200.0];
@@ -583,17 +573,15 @@ mod tests {
         for h in [7usize, 32, 384, 389] {
             let gamma: Vec<f32> = (0..h).map(|j| 1.0 + j as f32 * 0.01).collect();
             let beta: Vec<f32> = (0..h).map(|j| j as f32 * -0.02).collect();
-            let x: Vec<f32> = (0..3 * h)
-                .map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5)
-                .collect();
+            let x: Vec<f32> = (0..3 * h).map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5).collect();
             let mut y = x.clone();
             layer_norm_inplace(&mut y, &gamma, &beta, 1e-12);
             for (r, row) in x.chunks(h).enumerate() {
                 let mean = row.iter().map(|v| *v as f64).sum::<f64>() / h as f64;
                 let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
                 for j in 0..h {
-                    let want = (row[j] as f64 - mean) / (var + 1e-12).sqrt() * gamma[j] as f64
-                        + beta[j] as f64;
+                    let want =
+                        (row[j] as f64 - mean) / (var + 1e-12).sqrt() * gamma[j] as f64 + beta[j] as f64;
                     let got = y[r * h + j] as f64;
                     assert!(
                         (got - want).abs() < 1e-5 * want.abs().max(1.0),

@@ -24,8 +24,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use papersys_backend_core::{
-    BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, Pooling, PreparedBatch,
-    TokenBatch,
+    BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, Pooling, PreparedBatch, TokenBatch,
 };
 use sha2::{Digest, Sha256};
 
@@ -189,8 +188,7 @@ fn setup(
     let st_limit = match sentence.max_seq_length {
         Some(n) => n,
         None => {
-            let tc: Option<TokenizerConfig> =
-                config::read_json(&files.dir.join("tokenizer_config.json"))?;
+            let tc: Option<TokenizerConfig> = config::read_json(&files.dir.join("tokenizer_config.json"))?;
             let model_max = tc
                 .and_then(|t| t.model_max_length)
                 .filter(|v| *v >= 1.0 && *v < 1e9);
@@ -214,10 +212,7 @@ fn setup(
         )));
     }
     let prefix = effective_document_prefix(opts, &sentence);
-    let tokenizer_path = files
-        .dir
-        .join(&sentence.transformer_path)
-        .join("tokenizer.json");
+    let tokenizer_path = files.dir.join(&sentence.transformer_path).join("tokenizer.json");
     if !tokenizer_path.is_file() {
         return Err(EmbedError::Load(format!(
             "{} is missing",
@@ -321,9 +316,7 @@ impl NativeEmbedder {
             .thread_name(|i| format!("papersys-embed-{i}"))
             .start_handler(|_| kernels::set_flush_denormals())
             .build()
-            .map_err(|e| {
-                EmbedError::Load(format!("cannot start {threads} embedding threads: {e}"))
-            })?;
+            .map_err(|e| EmbedError::Load(format!("cannot start {threads} embedding threads: {e}")))?;
         let identity = Self::identity_of(opts, &setup, sha);
         tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, "native CPU engine loaded");
         Ok(NativeEmbedder {
@@ -364,8 +357,7 @@ impl NativeEmbedder {
         let weights = WeightsFile::open(&setup.files.weights())?;
         let sha = weights_sha256(&setup.files, &weights);
         drop(weights);
-        let engine =
-            candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
+        let engine = candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
         let identity = Self::identity_of(opts, &setup, sha);
         Ok(NativeEmbedder {
             identity,
@@ -506,14 +498,8 @@ mod tests {
                 .to_string()
                 .contains("not supported")
         );
-        assert_eq!(
-            parse_precision("float16", Device::Cpu).unwrap(),
-            Precision::F32
-        );
-        assert_eq!(
-            parse_precision("auto", Device::Cuda(0)).unwrap(),
-            Precision::F16
-        );
+        assert_eq!(parse_precision("float16", Device::Cpu).unwrap(), Precision::F32);
+        assert_eq!(parse_precision("auto", Device::Cuda(0)).unwrap(), Precision::F16);
         assert_eq!(
             parse_precision("float32", Device::Cuda(0)).unwrap(),
             Precision::F32

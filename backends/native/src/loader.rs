@@ -177,9 +177,7 @@ pub fn resolve_model(opts: &NativeOptions) -> Result<ModelFiles, EmbedError> {
             Ok(files) => return Ok(files),
             Err(e) => tried.push(format!("Hugging Face cache {}: {e}", cache.display())),
         },
-        None => {
-            tried.push("Hugging Face cache: neither HF_HUB_CACHE, HF_HOME nor HOME is set".into())
-        }
+        None => tried.push("Hugging Face cache: neither HF_HUB_CACHE, HF_HOME nor HOME is set".into()),
     }
     if hub_offline() {
         tried.push("Hugging Face hub: not contacted because HF_HUB_OFFLINE is set".into());
@@ -230,8 +228,7 @@ pub(crate) mod tests {
         std::fs::write(repo.join("refs/main"), commit).unwrap();
         let sha = "ab".repeat(32);
         std::fs::write(repo.join("blobs").join(&sha), b"weights").unwrap();
-        std::os::unix::fs::symlink(format!("../../blobs/{sha}"), snap.join("model.safetensors"))
-            .unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{sha}"), snap.join("model.safetensors")).unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
         std::fs::write(snap.join("tokenizer.json"), "{}").unwrap();
         snap

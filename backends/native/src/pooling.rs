@@ -5,14 +5,7 @@ use papersys_backend_core::Pooling;
 
 /// Pools the token vectors `hidden` ([tokens, dim], packed by `cu`) into
 /// one row per sequence, appended to `out`; L2-normalises when `normalize`.
-pub fn pool(
-    hidden: &[f32],
-    cu: &[u32],
-    dim: usize,
-    pooling: Pooling,
-    normalize: bool,
-    out: &mut Vec<f32>,
-) {
+pub fn pool(hidden: &[f32], cu: &[u32], dim: usize, pooling: Pooling, normalize: bool, out: &mut Vec<f32>) {
     for w in cu.windows(2) {
         let (start, end) = (w[0] as usize, w[1] as usize);
         let base = out.len();

@@ -19,15 +19,9 @@ impl TextTokenizer {
     /// Loads `path`, replacing whatever truncation and padding the file
     /// carries (all-MiniLM-L6-v2's says 128 tokens, fixed padding) with
     /// truncation at `max_tokens` (special tokens included) and no padding.
-    pub fn load(
-        path: &Path,
-        max_tokens: usize,
-        prefix: String,
-        lowercase: bool,
-    ) -> Result<Self, EmbedError> {
-        let mut tokenizer = Tokenizer::from_file(path).map_err(|e| {
-            EmbedError::Load(format!("cannot load tokenizer {}: {e}", path.display()))
-        })?;
+    pub fn load(path: &Path, max_tokens: usize, prefix: String, lowercase: bool) -> Result<Self, EmbedError> {
+        let mut tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| EmbedError::Load(format!("cannot load tokenizer {}: {e}", path.display())))?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -86,9 +80,8 @@ impl TextTokenizer {
         for text in texts {
             let ids = self.encode(text.as_ref())?;
             batch.input_ids.extend_from_slice(&ids);
-            let end = u32::try_from(batch.input_ids.len()).map_err(|_| {
-                EmbedError::Tokenize("batch holds more than 4 billion tokens".into())
-            })?;
+            let end = u32::try_from(batch.input_ids.len())
+                .map_err(|_| EmbedError::Tokenize("batch holds more than 4 billion tokens".into()))?;
             batch.cu_seq_lengths.push(end);
         }
         Ok(batch)

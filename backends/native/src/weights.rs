@@ -17,8 +17,8 @@ pub struct WeightsFile {
 impl WeightsFile {
     /// Maps `path` read-only.
     pub fn open(path: &Path) -> Result<Self, EmbedError> {
-        let file = File::open(path)
-            .map_err(|e| EmbedError::Load(format!("cannot open {}: {e}", path.display())))?;
+        let file =
+            File::open(path).map_err(|e| EmbedError::Load(format!("cannot open {}: {e}", path.display())))?;
         // SAFETY: the file is opened read-only; like every loader of
         // memory-mapped weights we rely on nobody truncating it meanwhile.
         let mmap = unsafe { Mmap::map(&file) }
@@ -42,10 +42,7 @@ impl WeightsFile {
                 self.path.display()
             ))
         })?;
-        Ok(Tensors {
-            path: &self.path,
-            st,
-        })
+        Ok(Tensors { path: &self.path, st })
     }
 }
 
@@ -78,9 +75,10 @@ impl Tensors<'_> {
 
     /// Tensor `name` as f32, checking it has `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, EmbedError> {
-        let view = self.st.tensor(name).map_err(|_| {
-            EmbedError::Load(format!("{}: tensor {name} is missing", self.path.display()))
-        })?;
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|_| EmbedError::Load(format!("{}: tensor {name} is missing", self.path.display())))?;
         if view.shape() != shape {
             return Err(EmbedError::Load(format!(
                 "{}: tensor {name} has shape {:?}, expected {shape:?} from config.json",

@@ -94,7 +94,14 @@ fn main() {
                 // The encoding is the last field the client writes.
                 let tail = &request.body[request.body.len().saturating_sub(48)..];
                 let base64 = tail.windows(6).any(|w| w == b"base64");
-                Reply::bytes(200, if base64 { base64_body.clone() } else { float_body.clone() })
+                Reply::bytes(
+                    200,
+                    if base64 {
+                        base64_body.clone()
+                    } else {
+                        float_body.clone()
+                    },
+                )
             })
         })
         .collect();
@@ -142,7 +149,9 @@ fn main() {
                             let vectors = embedder.embed(&batch).expect("embed");
                             assert_eq!(vectors.len(), args.batch);
                         }
-                        thread_cpu_seconds().zip(cpu_start).map_or(0.0, |(end, start)| end - start)
+                        thread_cpu_seconds()
+                            .zip(cpu_start)
+                            .map_or(0.0, |(end, start)| end - start)
                     })
                 })
                 .collect();

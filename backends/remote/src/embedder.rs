@@ -136,9 +136,8 @@ impl RemoteEmbedder {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err((FailureKind::Fatal, "health check panicked".into()))
-                    })
+                    h.join()
+                        .unwrap_or_else(|_| Err((FailureKind::Fatal, "health check panicked".into())))
                 })
                 .collect()
         });
@@ -149,9 +148,7 @@ impl RemoteEmbedder {
             .iter()
             .zip(&outcomes)
             .filter_map(|(server, outcome)| match outcome {
-                Err((FailureKind::Fatal, message)) => {
-                    Some(format!("{}: {message}", server.url.display))
-                }
+                Err((FailureKind::Fatal, message)) => Some(format!("{}: {message}", server.url.display)),
                 _ => None,
             })
             .collect();
@@ -172,10 +169,7 @@ impl RemoteEmbedder {
                     self.model
                 )
             } else {
-                format!(
-                    "a server refuses this model's requests: {}",
-                    fatal.join("; ")
-                )
+                format!("a server refuses this model's requests: {}", fatal.join("; "))
             };
             let names: Vec<&str> = self
                 .fleet
@@ -209,11 +203,7 @@ impl RemoteEmbedder {
             let wire = self.fleet.wire(index);
             let body = protocol::request_body(&self.model, texts, wire.format(), self.dimensions);
             let started = Instant::now();
-            match transport::exchange(
-                &server.agent,
-                &server.url,
-                &self.call(&body, wire, texts.len()),
-            ) {
+            match transport::exchange(&server.agent, &server.url, &self.call(&body, wire, texts.len())) {
                 Ok(_) => {
                     self.fleet.learn_wire(index, wire, true);
                     return Ok(started.elapsed());
@@ -263,10 +253,7 @@ impl Embedder for RemoteEmbedder {
             return Ok(PreparedBatch::Texts(texts));
         }
         Ok(PreparedBatch::Texts(
-            texts
-                .into_iter()
-                .map(|text| format!("{prefix}{text}"))
-                .collect(),
+            texts.into_iter().map(|text| format!("{prefix}{text}")).collect(),
         ))
     }
 
@@ -295,15 +282,10 @@ impl Embedder for RemoteEmbedder {
             let lease = self.fleet.acquire()?;
             let wire = lease.wire;
             let format = wire.format();
-            let body = bodies[format as usize].get_or_insert_with(|| {
-                protocol::request_body(&self.model, texts, format, self.dimensions)
-            });
+            let body = bodies[format as usize]
+                .get_or_insert_with(|| protocol::request_body(&self.model, texts, format, self.dimensions));
             let server = lease.server();
-            match transport::exchange(
-                &server.agent,
-                &server.url,
-                &self.call(body, wire, texts.len()),
-            ) {
+            match transport::exchange(&server.agent, &server.url, &self.call(body, wire, texts.len())) {
                 Ok(data) => {
                     lease.succeed();
                     return Embeddings::new(dimension, data);
@@ -324,10 +306,7 @@ impl Embedder for RemoteEmbedder {
                     if attempts > self.max_retries {
                         return Err(EmbedError::Remote {
                             server: name,
-                            message: format!(
-                                "{} (gave up after {attempts} attempts)",
-                                failure.message
-                            ),
+                            message: format!("{} (gave up after {attempts} attempts)", failure.message),
                         });
                     }
                     tracing::debug!(server = %name, attempt = attempts, error = %failure.message, "retrying embedding request");

@@ -202,29 +202,20 @@ impl Fleet {
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
-                None => self
-                    .changed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
+                None => self.changed.wait(state).unwrap_or_else(PoisonError::into_inner),
             };
         }
     }
 
     fn all_paused_error(&self, state: &[ServerState], now: Instant) -> EmbedError {
-        let names: Vec<&str> = self
-            .servers
-            .iter()
-            .map(|s| s.url.display.as_str())
-            .collect();
+        let names: Vec<&str> = self.servers.iter().map(|s| s.url.display.as_str()).collect();
         let details: Vec<String> = self
             .servers
             .iter()
             .zip(state)
             .map(|(server, s)| {
                 let left = match s.breaker {
-                    Breaker::Open(until) => {
-                        until.saturating_duration_since(now).as_secs_f64().ceil()
-                    }
+                    Breaker::Open(until) => until.saturating_duration_since(now).as_secs_f64().ceil(),
                     _ => 0.0,
                 };
                 format!(
@@ -340,8 +331,7 @@ impl Fleet {
                 if failure.kind == FailureKind::Transient {
                     s.strikes = s.strikes.saturating_add(1);
                     if was_probe
-                        || (s.breaker == Breaker::Closed
-                            && s.strikes >= self.policy.breaker_threshold)
+                        || (s.breaker == Breaker::Closed && s.strikes >= self.policy.breaker_threshold)
                     {
                         s.breaker = Breaker::Open(now + self.policy.breaker_cooldown);
                         s.pauses += 1;
@@ -393,8 +383,7 @@ impl Lease<'_> {
 
     pub fn reject_base64(mut self, failure: &Failure) {
         self.done = true;
-        self.fleet
-            .release(self.index, Outcome::Base64Rejected(failure));
+        self.fleet.release(self.index, Outcome::Base64Rejected(failure));
     }
 
     pub fn fail(mut self, failure: &Failure) {
@@ -473,10 +462,7 @@ mod tests {
         );
         b.succeed();
         let d = fleet.acquire().unwrap();
-        assert_ne!(
-            d.index, c.index,
-            "the server with no request in flight wins"
-        );
+        assert_ne!(d.index, c.index, "the server with no request in flight wins");
         for lease in [a, c, d] {
             lease.succeed();
         }

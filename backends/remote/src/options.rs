@@ -127,9 +127,7 @@ impl RemoteOptions {
             return bad("`timeout_s` must be more than 0".into());
         }
         if self.tokens_per_minute == Some(0) {
-            return bad(
-                "`tokens_per_minute` must be more than 0 (leave it out for no limit)".into(),
-            );
+            return bad("`tokens_per_minute` must be more than 0 (leave it out for no limit)".into());
         }
         if self.breaker_threshold == 0 {
             return bad("the circuit breaker threshold must be at least 1".into());
@@ -255,9 +253,7 @@ fn is_loopback_host(host_port: &str) -> bool {
     let host = host.to_ascii_lowercase();
     host == "localhost"
         || host.ends_with(".localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -278,10 +274,7 @@ mod tests {
             assert!(url.loopback);
         }
         let hosted = ServerUrl::parse("https://api.example.com/openai/v1").unwrap();
-        assert_eq!(
-            hosted.endpoint,
-            "https://api.example.com/openai/v1/embeddings"
-        );
+        assert_eq!(hosted.endpoint, "https://api.example.com/openai/v1/embeddings");
         assert!(!hosted.loopback);
         assert!(ServerUrl::parse("http://[::1]:8080").unwrap().loopback);
         assert!(ServerUrl::parse("http://localhost").unwrap().loopback);
@@ -299,13 +292,8 @@ mod tests {
         let mut options = RemoteOptions::new("m", ["https://user:hunter2@h.example"], 8);
         options.api_key = Some(Secret::new("sk-abc"));
         let debug = format!("{options:?}");
-        assert!(
-            !debug.contains("hunter2") && !debug.contains("sk-abc"),
-            "{debug}"
-        );
-        let err = ServerUrl::parse("ftp://user:hunter2@h")
-            .unwrap_err()
-            .to_string();
+        assert!(!debug.contains("hunter2") && !debug.contains("sk-abc"), "{debug}");
+        let err = ServerUrl::parse("ftp://user:hunter2@h").unwrap_err().to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 

@@ -125,11 +125,7 @@ struct Response {
 /// Decodes and checks a 2xx body: exactly `texts` vectors, each `index`
 /// in range and used once, each of `dimension` finite floats. Returns them
 /// row-major in input order; any defect refuses the whole response.
-pub(crate) fn decode_response(
-    body: &[u8],
-    texts: usize,
-    dimension: usize,
-) -> Result<Vec<f32>, DecodeError> {
+pub(crate) fn decode_response(body: &[u8], texts: usize, dimension: usize) -> Result<Vec<f32>, DecodeError> {
     use DecodeErrorKind::*;
     let response: Response = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
@@ -296,10 +292,7 @@ mod tests {
             ),
             Malformed
         );
-        assert_eq!(
-            kind(r#"{"data":[{"index":5,"embedding":[1]}]}"#, 1, 1),
-            Malformed
-        );
+        assert_eq!(kind(r#"{"data":[{"index":5,"embedding":[1]}]}"#, 1, 1), Malformed);
         assert_eq!(kind(r#"{"data":[{"embedding":[1]}]}"#, 1, 1), Malformed);
         assert_eq!(kind("<html>bad gateway</html>", 1, 1), Malformed);
         assert_eq!(
@@ -318,10 +311,7 @@ mod tests {
             kind(r#"{"data":[{"index":0,"embedding":[1e39]}]}"#, 1, 1),
             NonFinite
         );
-        let short = format!(
-            r#"{{"data":[{{"index":0,"embedding":"{}"}}]}}"#,
-            b64(&[1.0])
-        );
+        let short = format!(r#"{{"data":[{{"index":0,"embedding":"{}"}}]}}"#, b64(&[1.0]));
         assert_eq!(kind(&short, 1, 2), Base64);
         let nan = format!(
             r#"{{"data":[{{"index":0,"embedding":"{}"}}]}}"#,

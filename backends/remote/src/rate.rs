@@ -44,8 +44,7 @@ impl TokenBucket {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         let (level, last) = *state;
-        let refilled =
-            (level + now.duration_since(last).as_secs_f64() * self.per_second).min(self.capacity);
+        let refilled = (level + now.duration_since(last).as_secs_f64() * self.per_second).min(self.capacity);
         let after = refilled - cost as f64;
         *state = (after, now);
         if after >= 0.0 {

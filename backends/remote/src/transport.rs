@@ -74,11 +74,7 @@ pub(crate) fn exchange(
     })
 }
 
-fn exchange_inner(
-    agent: &ureq::Agent,
-    server: &ServerUrl,
-    call: &Call<'_>,
-) -> Result<Vec<f32>, Failure> {
+fn exchange_inner(agent: &ureq::Agent, server: &ServerUrl, call: &Call<'_>) -> Result<Vec<f32>, Failure> {
     let mut request = agent
         .post(&server.endpoint)
         .header("Content-Type", "application/json")
@@ -86,9 +82,7 @@ fn exchange_inner(
     if let Some(key) = call.api_key {
         request = request.header("Authorization", format!("Bearer {}", key.expose()));
     }
-    let mut response = request
-        .send(call.body)
-        .map_err(|e| transport_failure(e, call))?;
+    let mut response = request.send(call.body).map_err(|e| transport_failure(e, call))?;
     let status = response.status().as_u16();
     if (200..300).contains(&status) {
         let body = response
@@ -134,9 +128,7 @@ fn exchange_inner(
             if call.api_key.is_some() {
                 format!("HTTP {status}: the server refused the API key; check `api_key` ({detail})")
             } else {
-                format!(
-                    "HTTP {status}: the server wants an API key; set `api_key = \"env:NAME\"` ({detail})"
-                )
+                format!("HTTP {status}: the server wants an API key; set `api_key = \"env:NAME\"` ({detail})")
             },
         ),
         404 => (
@@ -187,9 +179,7 @@ fn transport_failure(error: ureq::Error, call: &Call<'_>) -> Failure {
             "connection refused: no server is listening there; start it or fix `base_url`",
         ),
         ureq::Error::Io(e) => Failure::new(Transient, format!("connection error: {e}")),
-        ureq::Error::ConnectionFailed => {
-            Failure::new(Transient, "could not connect; is the server running?")
-        }
+        ureq::Error::ConnectionFailed => Failure::new(Transient, "could not connect; is the server running?"),
         ureq::Error::HostNotFound => Failure::new(Transient, "host not found; check `base_url`"),
         ureq::Error::Protocol(e) => Failure::new(Transient, format!("broken HTTP answer: {e}")),
         ureq::Error::BadUri(e) => Failure::new(Fatal, format!("bad URL: {e}")),
@@ -201,12 +191,7 @@ fn transport_failure(error: ureq::Error, call: &Call<'_>) -> Failure {
 /// (OpenAI), else `Retry-After` as seconds (fractions accepted) or an
 /// HTTP date.
 pub(crate) fn retry_after(headers: &ureq::http::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     if let Some(ms) = header("retry-after-ms").and_then(|v| v.parse::<f64>().ok())
         && ms.is_finite()
         && ms >= 0.0
@@ -219,8 +204,7 @@ pub(crate) fn retry_after(headers: &ureq::http::HeaderMap, now: SystemTime) -> O
 /// Parses a `Retry-After` value: delay-seconds or an HTTP date.
 pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     if let Ok(seconds) = value.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0)
-            .then(|| Duration::from_secs_f64(seconds.min(1e9)));
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9)));
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
@@ -242,10 +226,7 @@ mod tests {
     fn retry_after_takes_seconds_and_dates() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
         assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after("0.5", now),
-            Some(Duration::from_millis(500))
-        );
+        assert_eq!(parse_retry_after("0.5", now), Some(Duration::from_millis(500)));
         assert_eq!(parse_retry_after("-1", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(
@@ -265,10 +246,7 @@ mod tests {
     #[test]
     fn keys_are_redacted() {
         let key = Secret::new("sk-123");
-        assert_eq!(
-            redact("echo: Bearer sk-123!", Some(&key)),
-            "echo: Bearer ***!"
-        );
+        assert_eq!(redact("echo: Bearer sk-123!", Some(&key)), "echo: Bearer ***!");
         assert_eq!(redact("nothing", None), "nothing");
     }
 

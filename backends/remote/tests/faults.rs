@@ -138,11 +138,7 @@ fn server_errors_timeouts_drops_and_garbage_are_retried() {
         Box::new(|_| Reply::text(200, "<html>not json</html>")),
         Box::new(|_| Reply::bytes(200, embeddings_body(&[(0, vec![0.5; DIM])], false))),
         Box::new(|r| {
-            let items: Vec<_> = r
-                .inputs()
-                .iter()
-                .map(|t| (0, fake_vector(t, DIM)))
-                .collect();
+            let items: Vec<_> = r.inputs().iter().map(|t| (0, fake_vector(t, DIM))).collect();
             Reply::bytes(200, embeddings_body(&items, false))
         }),
     ]);
@@ -172,10 +168,7 @@ fn retries_are_bounded_and_the_error_names_the_server_and_the_fault() {
         ),
         (
             Box::new(move |_| {
-                Reply::bytes(
-                    200,
-                    embeddings_body(&[one(), one(), (1, vec![0.5; DIM])], false),
-                )
+                Reply::bytes(200, embeddings_body(&[one(), one(), (1, vec![0.5; DIM])], false))
             }),
             "index 0 twice",
         ),
@@ -185,9 +178,7 @@ fn retries_are_bounded_and_the_error_names_the_server_and_the_fault() {
         let mut o = options(&[&server.url]);
         o.max_retries = 2;
         let embedder = RemoteEmbedder::new(o).unwrap();
-        let message = embed(&embedder, &texts(3, "bounded"))
-            .unwrap_err()
-            .to_string();
+        let message = embed(&embedder, &texts(3, "bounded")).unwrap_err().to_string();
         assert!(message.contains(&server.url), "{message}");
         assert!(message.contains(expected), "{message}");
         assert!(message.contains("gave up after 3 attempts"), "{message}");
@@ -237,21 +228,14 @@ fn wrong_dimension_and_non_finite_values_fail_at_once() {
             "non-finite value",
         ),
         (
-            Box::new(|_| {
-                Reply::text(
-                    200,
-                    r#"{"data":[{"index":0,"embedding":[NaN,0,0,0,0,0,0,0]}]}"#,
-                )
-            }),
+            Box::new(|_| Reply::text(200, r#"{"data":[{"index":0,"embedding":[NaN,0,0,0,0,0,0,0]}]}"#)),
             "NaN or Infinity",
         ),
     ];
     for (reply, expected) in cases {
         let server = always(reply);
         let embedder = RemoteEmbedder::new(options(&[&server.url])).unwrap();
-        let message = embed(&embedder, &texts(3, "fatal"))
-            .unwrap_err()
-            .to_string();
+        let message = embed(&embedder, &texts(3, "fatal")).unwrap_err().to_string();
         assert!(
             message.contains(expected) && message.contains(&server.url),
             "{message}"
@@ -323,9 +307,7 @@ fn when_every_server_is_paused_embed_fails_fast_naming_each() {
     o.max_retries = 20;
     let embedder = RemoteEmbedder::new(o).unwrap();
     let started = Instant::now();
-    let message = embed(&embedder, &texts(2, "paused"))
-        .unwrap_err()
-        .to_string();
+    let message = embed(&embedder, &texts(2, "paused")).unwrap_err().to_string();
     assert!(message.contains("every server keeps failing"), "{message}");
     assert!(
         message.contains(&a.url) && message.contains("disk full"),
@@ -337,9 +319,7 @@ fn when_every_server_is_paused_embed_fails_fast_naming_each() {
     );
     let sent = a.requests();
     assert_eq!(sent, 2);
-    let again = embed(&embedder, &texts(2, "paused"))
-        .unwrap_err()
-        .to_string();
+    let again = embed(&embedder, &texts(2, "paused")).unwrap_err().to_string();
     assert!(again.contains("every server keeps failing"));
     assert_eq!(a.requests(), sent, "a paused server gets nothing");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -415,10 +395,7 @@ fn the_api_key_never_shows_in_errors_or_debug_output() {
         move |r: &Request, _| {
             Reply::text(
                 status,
-                &format!(
-                    "invalid token: {}",
-                    r.header("authorization").unwrap_or("-")
-                ),
+                &format!("invalid token: {}", r.header("authorization").unwrap_or("-")),
             )
         }
     };
@@ -479,11 +456,7 @@ fn base64_is_used_where_accepted_and_dropped_where_refused() {
             assert_correct(&embed(&embedder, &input).unwrap(), &input);
         }
         assert_eq!(embedder.server_stats()[0].base64, Some(base64));
-        let formats: Vec<bool> = server
-            .recorded()
-            .iter()
-            .map(Request::wants_base64)
-            .collect();
+        let formats: Vec<bool> = server.recorded().iter().map(Request::wants_base64).collect();
         let expected = if base64 {
             vec![true; 3]
         } else {
@@ -512,10 +485,7 @@ fn check_tells_which_servers_answer() {
     let reports = embedder.check().unwrap();
     assert!(reports[0].outcome.is_ok());
     let err = reports[1].outcome.as_ref().unwrap_err().to_string();
-    assert!(
-        err.contains(&down) && err.contains("connection refused"),
-        "{err}"
-    );
+    assert!(err.contains(&down) && err.contains("connection refused"), "{err}");
     assert_eq!(
         embedder.server_stats()[0].base64,
         Some(true),

@@ -43,10 +43,7 @@ pub struct EncoderConfig {
 impl EncoderConfig {
     /// Reads the shape from `config.json`, with the position offset of the
     /// architecture; rejects what this encoder cannot run.
-    pub fn from_transformer(
-        cfg: &TransformerConfig,
-        position_offset: usize,
-    ) -> Result<Self, EmbedError> {
+    pub fn from_transformer(cfg: &TransformerConfig, position_offset: usize) -> Result<Self, EmbedError> {
         if cfg.hidden_act != "gelu" {
             return Err(EmbedError::Unsupported(format!(
                 "config.json: hidden_act {:?} is not supported (supported: \"gelu\")",
@@ -169,10 +166,7 @@ impl Encoder {
             ))
         };
         let word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
-        let pos = t.get(
-            &n("embeddings.position_embeddings.weight"),
-            &[cfg.positions, h],
-        )?;
+        let pos = t.get(&n("embeddings.position_embeddings.weight"), &[cfg.positions, h])?;
         let types = t.get(
             &n("embeddings.token_type_embeddings.weight"),
             &[cfg.type_vocab, h],
@@ -186,12 +180,11 @@ impl Encoder {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let l = |s: &str| format!("encoder.layer.{i}.{s}");
-            let linear =
-                |s: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
-                    let w = t.get(&n(&l(&format!("{s}.weight"))), &[out, inp])?;
-                    let b = t.get(&n(&l(&format!("{s}.bias"))), &[out])?;
-                    Ok((transpose(&w, out, inp), b))
-                };
+            let linear = |s: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
+                let w = t.get(&n(&l(&format!("{s}.weight"))), &[out, inp])?;
+                let b = t.get(&n(&l(&format!("{s}.bias"))), &[out])?;
+                Ok((transpose(&w, out, inp), b))
+            };
             let (wq, bq) = linear("attention.self.query", h, h)?;
             let (wk, bk) = linear("attention.self.key", h, h)?;
             let (wv, bv) = linear("attention.self.value", h, h)?;
@@ -322,13 +315,9 @@ impl Encoder {
                     par,
                 )
             };
-            par_rows(qkv, 3 * h, |rows| {
-                kernels::add_bias_inplace(rows, &layer.b_qkv)
-            });
+            par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.b_qkv));
             self.attention(qkv, ctx, cu);
-            par_rows(hidden, h, |rows| {
-                kernels::add_bias_inplace(rows, &layer.b_o)
-            });
+            par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.b_o));
             unsafe {
                 matmul(
                     tokens,
@@ -361,9 +350,7 @@ impl Encoder {
             par_rows(inter, cfg.intermediate, |rows| {
                 kernels::bias_gelu_inplace(rows, &layer.b_i)
             });
-            par_rows(hidden, h, |rows| {
-                kernels::add_bias_inplace(rows, &layer.b_out)
-            });
+            par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.b_out));
             unsafe {
                 matmul(
                     tokens,

@@ -16,9 +16,5 @@ const PREFIXES: [&str; 3] = ["", "roberta.", "model."];
 pub fn load(cfg: &TransformerConfig, tensors: &Tensors<'_>) -> Result<Encoder, EmbedError> {
     let prefix = tensors.find_prefix(&PREFIXES, "embeddings.word_embeddings.weight")?;
     let offset = cfg.pad_token_id.unwrap_or(1) + 1;
-    Encoder::load(
-        tensors,
-        &prefix,
-        EncoderConfig::from_transformer(cfg, offset)?,
-    )
+    Encoder::load(tensors, &prefix, EncoderConfig::from_transformer(cfg, offset)?)
 }

@@ -263,9 +263,7 @@ fn send(writer: &mut TcpStream, reply: Reply) -> bool {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {bytes}\r\n\r\n"
             );
-            if writer.write_all(head.as_bytes()).is_err()
-                || writer.write_all(b"{\"data\":[").is_err()
-            {
+            if writer.write_all(head.as_bytes()).is_err() || writer.write_all(b"{\"data\":[").is_err() {
                 return false;
             }
             let chunk = vec![b' '; 64 * 1024];

@@ -1,0 +1,929 @@
+//! The config file: its `[embedding]` part, typed and validated.
+//!
+//! The file is shared with the rest of a paper pipeline (scheduler, backups,
+//! recommender, LLMs), so everything outside `data_root`, `[ingestion]` and
+//! `[embedding]` is ignored. Inside `[embedding]` and its model tables every
+//! key must be known: a typo is reported with its line instead of silently
+//! falling back to a default. Parsing happens in two steps, like ripgrep's
+//! flags: `Raw*` structs mirror the TOML with spans, then [`Config`] holds
+//! resolved, checked values the rest of the program can trust.
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use papersys_backend_core::Secret;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// File names tried, in order, when `--config` is not given.
+pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["papersys.toml", "config/papersys.toml"];
+
+/// Why a config could not be used. Every variant names the file, and the
+/// line where one is known.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No config file at any default location.
+    #[error(
+        "no config file found (tried {}); pass --config PATH or create papersys.toml (see examples/papersys.toml)",
+        .tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    NotFound {
+        /// Every path that was looked at.
+        tried: Vec<PathBuf>,
+    },
+    /// The file exists but cannot be read.
+    #[error("cannot read config {}: {source}", .path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or type error; the message from the TOML parser carries
+    /// line, column and the offending text.
+    #[error("invalid config {}: {message}", .path.display())]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{}:{line}: {message}", .path.display())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line of the value.
+        line: usize,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// An `env:NAME` value whose variable is not set.
+    #[error(
+        "`{key}` of model `{alias}` reads environment variable {var}, which is not set; export it or change the config"
+    )]
+    MissingEnv {
+        /// Config key, e.g. `api_key`.
+        key: &'static str,
+        /// Model alias.
+        alias: String,
+        /// Variable name.
+        var: String,
+    },
+}
+
+/// Which papers of the backlog go first when a run is capped with `--limit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BacklogPriority {
+    /// Newest year first, newest ids first within a year.
+    RecentFirst,
+    /// Oldest year first, oldest ids first.
+    OldestFirst,
+}
+
+/// Compute precision requested for a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Whatever is fastest and exact enough on the device.
+    Auto,
+    /// 32-bit floats.
+    Float32,
+    /// 16-bit floats where the device supports them.
+    Float16,
+}
+
+impl Precision {
+    /// The spelling used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::Float32 => "float32",
+            Precision::Float16 => "float16",
+        }
+    }
+}
+
+/// A model alias: a directory name under the embeddings directory.
+///
+/// Validated so that it can never steer a write outside its directory.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Alias(String);
+
+impl Alias {
+    /// Checks the contract's rule: letters, digits, `_`, `-`, `.`; not `.`
+    /// or `..`; not empty.
+    pub fn parse(value: &str) -> Result<Alias, String> {
+        if value.is_empty() {
+            return Err("model alias is empty".into());
+        }
+        if value == "." || value == ".." {
+            return Err(format!("model alias {value:?} is not allowed"));
+        }
+        if let Some(bad) = value
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+        {
+            return Err(format!(
+                "model alias {value:?} contains {bad:?}; use only letters, digits, '_', '-' and '.'"
+            ));
+        }
+        Ok(Alias(value.to_string()))
+    }
+
+    /// The alias as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Alias {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a credential comes from. Resolved only when a backend is built, so
+/// commands that do not talk to a server never need the variable set.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `env:NAME`: read variable `NAME` when used.
+    Env(String),
+    /// The value written in the file.
+    Literal(Secret),
+}
+
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(var) => write!(f, "env:{var}"),
+            SecretSource::Literal(_) => f.write_str("***"),
+        }
+    }
+}
+
+impl SecretSource {
+    fn parse(value: &str) -> SecretSource {
+        match value.strip_prefix("env:") {
+            Some(var) => SecretSource::Env(var.trim().to_string()),
+            None => SecretSource::Literal(Secret::new(value)),
+        }
+    }
+
+    /// Reads the credential (from the environment for `env:NAME`).
+    pub fn resolve(&self, key: &'static str, alias: &Alias) -> Result<Secret, ConfigError> {
+        match self {
+            SecretSource::Literal(secret) => Ok(secret.clone()),
+            SecretSource::Env(var) => match std::env::var(var) {
+                Ok(value) if !value.is_empty() => Ok(Secret::new(value)),
+                _ => Err(ConfigError::MissingEnv {
+                    key,
+                    alias: alias.to_string(),
+                    var: var.clone(),
+                }),
+            },
+        }
+    }
+}
+
+/// Settings of the in-process engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NativeConfig {
+    /// Local directory holding the model files, tried before the HF cache.
+    pub model_path: Option<PathBuf>,
+    /// CPU threads; `None` uses every core.
+    pub threads: Option<usize>,
+}
+
+/// Settings of an OpenAI-compatible server backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteConfig {
+    /// The protocol name the config used (`openai`, `vllm`, `tei`, ...),
+    /// kept for messages.
+    pub flavor: String,
+    /// Servers; may be empty in a config carried over from the Python
+    /// project, which is an error only when the model is used.
+    pub base_urls: Vec<String>,
+    /// Bearer token.
+    pub api_key: Option<SecretSource>,
+    /// Texts per request.
+    pub request_batch_size: usize,
+    /// Requests in flight per server.
+    pub max_concurrency: usize,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries of a failed request.
+    pub max_retries: u32,
+    /// Token budget per minute, shared by all servers.
+    pub tokens_per_minute: Option<u64>,
+    /// `dimensions` sent to models that support shortened outputs.
+    pub dimensions: Option<usize>,
+}
+
+/// Which engine computes a model's vectors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendConfig {
+    /// The native engine (`backend = "sentence_transformer"`, the default).
+    Native(NativeConfig),
+    /// A server speaking the OpenAI embeddings protocol.
+    Remote(RemoteConfig),
+}
+
+/// One `[[embedding.models]]` table, resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Directory name of the model's store.
+    pub alias: Alias,
+    /// Model id (hub name) or served model name.
+    pub name: String,
+    /// Vector length the store expects.
+    pub dimension: usize,
+    /// Texts per batch.
+    pub batch_size: usize,
+    /// Truncation limit in tokens (the model's own limit may be lower).
+    pub max_length: usize,
+    /// `""` (best available), `cpu`, `cuda`, `cuda:N`.
+    pub device: String,
+    /// Compute precision.
+    pub precision: Precision,
+    /// Explicit document prefix; `None` lets the model's own config decide.
+    pub document_prefix: Option<String>,
+    /// Engine settings.
+    pub backend: BackendConfig,
+    /// Line of the model table in the config file, for messages.
+    pub line: usize,
+}
+
+/// The resolved config: absolute paths, checked values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file this came from.
+    pub path: PathBuf,
+    /// Root of the data tree; every write stays inside it.
+    pub data_root: PathBuf,
+    /// Where metadata CSVs are read from.
+    pub metadata_dir: PathBuf,
+    /// Parent of the per-model directories.
+    pub embeddings_dir: PathBuf,
+    /// `[embedding].enabled`.
+    pub enabled: bool,
+    /// Order of work under `--limit`.
+    pub backlog_priority: BacklogPriority,
+    /// Papers between durable commits during a run.
+    pub checkpoint_interval: usize,
+    /// Models in config order; the first is the default.
+    pub models: Vec<ModelConfig>,
+}
+
+impl Config {
+    /// Finds and loads the config: `explicit` when given, else the default
+    /// paths relative to the working directory.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        if let Some(path) = explicit {
+            return Config::load(path);
+        }
+        let tried: Vec<PathBuf> = DEFAULT_CONFIG_PATHS.iter().map(PathBuf::from).collect();
+        match tried.iter().find(|p| p.is_file()) {
+            Some(path) => Config::load(path),
+            None => Err(ConfigError::NotFound { tried }),
+        }
+    }
+
+    /// Loads and validates one config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let absolute = absolute_path(path);
+        Config::parse(&text, &absolute)
+    }
+
+    /// Parses config text as if it were read from `path` (which anchors
+    /// relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Resolver { path, text }.resolve(raw)
+    }
+
+    /// The model with this alias.
+    pub fn model(&self, alias: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.alias.as_str() == alias)
+    }
+
+    /// The store directory of a model: `<embeddings_dir>/<alias>`.
+    pub fn model_dir(&self, alias: &Alias) -> PathBuf {
+        self.embeddings_dir.join(alias.as_str())
+    }
+}
+
+/// `path` made absolute against the working directory, `..` resolved
+/// lexically (the file may sit behind a symlink the user meant).
+fn absolute_path(path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .unwrap_or_else(|_| path.to_path_buf())
+    };
+    normalize(&joined)
+}
+
+/// Removes `.` and resolves `..` lexically.
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct RawFile {
+    data_root: Option<Spanned<String>>,
+    ingestion: Option<RawIngestion>,
+    embedding: Option<RawEmbedding>,
+}
+
+/// `[ingestion]` belongs to another tool; only `output_dir` matters here.
+#[derive(Deserialize)]
+struct RawIngestion {
+    output_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmbedding {
+    enabled: Option<bool>,
+    output_dir: Option<Spanned<String>>,
+    backlog_priority: Option<Spanned<String>>,
+    checkpoint_interval: Option<Spanned<i64>>,
+    #[serde(default)]
+    models: Vec<Spanned<RawModel>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    alias: Spanned<String>,
+    name: Spanned<String>,
+    dimension: Spanned<i64>,
+    batch_size: Option<Spanned<i64>>,
+    max_length: Option<Spanned<i64>>,
+    device: Option<Spanned<String>>,
+    precision: Option<Spanned<String>>,
+    backend: Option<Spanned<String>>,
+    model_path: Option<Spanned<String>>,
+    document_prefix: Option<String>,
+    threads: Option<Spanned<i64>>,
+    base_url: Option<Spanned<String>>,
+    base_urls: Option<Spanned<Vec<String>>>,
+    api_key: Option<Spanned<String>>,
+    request_batch_size: Option<Spanned<i64>>,
+    max_concurrency: Option<Spanned<i64>>,
+    timeout_s: Option<Spanned<f64>>,
+    max_retries: Option<Spanned<i64>>,
+    tokens_per_minute: Option<Spanned<i64>>,
+    dimensions: Option<Spanned<i64>>,
+    /// Used by the Python project's Infinity backend to pick its engine;
+    /// accepted so its configs load, and ignored.
+    #[serde(rename = "infinity_engine")]
+    _infinity_engine: Option<String>,
+}
+
+struct Resolver<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Resolver<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn invalid<T>(&self, offset: usize, message: String) -> Result<T, ConfigError> {
+        Err(ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: self.line_of(offset),
+            message,
+        })
+    }
+
+    fn positive(&self, key: &str, value: &Spanned<i64>) -> Result<usize, ConfigError> {
+        match usize::try_from(*value.get_ref()) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => self.invalid(
+                value.span().start,
+                format!("`{key}` must be a positive integer, got {}", value.get_ref()),
+            ),
+        }
+    }
+
+    fn non_negative(&self, key: &str, value: &Spanned<i64>) -> Result<u64, ConfigError> {
+        match u64::try_from(*value.get_ref()) {
+            Ok(n) => Ok(n),
+            Err(_) => self.invalid(
+                value.span().start,
+                format!("`{key}` must not be negative, got {}", value.get_ref()),
+            ),
+        }
+    }
+
+    fn resolve(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let config_dir = self.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let data_root = match &raw.data_root {
+            Some(root) if root.get_ref().trim().is_empty() => {
+                return self.invalid(root.span().start, "`data_root` is empty".into());
+            }
+            Some(root) => normalize(&config_dir.join(root.get_ref())),
+            None => config_dir.clone(),
+        };
+        let metadata_dir = match raw.ingestion.and_then(|i| i.output_dir) {
+            Some(dir) => normalize(&data_root.join(dir.get_ref())),
+            None => data_root.join("metadata"),
+        };
+        let embedding = raw.embedding.unwrap_or(RawEmbedding {
+            enabled: None,
+            output_dir: None,
+            backlog_priority: None,
+            checkpoint_interval: None,
+            models: Vec::new(),
+        });
+        let embeddings_dir = match &embedding.output_dir {
+            Some(dir) => {
+                let resolved = normalize(&data_root.join(dir.get_ref()));
+                if !resolved.starts_with(&data_root) {
+                    return self.invalid(
+                        dir.span().start,
+                        format!(
+                            "`embedding.output_dir` = {:?} lies outside data_root {}; papersys only writes inside the data root",
+                            dir.get_ref(),
+                            data_root.display()
+                        ),
+                    );
+                }
+                resolved
+            }
+            None => data_root.join("embeddings"),
+        };
+        let backlog_priority = match &embedding.backlog_priority {
+            None => BacklogPriority::RecentFirst,
+            Some(p) => {
+                match p.get_ref().as_str() {
+                    "recent_first" => BacklogPriority::RecentFirst,
+                    "oldest_first" => BacklogPriority::OldestFirst,
+                    other => {
+                        return self.invalid(
+                        p.span().start,
+                        format!("`backlog_priority` = {other:?}; expected \"recent_first\" or \"oldest_first\""),
+                    );
+                    }
+                }
+            }
+        };
+        let checkpoint_interval = match &embedding.checkpoint_interval {
+            None => 1000,
+            Some(n) => self.positive("checkpoint_interval", n)?,
+        };
+        let mut seen = HashSet::new();
+        let mut models = Vec::with_capacity(embedding.models.len());
+        for table in &embedding.models {
+            let model = self.model(table, &config_dir)?;
+            if !seen.insert(model.alias.clone()) {
+                return self.invalid(
+                    table.get_ref().alias.span().start,
+                    format!(
+                        "model alias `{}` is used twice; aliases must be unique",
+                        model.alias
+                    ),
+                );
+            }
+            models.push(model);
+        }
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            data_root,
+            metadata_dir,
+            embeddings_dir,
+            enabled: embedding.enabled.unwrap_or(true),
+            backlog_priority,
+            checkpoint_interval,
+            models,
+        })
+    }
+
+    fn model(&self, table: &Spanned<RawModel>, config_dir: &Path) -> Result<ModelConfig, ConfigError> {
+        let raw = table.get_ref();
+        let line = self.line_of(table.span().start);
+        let alias = match Alias::parse(raw.alias.get_ref()) {
+            Ok(alias) => alias,
+            Err(message) => return self.invalid(raw.alias.span().start, message),
+        };
+        if raw.name.get_ref().trim().is_empty() {
+            return self.invalid(
+                raw.name.span().start,
+                format!("model `{alias}` has an empty `name`"),
+            );
+        }
+        let dimension = self.positive("dimension", &raw.dimension)?;
+        let batch_size = match &raw.batch_size {
+            Some(n) => self.positive("batch_size", n)?,
+            None => 32,
+        };
+        let max_length = match &raw.max_length {
+            Some(n) => self.positive("max_length", n)?,
+            None => 512,
+        };
+        let device = raw
+            .device
+            .as_ref()
+            .map(|d| d.get_ref().trim().to_string())
+            .unwrap_or_default();
+        if let Some(d) = &raw.device {
+            let value = d.get_ref().trim();
+            let cuda_index = value.strip_prefix("cuda:").map(|n| n.parse::<u32>().is_ok());
+            if !(value.is_empty() || value == "cpu" || value == "cuda" || cuda_index == Some(true)) {
+                return self.invalid(
+                    d.span().start,
+                    format!("`device` = {value:?}; expected \"\", \"cpu\", \"cuda\" or \"cuda:N\""),
+                );
+            }
+        }
+        let precision = match &raw.precision {
+            None => Precision::Auto,
+            Some(p) => match p.get_ref().as_str() {
+                "auto" => Precision::Auto,
+                "float32" | "fp32" => Precision::Float32,
+                "float16" | "fp16" => Precision::Float16,
+                other => {
+                    return self.invalid(
+                        p.span().start,
+                        format!("`precision` = {other:?}; expected \"auto\", \"float32\" or \"float16\""),
+                    );
+                }
+            },
+        };
+        let backend_name = raw
+            .backend
+            .as_ref()
+            .map(|b| b.get_ref().trim().to_ascii_lowercase())
+            .unwrap_or_else(|| "sentence_transformer".into());
+        let backend = match backend_name.as_str() {
+            "sentence_transformer" | "sentence_transformers" | "sentence-transformers" | "native" => {
+                self.reject_remote_keys(raw, &alias)?;
+                let model_path = match &raw.model_path {
+                    Some(p) if !p.get_ref().trim().is_empty() => {
+                        Some(normalize(&config_dir.join(p.get_ref().trim())))
+                    }
+                    _ => None,
+                };
+                let threads = match &raw.threads {
+                    Some(n) => Some(self.positive("threads", n)?),
+                    None => None,
+                };
+                BackendConfig::Native(NativeConfig { model_path, threads })
+            }
+            "openai" | "vllm" | "tei" | "infinity" | "ollama" => {
+                BackendConfig::Remote(self.remote(raw, &alias, &backend_name, batch_size)?)
+            }
+            other => {
+                let offset = raw
+                    .backend
+                    .as_ref()
+                    .map_or(table.span().start, |b| b.span().start);
+                return self.invalid(
+                    offset,
+                    format!(
+                        "model `{alias}`: unknown backend {other:?}; expected \"sentence_transformer\" (native) or one of \"openai\", \"vllm\", \"tei\", \"infinity\", \"ollama\" (an OpenAI-compatible server)"
+                    ),
+                );
+            }
+        };
+        Ok(ModelConfig {
+            alias,
+            name: raw.name.get_ref().trim().to_string(),
+            dimension,
+            batch_size,
+            max_length,
+            device,
+            precision,
+            document_prefix: raw.document_prefix.clone(),
+            backend,
+            line,
+        })
+    }
+
+    fn reject_remote_keys(&self, raw: &RawModel, alias: &Alias) -> Result<(), ConfigError> {
+        let present = [
+            ("base_url", raw.base_url.as_ref().map(|s| s.span().start)),
+            ("base_urls", raw.base_urls.as_ref().map(|s| s.span().start)),
+            ("api_key", raw.api_key.as_ref().map(|s| s.span().start)),
+            (
+                "request_batch_size",
+                raw.request_batch_size.as_ref().map(|s| s.span().start),
+            ),
+            (
+                "max_concurrency",
+                raw.max_concurrency.as_ref().map(|s| s.span().start),
+            ),
+            ("timeout_s", raw.timeout_s.as_ref().map(|s| s.span().start)),
+            ("max_retries", raw.max_retries.as_ref().map(|s| s.span().start)),
+            (
+                "tokens_per_minute",
+                raw.tokens_per_minute.as_ref().map(|s| s.span().start),
+            ),
+            ("dimensions", raw.dimensions.as_ref().map(|s| s.span().start)),
+        ];
+        for (key, offset) in present {
+            if let Some(offset) = offset {
+                return self.invalid(
+                    offset,
+                    format!(
+                        "model `{alias}`: `{key}` only applies to server backends; set backend = \"openai\" (or vllm/tei/infinity) or remove it"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn remote(
+        &self,
+        raw: &RawModel,
+        alias: &Alias,
+        flavor: &str,
+        batch_size: usize,
+    ) -> Result<RemoteConfig, ConfigError> {
+        for (key, offset) in [
+            ("model_path", raw.model_path.as_ref().map(|s| s.span().start)),
+            ("threads", raw.threads.as_ref().map(|s| s.span().start)),
+        ] {
+            if let Some(offset) = offset {
+                return self.invalid(
+                    offset,
+                    format!("model `{alias}`: `{key}` only applies to the native backend; remove it"),
+                );
+            }
+        }
+        let mut base_urls = Vec::new();
+        if let Some(url) = &raw.base_url {
+            base_urls.push((url.get_ref().trim().to_string(), url.span().start));
+        }
+        if let Some(urls) = &raw.base_urls {
+            for url in urls.get_ref() {
+                base_urls.push((url.trim().to_string(), urls.span().start));
+            }
+        }
+        for (url, offset) in &base_urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return self.invalid(
+                    *offset,
+                    format!("model `{alias}`: base URL {url:?} must start with http:// or https://"),
+                );
+            }
+        }
+        let request_batch_size = match &raw.request_batch_size {
+            Some(n) => self.positive("request_batch_size", n)?,
+            None => batch_size,
+        };
+        let max_concurrency = match &raw.max_concurrency {
+            Some(n) => self.positive("max_concurrency", n)?,
+            None => 4,
+        };
+        let timeout = match &raw.timeout_s {
+            None => Duration::from_secs(120),
+            Some(t) => match Duration::try_from_secs_f64(*t.get_ref()) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    return self.invalid(
+                        t.span().start,
+                        format!(
+                            "`timeout_s` must be a positive number of seconds, got {}",
+                            t.get_ref()
+                        ),
+                    );
+                }
+            },
+        };
+        let max_retries = match &raw.max_retries {
+            Some(n) => u32::try_from(self.non_negative("max_retries", n)?).unwrap_or(u32::MAX),
+            None => 5,
+        };
+        let tokens_per_minute = match &raw.tokens_per_minute {
+            Some(n) => Some(self.positive("tokens_per_minute", n)? as u64),
+            None => None,
+        };
+        let dimensions = match &raw.dimensions {
+            Some(n) => Some(self.positive("dimensions", n)?),
+            None => None,
+        };
+        Ok(RemoteConfig {
+            flavor: flavor.to_string(),
+            base_urls: base_urls.into_iter().map(|(url, _)| url).collect(),
+            api_key: raw.api_key.as_ref().map(|k| SecretSource::parse(k.get_ref())),
+            request_batch_size,
+            max_concurrency,
+            timeout,
+            max_retries,
+            tokens_per_minute,
+            dimensions,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/srv/papers/config/papersys.toml"))
+    }
+
+    const MINIMAL: &str = r#"
+data_root = "../data"
+
+[embedding]
+[[embedding.models]]
+alias = "jasper_v1"
+name = "sentence-transformers/all-MiniLM-L6-v2"
+dimension = 384
+"#;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.data_root, Path::new("/srv/papers/data"));
+        assert_eq!(config.metadata_dir, Path::new("/srv/papers/data/metadata"));
+        assert_eq!(config.embeddings_dir, Path::new("/srv/papers/data/embeddings"));
+        assert_eq!(config.checkpoint_interval, 1000);
+        assert_eq!(config.backlog_priority, BacklogPriority::RecentFirst);
+        let model = &config.models[0];
+        assert_eq!((model.batch_size, model.max_length), (32, 512));
+        assert!(matches!(model.backend, BackendConfig::Native(_)));
+    }
+
+    #[test]
+    fn missing_data_root_means_the_config_directory() {
+        let config = parse("[embedding]\n").unwrap();
+        assert_eq!(config.data_root, Path::new("/srv/papers/config"));
+        assert!(config.models.is_empty());
+    }
+
+    #[test]
+    fn ingestion_output_dir_is_the_metadata_directory() {
+        let config = parse("data_root = \"/d\"\n[ingestion]\noutput_dir = \"meta\"\nbatch = 3\n").unwrap();
+        assert_eq!(config.metadata_dir, Path::new("/d/meta"));
+    }
+
+    #[test]
+    fn unknown_key_in_a_model_table_names_key_and_line() {
+        let text = format!("{MINIMAL}batchsize = 8\n");
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("batchsize"), "{message}");
+        assert!(message.contains("line 9"), "{message}");
+    }
+
+    #[test]
+    fn unknown_key_in_embedding_is_an_error() {
+        let message = parse("[embedding]\ncheckpoint_intervall = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("checkpoint_intervall"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
+    }
+
+    #[test]
+    fn bad_aliases_are_refused() {
+        for alias in ["../x", "a/b", "..", ".", "", "a\\\\b", "é"] {
+            let text = MINIMAL.replace("jasper_v1", alias);
+            let err = parse(&text).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { line: 6, .. }),
+                "{alias}: {err}"
+            );
+        }
+        assert!(Alias::parse("qwen3_v1.2-b").is_ok());
+    }
+
+    #[test]
+    fn negative_and_zero_numbers_name_the_key() {
+        let message = parse(&format!("{MINIMAL}batch_size = -4\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("`batch_size` must be a positive integer, got -4"),
+            "{message}"
+        );
+        assert!(message.contains(":9:"), "{message}");
+        let message = parse(&MINIMAL.replace("384", "0")).unwrap_err().to_string();
+        assert!(message.contains("`dimension`"), "{message}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported_by_the_parser_with_its_line() {
+        let message = parse(&MINIMAL.replace("384", "\"384\"")).unwrap_err().to_string();
+        assert!(message.contains("line 8"), "{message}");
+    }
+
+    #[test]
+    fn output_dir_escaping_the_data_root_is_refused() {
+        let text = MINIMAL.replace("[embedding]", "[embedding]\noutput_dir = \"../../etc\"");
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("outside data_root"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_aliases_are_refused() {
+        let text = format!("{MINIMAL}{}", &MINIMAL[MINIMAL.find("[[").unwrap()..]);
+        assert!(parse(&text).unwrap_err().to_string().contains("used twice"));
+    }
+
+    #[test]
+    fn remote_models_parse_and_keys_stay_unresolved() {
+        let text = r#"
+[embedding]
+[[embedding.models]]
+alias = "qwen3_v1"
+name = "Qwen/Qwen3-Embedding-0.6B"
+dimension = 1024
+backend = "vllm"
+base_urls = ["http://gpu1:8000", "http://gpu2:8000"]
+api_key = "env:PAPERSYS_TEST_UNSET_KEY"
+max_concurrency = 8
+timeout_s = 2.5
+"#;
+        let config = parse(text).unwrap();
+        let BackendConfig::Remote(remote) = &config.models[0].backend else {
+            panic!("expected a remote backend");
+        };
+        assert_eq!(remote.base_urls.len(), 2);
+        assert_eq!(remote.timeout, Duration::from_millis(2500));
+        let key = remote.api_key.as_ref().unwrap();
+        assert_eq!(format!("{key:?}"), "env:PAPERSYS_TEST_UNSET_KEY");
+        let err = key.resolve("api_key", &config.models[0].alias).unwrap_err();
+        assert!(err.to_string().contains("PAPERSYS_TEST_UNSET_KEY"));
+    }
+
+    #[test]
+    fn literal_api_keys_never_show_in_debug_output() {
+        let text = r#"
+[[embedding.models]]
+alias = "hosted"
+name = "text-embedding-3-small"
+dimension = 1536
+backend = "openai"
+base_url = "https://api.example.com"
+api_key = "sk-live-abcdef123456"
+"#;
+        let config = parse(text).unwrap();
+        assert!(!format!("{config:?}").contains("sk-live"));
+    }
+
+    #[test]
+    fn remote_keys_on_a_native_model_are_refused() {
+        let message = parse(&format!("{MINIMAL}base_url = \"http://x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("`base_url` only applies to server backends"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_backend_lists_the_known_ones() {
+        let message = parse(&format!("{MINIMAL}backend = \"onnx\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("\"onnx\"") && message.contains("openai"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_missing_path_is_a_read_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        let err = Config::discover(Some(&missing)).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("nope.toml"));
+    }
+}
