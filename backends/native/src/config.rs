@@ -83,6 +83,9 @@ struct Module {
 
 #[derive(Deserialize, Default)]
 struct PoolingFile {
+    /// sentence-transformers >= 6: `"mean"`, `"cls"`, ... (or a list of them).
+    #[serde(default)]
+    pooling_mode: Option<serde_json::Value>,
     #[serde(default)]
     pooling_mode_cls_token: bool,
     #[serde(default)]
@@ -216,6 +219,22 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
 }
 
 fn parse_pooling(file: &PoolingFile, path: &Path) -> Result<Pooling, EmbedError> {
+    if let Some(mode) = &file.pooling_mode {
+        let single = match mode {
+            serde_json::Value::String(s) => Some(s.as_str()),
+            serde_json::Value::Array(list) if list.len() == 1 => list[0].as_str(),
+            _ => None,
+        };
+        return match single {
+            Some("mean") => Ok(Pooling::Mean),
+            Some("cls") => Ok(Pooling::Cls),
+            Some("lasttoken") => Ok(Pooling::LastToken),
+            _ => Err(EmbedError::Unsupported(format!(
+                "{}: pooling_mode {mode} is not supported (supported: mean, cls, lasttoken)",
+                path.display()
+            ))),
+        };
+    }
     let unsupported = [
         (file.pooling_mode_max_tokens, "max"),
         (file.pooling_mode_mean_sqrt_len_tokens, "mean_sqrt_len"),

@@ -1,0 +1,88 @@
+//! Reading the reference fixtures written by `scripts/make_fixtures_native.py`.
+
+use std::path::{Path, PathBuf};
+
+use papersys_backend_core::{Embedder, Embeddings};
+use papersys_backend_native::NativeEmbedder;
+
+/// Texts, their reference token ids and sentence-transformers vectors.
+pub struct Reference {
+    pub texts: Vec<String>,
+    pub ids: Vec<Vec<u32>>,
+    pub dimension: usize,
+    pub vectors: Vec<f32>,
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+}
+
+pub fn read_reference(dir: &Path) -> Reference {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let dimension = meta["dimension"].as_u64().unwrap() as usize;
+    let mut texts = Vec::new();
+    let mut ids = Vec::new();
+    for line in std::fs::read_to_string(dir.join("texts.jsonl")).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        texts.push(v["text"].as_str().unwrap().to_string());
+        ids.push(
+            v["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i.as_u64().unwrap() as u32)
+                .collect(),
+        );
+    }
+    let bytes = std::fs::read(dir.join("vectors.f32")).unwrap();
+    let vectors: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(vectors.len(), texts.len() * dimension);
+    Reference {
+        texts,
+        ids,
+        dimension,
+        vectors,
+    }
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Checks tokenisation id-for-id and every vector's cosine similarity.
+pub fn assert_parity(embedder: &NativeEmbedder, reference: &Reference, min_cosine: f64) -> Embeddings {
+    for (i, (text, want)) in reference.texts.iter().zip(&reference.ids).enumerate() {
+        let got = embedder.tokenize(&[text]).unwrap();
+        assert_eq!(&got.input_ids, want, "token ids of text {i} differ: {text:?}");
+    }
+    let prepared = embedder.prepare(reference.texts.clone()).unwrap();
+    let embeddings = embedder.embed(&prepared).unwrap();
+    assert_eq!(embeddings.len(), reference.texts.len());
+    assert_eq!(embeddings.dimension(), reference.dimension);
+    let mut worst = (1.0f64, 0usize);
+    for (i, row) in embeddings.rows().enumerate() {
+        let want = &reference.vectors[i * reference.dimension..(i + 1) * reference.dimension];
+        let c = cosine(row, want);
+        if c < worst.0 {
+            worst = (c, i);
+        }
+    }
+    eprintln!("worst cosine {:.7} (text {})", worst.0, worst.1);
+    assert!(
+        worst.0 >= min_cosine,
+        "text {} has cosine {} < {min_cosine}: {:?}",
+        worst.1,
+        worst.0,
+        reference.texts[worst.1]
+    );
+    embeddings
+}
