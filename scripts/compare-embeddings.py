@@ -63,8 +63,9 @@ def main() -> int:
     worst = int(np.argmin(cosine))
     below = int(np.sum(cosine < args.min_cosine))
     print(
-        f"cosine(served, reference) over {len(texts)} papers: min {cosine.min():.6f} "
-        f"(paper #{worst}), mean {cosine.mean():.6f}, {below} below {args.min_cosine}"
+        f"cosine(served, reference) over {len(texts)} papers: min {cosine.min():.7f} "
+        f"(paper #{worst}), mean {cosine.mean():.7f}, {below} below {args.min_cosine}; "
+        f"largest |difference| of one component {np.abs(served - reference).max():.2e}"
     )
     norms = np.linalg.norm(served, axis=1)
     print(f"served vector norms: min {norms.min():.4f}, max {norms.max():.4f}")

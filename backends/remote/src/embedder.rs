@@ -346,6 +346,9 @@ fn agent(options: &RemoteOptions, pool: usize, direct: bool) -> ureq::Agent {
         .timeout_global(Some(options.timeout))
         .max_idle_connections(pool.max(1))
         .max_idle_connections_per_host(options.max_concurrency)
+        // Below uvicorn's 5 s keep-alive (vLLM, Infinity), so an idle
+        // connection is dropped here before the server drops it.
+        .max_idle_age(Duration::from_secs(4))
         .user_agent(concat!("papersys/", env!("CARGO_PKG_VERSION")));
     if direct {
         config = config.proxy(None);

@@ -95,6 +95,19 @@ fn shuffled_answers_are_put_back_in_input_order_and_the_request_is_openai_shaped
 }
 
 #[test]
+fn connections_the_server_closed_between_requests_are_not_failures() {
+    let server = always(|r| ok_reply(r, DIM).then_close());
+    let embedder = RemoteEmbedder::new(options(&[&server.url])).unwrap();
+    for round in 0..5 {
+        let input = texts(2, &format!("closed {round}"));
+        assert_correct(&embed(&embedder, &input).unwrap(), &input);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(embedder.server_stats()[0].failures, 0);
+    assert_eq!(server.requests(), 5);
+}
+
+#[test]
 fn rate_limits_are_retried_with_and_without_retry_after() {
     let server = scripted(vec![
         Box::new(|_| Reply::text(429, r#"{"error":"slow down"}"#)),

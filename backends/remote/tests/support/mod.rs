@@ -58,6 +58,8 @@ pub enum Reply {
     Delay(Duration, Box<Reply>),
     /// Closes the connection without a word.
     Drop,
+    /// Replies, then closes the connection (as an idle keep-alive timeout does).
+    Close(Box<Reply>),
     /// 200 announcing and streaming `bytes` bytes of JSON-ish padding.
     Huge { bytes: usize },
 }
@@ -80,6 +82,10 @@ impl Reply {
             headers.push((name.to_string(), value.to_string()));
         }
         self
+    }
+
+    pub fn then_close(self) -> Reply {
+        Reply::Close(Box::new(self))
     }
 
     pub fn after(self, delay: Duration) -> Reply {
@@ -259,6 +265,10 @@ fn send(writer: &mut TcpStream, reply: Reply) -> bool {
             send(writer, *reply)
         }
         Reply::Drop => false,
+        Reply::Close(reply) => {
+            send(writer, *reply);
+            false
+        }
         Reply::Huge { bytes } => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {bytes}\r\n\r\n"
