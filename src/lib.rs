@@ -8,4 +8,5 @@
 
 pub mod config;
 pub mod metadata;
+pub mod store;
 pub mod text;

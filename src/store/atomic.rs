@@ -1,0 +1,116 @@
+//! Replacing a file so that no reader ever sees it half-written.
+//!
+//! The new content is written to a temporary file in the same directory,
+//! flushed to disk, renamed over the target (atomic on POSIX), and then the
+//! directory itself is flushed so the rename survives a power cut. A crash
+//! at any moment leaves either the old file or the new one, plus at worst a
+//! stray temporary that the next writer removes.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Prefix of temporary files, so leftovers from a crash are recognised.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Writes `path` atomically: `fill` receives a buffered writer for the new
+/// content; the target is only replaced if `fill` and every flush succeed.
+pub fn write_atomic<T>(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<T>,
+) -> io::Result<T> {
+    let dir = parent_dir(path);
+    let temp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir)?;
+    let (file, temp_path) = temp.into_parts();
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    let value = fill(&mut writer)?;
+    let file = writer.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    temp_path.persist(path).map_err(|e| e.error)?;
+    sync_dir(&dir)?;
+    Ok(value)
+}
+
+/// Writes `bytes` to `path` atomically.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic(path, |w| w.write_all(bytes))
+}
+
+/// Removes `path` (if present) durably.
+pub fn remove_durably(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(&parent_dir(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames `from` to `to` in the same directory durably.
+pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    sync_dir(&parent_dir(to))
+}
+
+/// Flushes a directory's entries (new, renamed or removed files) to disk.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Deletes temporary files a crashed writer left in `dir`. Only called by
+/// the holder of the directory's writer lock, so no live write is touched.
+pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_content_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        write_bytes_atomic(&path, b"one").unwrap();
+        write_bytes_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_fill_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2024.parquet");
+        write_bytes_atomic(&path, b"committed").unwrap();
+        let result = write_atomic(&path, |w| {
+            w.write_all(b"half")?;
+            Err::<(), _>(io::Error::other("disk full"))
+        });
+        assert!(result.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"committed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temporaries_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".tmp-abc"), b"x").unwrap();
+        std::fs::write(dir.path().join("2024.parquet"), b"x").unwrap();
+        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
+        assert!(dir.path().join("2024.parquet").exists());
+    }
+}
