@@ -89,7 +89,7 @@ impl Embeddings {
     /// Wraps `data` as rows of `dimension` floats; fails when the length is
     /// not a whole number of rows.
     pub fn new(dimension: usize, data: Vec<f32>) -> Result<Self, EmbedError> {
-        if dimension == 0 || data.len() % dimension != 0 {
+        if dimension == 0 || !data.len().is_multiple_of(dimension) {
             return Err(EmbedError::InvalidOutput(format!(
                 "{} floats do not form rows of dimension {dimension}",
                 data.len()
