@@ -84,10 +84,10 @@ pub fn year_files(dir: &Path) -> std::io::Result<Vec<(Year, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(year) = name.strip_suffix(".parquet").and_then(Year::parse) {
-            if entry.file_type()?.is_file() {
-                found.push((year, entry.path()));
-            }
+        if let Some(year) = name.strip_suffix(".parquet").and_then(Year::parse)
+            && entry.file_type()?.is_file()
+        {
+            found.push((year, entry.path()));
         }
     }
     found.sort();
