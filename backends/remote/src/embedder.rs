@@ -8,7 +8,7 @@ use papersys_backend_core::{
 
 use crate::fleet::{Fleet, Policy, Server, ServerStats, Wire};
 use crate::options::{Encoding, RemoteOptions, ServerUrl};
-use crate::protocol;
+use crate::protocol::{self, Extras};
 use crate::rate::{TokenBucket, estimate_tokens};
 use crate::transport::{self, Call, FailureKind};
 
@@ -28,7 +28,7 @@ pub struct RemoteEmbedder {
     max_concurrency: usize,
     timeout: Duration,
     max_retries: u32,
-    dimensions: Option<usize>,
+    extras: Extras,
     fleet: Fleet,
     limiter: Option<TokenBucket>,
 }
@@ -95,7 +95,7 @@ impl RemoteEmbedder {
             revision: None,
             weights_sha256: None,
             dimension: options.expected_dimension,
-            max_tokens: 0,
+            max_tokens: options.truncate_prompt_tokens.unwrap_or(0),
             pooling: Pooling::Unknown,
             // A server does not say; with pooling unknown it is not compared.
             normalize: false,
@@ -110,7 +110,10 @@ impl RemoteEmbedder {
             max_concurrency: options.max_concurrency,
             timeout: options.timeout,
             max_retries: options.max_retries,
-            dimensions: options.dimensions,
+            extras: Extras {
+                dimensions: options.dimensions,
+                truncate_prompt_tokens: options.truncate_prompt_tokens,
+            },
             fleet,
             limiter: options.tokens_per_minute.map(TokenBucket::new),
         })
@@ -201,7 +204,7 @@ impl RemoteEmbedder {
         let server = &self.fleet.servers[index];
         loop {
             let wire = self.fleet.wire(index);
-            let body = protocol::request_body(&self.model, texts, wire.format(), self.dimensions);
+            let body = protocol::request_body(&self.model, texts, wire.format(), self.extras);
             let started = Instant::now();
             match transport::exchange(&server.agent, &server.url, &self.call(&body, wire, texts.len())) {
                 Ok(_) => {
@@ -283,7 +286,7 @@ impl Embedder for RemoteEmbedder {
             let wire = lease.wire;
             let format = wire.format();
             let body = bodies[format as usize]
-                .get_or_insert_with(|| protocol::request_body(&self.model, texts, format, self.dimensions));
+                .get_or_insert_with(|| protocol::request_body(&self.model, texts, format, self.extras));
             let server = lease.server();
             match transport::exchange(&server.agent, &server.url, &self.call(body, wire, texts.len())) {
                 Ok(data) => {

@@ -302,9 +302,9 @@ impl Fleet {
                 if was_probe || s.strikes > 0 {
                     tracing::info!(server = %server, "embedding server answers again");
                 }
+                // `retry_at` stays: a `Retry-After` another request just got still holds.
                 s.strikes = 0;
                 s.backoff_level = 0;
-                s.retry_at = None;
                 s.breaker = Breaker::Closed;
                 if used == Wire::Base64Trial && s.wire == Wire::Base64Trial {
                     s.wire = Wire::Base64;

@@ -45,6 +45,8 @@
 //! the `Authorization` header only, and are scrubbed from every message a
 //! server sends back.
 
+#![warn(missing_docs)]
+
 mod embedder;
 mod fleet;
 mod options;
@@ -54,5 +56,5 @@ mod transport;
 
 pub use embedder::{RemoteEmbedder, ServerCheck};
 pub use fleet::ServerStats;
-pub use options::{Encoding, RemoteOptions};
+pub use options::{BACKEND_NAMES, Encoding, RemoteOptions};
 pub use rate::estimate_tokens;

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use papersys_backend_core::{EmbedError, Secret};
 
+/// Names a model table's `backend` may give for this protocol: all mean
+/// "an OpenAI-compatible `/v1/embeddings` server".
+pub const BACKEND_NAMES: &[&str] = &["openai", "vllm", "tei", "infinity"];
+
 /// How vectors travel in responses (`encoding_format` of the request).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Encoding {
@@ -52,6 +56,12 @@ pub struct RemoteOptions {
     /// Sent as `"dimensions"` for models with shortened (Matryoshka)
     /// outputs; must then equal `expected_dimension`.
     pub dimensions: Option<usize>,
+    /// Sent as `"truncate_prompt_tokens"` when set: vLLM then truncates
+    /// longer texts to this many tokens (as the native engine does at the
+    /// model's `max_seq_length`) instead of refusing them with HTTP 400.
+    /// Only for vLLM; other servers truncate on their own or reject the field.
+    /// Also recorded as the identity's `max_tokens`.
+    pub truncate_prompt_tokens: Option<usize>,
     /// Length every returned vector must have.
     pub expected_dimension: usize,
     /// Put before every text by `prepare` (E5's `passage: `).
@@ -91,6 +101,7 @@ impl RemoteOptions {
             max_retries: 5,
             tokens_per_minute: None,
             dimensions: None,
+            truncate_prompt_tokens: None,
             expected_dimension,
             document_prefix: String::new(),
             encoding: Encoding::Auto,
@@ -129,6 +140,9 @@ impl RemoteOptions {
         if self.tokens_per_minute == Some(0) {
             return bad("`tokens_per_minute` must be more than 0 (leave it out for no limit)".into());
         }
+        if self.truncate_prompt_tokens == Some(0) {
+            return bad("`truncate_prompt_tokens` must be at least 1".into());
+        }
         if self.breaker_threshold == 0 {
             return bad("the circuit breaker threshold must be at least 1".into());
         }
@@ -158,6 +172,7 @@ impl std::fmt::Debug for RemoteOptions {
             .field("max_retries", &self.max_retries)
             .field("tokens_per_minute", &self.tokens_per_minute)
             .field("dimensions", &self.dimensions)
+            .field("truncate_prompt_tokens", &self.truncate_prompt_tokens)
             .field("expected_dimension", &self.expected_dimension)
             .field("document_prefix", &self.document_prefix)
             .field("encoding", &self.encoding)

@@ -32,20 +32,25 @@ struct Request<'a> {
     encoding_format: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     dimensions: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncate_prompt_tokens: Option<usize>,
+}
+
+/// Optional request fields, as configured.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Extras {
+    pub dimensions: Option<usize>,
+    pub truncate_prompt_tokens: Option<usize>,
 }
 
 /// The JSON body of `POST /v1/embeddings`.
-pub(crate) fn request_body(
-    model: &str,
-    input: &[String],
-    format: Format,
-    dimensions: Option<usize>,
-) -> Vec<u8> {
+pub(crate) fn request_body(model: &str, input: &[String], format: Format, extras: Extras) -> Vec<u8> {
     let request = Request {
         model,
         input,
         encoding_format: format.as_str(),
-        dimensions,
+        dimensions: extras.dimensions,
+        truncate_prompt_tokens: extras.truncate_prompt_tokens,
     };
     // Serialising strings and integers into a Vec cannot fail.
     serde_json::to_vec(&request).unwrap_or_default()
@@ -254,14 +259,25 @@ mod tests {
 
     #[test]
     fn request_body_has_the_openai_fields() {
-        let body = request_body("m", &["a".into(), "b".into()], Format::Base64, Some(2));
+        let extras = Extras {
+            dimensions: Some(2),
+            truncate_prompt_tokens: Some(256),
+        };
+        let body = request_body("m", &["a".into(), "b".into()], Format::Base64, extras);
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"model": "m", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 2})
+            serde_json::json!({
+                "model": "m", "input": ["a", "b"], "encoding_format": "base64",
+                "dimensions": 2, "truncate_prompt_tokens": 256
+            })
         );
-        let plain = request_body("m", &["a".into()], Format::Float, None);
-        assert!(!String::from_utf8(plain).unwrap().contains("dimensions"));
+        let plain =
+            String::from_utf8(request_body("m", &["a".into()], Format::Float, Extras::default())).unwrap();
+        assert!(
+            !plain.contains("dimensions") && !plain.contains("truncate"),
+            "{plain}"
+        );
     }
 
     #[test]

@@ -71,6 +71,7 @@ fn shuffled_answers_are_put_back_in_input_order_and_the_request_is_openai_shaped
     o.api_key = Some(Secret::new(KEY));
     o.document_prefix = "passage: ".into();
     o.dimensions = Some(DIM);
+    o.truncate_prompt_tokens = Some(256);
     o.encoding = Encoding::Float;
     let embedder = RemoteEmbedder::new(o).unwrap();
     let input = texts(4, "order");
@@ -86,6 +87,8 @@ fn shuffled_answers_are_put_back_in_input_order_and_the_request_is_openai_shaped
     assert_eq!(json["model"], "fake-model");
     assert_eq!(json["encoding_format"], "float");
     assert_eq!(json["dimensions"], DIM);
+    assert_eq!(json["truncate_prompt_tokens"], 256);
+    assert_eq!(embedder.identity().max_tokens, 256);
     assert_eq!(request.inputs(), prefixed);
     assert_eq!(embedder.batching().batch_size, 4);
     assert_eq!(embedder.batching().max_in_flight, 2);
