@@ -1,1 +1,56 @@
-fn main() {}
+//! The `papersys` binary: parse arguments, set up logging, run the command,
+//! map the outcome to an exit code (0 success, 1 runtime failure, 2 usage or
+//! config error). Everything else lives in the library.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use papersys::cli::{LowArgs, run};
+use tracing_subscriber::EnvFilter;
+
+// Large tensors and Arrow buffers come and go constantly; glibc malloc turns
+// each into an mmap/munmap pair, mimalloc reuses them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let args = match LowArgs::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    init_logging(&args);
+    match run(args) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+fn init_logging(args: &LowArgs) {
+    let default = match (args.quiet, args.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let terminal = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(terminal);
+    // Nightly jobs log to files: give them timestamps; people at a terminal
+    // don't need them.
+    if terminal {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}

@@ -17,18 +17,24 @@ fn is_strip_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
+/// The pieces of the prepared text, borrowed from title and abstract:
+/// their concatenation is `(title + "\n\n" + abstract).strip()`. Lets the
+/// hash be computed without building the string for every row of a scan.
+pub fn prepared_parts<'a>(title: &'a str, abstract_text: &'a str) -> [&'a str; 3] {
+    let title = title.trim_start_matches(is_strip_space);
+    let abstract_end = abstract_text.trim_end_matches(is_strip_space);
+    if title.is_empty() {
+        return ["", "", abstract_end.trim_start_matches(is_strip_space)];
+    }
+    if abstract_end.is_empty() {
+        return [title.trim_end_matches(is_strip_space), "", ""];
+    }
+    [title, "\n\n", abstract_end]
+}
+
 /// `title + "\n\n" + abstract`, trimmed, as the contract defines it.
 pub fn prepare_text(title: &str, abstract_text: &str) -> String {
-    let mut text = String::with_capacity(title.len() + abstract_text.len() + 2);
-    text.push_str(title);
-    text.push_str("\n\n");
-    text.push_str(abstract_text);
-    let trimmed = text.trim_matches(is_strip_space);
-    if trimmed.len() == text.len() {
-        text
-    } else {
-        trimmed.to_string()
-    }
+    prepared_parts(title, abstract_text).concat()
 }
 
 /// True when a paper has nothing to embed: title and abstract both blank.
@@ -49,8 +55,12 @@ impl TextHash {
     /// Hash of `prefix + prepare_text(title, abstract)` without building the
     /// string when no trimming is needed.
     pub fn of_paper(prefix: &str, title: &str, abstract_text: &str) -> TextHash {
-        let text = prepare_text(title, abstract_text);
-        TextHash::of_text(prefix, &text)
+        let mut hasher = Xxh3::new();
+        hasher.update(prefix.as_bytes());
+        for part in prepared_parts(title, abstract_text) {
+            hasher.update(part.as_bytes());
+        }
+        TextHash(hasher.digest128())
     }
 
     /// Hash of `prefix + text`, where `text` is already prepared.
@@ -120,5 +130,22 @@ mod tests {
             TextHash::of_paper("passage: ", "T", "A").to_hex(),
             "0bb6a752f114b947ca2f032cde292b23"
         );
+    }
+
+    proptest::proptest! {
+        /// The borrowed pieces always equal the contract's definition.
+        #[test]
+        fn parts_equal_python_strip_of_the_joined_text(
+            title in "[ a\\n\\t\u{a0}\u{1f}x]{0,8}",
+            abstract_text in "[ b\\n\\r\u{3000}y]{0,8}",
+        ) {
+            let joined = format!("{title}\n\n{abstract_text}");
+            let expected = joined.trim_matches(is_strip_space);
+            proptest::prop_assert_eq!(prepare_text(&title, &abstract_text), expected);
+            proptest::prop_assert_eq!(
+                TextHash::of_paper("p", &title, &abstract_text),
+                TextHash::of_text("p", expected)
+            );
+        }
     }
 }

@@ -20,7 +20,13 @@ pub fn write_atomic<T>(
     fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<T>,
 ) -> io::Result<T> {
     let dir = parent_dir(path);
-    let temp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(TEMP_PREFIX);
+    // Readers may run as other users (a recommender service): create files
+    // like any other program would, 0666 minus the umask, not tempfile's 0600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let temp = builder.tempfile_in(&dir)?;
     let (file, temp_path) = temp.into_parts();
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     let value = fill(&mut writer)?;
@@ -89,6 +95,21 @@ mod tests {
         write_bytes_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_readable_by_others_like_normal_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        write_bytes_atomic(&path, b"{}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o044,
+            0o044,
+            "mode {mode:o}: group and others must be able to read"
+        );
     }
 
     #[test]

@@ -1,7 +1,215 @@
 //! The on-disk store of one model: `embeddings/<alias>/`.
+//!
+//! [`ModelStore`] is the read-only view (what `papersys status` and any
+//! reader use: no lock, nothing written). [`StoreWriter`] is the view of the
+//! one process allowed to change the directory; it holds the writer lock
+//! for its whole life.
 
 pub mod atomic;
 pub mod backlog;
+pub mod cache;
 pub mod lock;
 pub mod manifest;
 pub mod year_file;
+
+use std::path::{Path, PathBuf};
+
+use papersys_backend_core::ModelIdentity;
+
+use crate::config::{Alias, Config, ModelConfig};
+use crate::metadata::Year;
+use lock::{LockError, WriterLock};
+use manifest::{Manifest, ManifestError};
+use year_file::YearFileError;
+
+/// Why the store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer holds the directory.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A year file problem.
+    #[error(transparent)]
+    YearFile(#[from] YearFileError),
+    /// A manifest problem.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A backlog problem.
+    #[error(transparent)]
+    Backlog(#[from] backlog::BacklogError),
+    /// The OS refused.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The model directory resolves outside the data root (a symlink).
+    #[error(
+        "{} resolves to {}, outside the data root {}; papersys never writes outside the data root — remove the symlink",
+        .dir.display(), .resolved.display(), .root.display()
+    )]
+    Escape {
+        /// The model directory as configured.
+        dir: PathBuf,
+        /// Where it really points.
+        resolved: PathBuf,
+        /// The data root.
+        root: PathBuf,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Read-only view of one model's directory.
+#[derive(Clone, Debug)]
+pub struct ModelStore {
+    /// `<embeddings_dir>/<alias>`.
+    pub dir: PathBuf,
+    /// `<embeddings_dir>`, under which the metadata index is shared by all models.
+    pub embeddings_dir: PathBuf,
+    /// The model alias.
+    pub alias: Alias,
+    /// Configured vector dimension.
+    pub dimension: usize,
+    data_root: PathBuf,
+}
+
+impl ModelStore {
+    /// The store of `model` under `config`'s embeddings directory.
+    pub fn new(config: &Config, model: &ModelConfig) -> ModelStore {
+        ModelStore {
+            dir: config.model_dir(&model.alias),
+            embeddings_dir: config.embeddings_dir.clone(),
+            alias: model.alias.clone(),
+            dimension: model.dimension,
+            data_root: config.data_root.clone(),
+        }
+    }
+
+    /// Path of a year's vectors.
+    pub fn year_path(&self, year: Year) -> PathBuf {
+        self.dir.join(format!("{year}.parquet"))
+    }
+
+    /// The year files present, ascending.
+    pub fn year_files(&self) -> Result<Vec<(Year, PathBuf)>, StoreError> {
+        manifest::year_files(&self.dir).map_err(|e| StoreError::io(&self.dir, e))
+    }
+
+    /// The manifest, if any.
+    pub fn manifest(&self) -> Result<Option<Manifest>, StoreError> {
+        Ok(Manifest::read(&self.dir)?)
+    }
+
+    fn check_inside(&self, path: &Path, root: &Path) -> Result<(), StoreError> {
+        let resolved = std::fs::canonicalize(path).map_err(|e| StoreError::io(path, e))?;
+        if resolved.starts_with(root) {
+            Ok(())
+        } else {
+            Err(StoreError::Escape {
+                dir: self.dir.clone(),
+                resolved,
+                root: root.to_path_buf(),
+            })
+        }
+    }
+
+    /// Creates the directory if needed, checks it lies inside the data root
+    /// and takes the writer lock. Fails at once if another process writes.
+    pub fn open_writer(&self) -> Result<StoreWriter, StoreError> {
+        let root = std::fs::canonicalize(&self.data_root).map_err(|e| StoreError::io(&self.data_root, e))?;
+        // Check the deepest existing ancestor before creating anything, so
+        // a symlinked `embeddings/` cannot make us create directories
+        // elsewhere; then check the result.
+        let mut existing = self.dir.as_path();
+        while !existing.exists() {
+            existing = existing.parent().unwrap_or(Path::new("/"));
+        }
+        self.check_inside(existing, &root)?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        self.check_inside(&self.dir, &root)?;
+        let lock = WriterLock::acquire(&self.dir)?;
+        let removed =
+            atomic::remove_stale_temporaries(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        if removed > 0 {
+            tracing::info!(
+                "{}: removed {removed} temporary file(s) left by an interrupted run",
+                self.dir.display()
+            );
+        }
+        Ok(StoreWriter {
+            store: self.clone(),
+            _lock: lock,
+        })
+    }
+}
+
+/// The writer's view of a model directory; holds the lock until dropped.
+#[derive(Debug)]
+pub struct StoreWriter {
+    store: ModelStore,
+    _lock: WriterLock,
+}
+
+impl std::ops::Deref for StoreWriter {
+    type Target = ModelStore;
+
+    fn deref(&self) -> &ModelStore {
+        &self.store
+    }
+}
+
+impl StoreWriter {
+    /// Moves a damaged file aside (never deletes it): `<name>.damaged-<UTC time>`,
+    /// which no `*.parquet` glob matches. Returns the new path.
+    pub fn quarantine(&self, path: &Path) -> Result<PathBuf, StoreError> {
+        let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let target = path.with_file_name(format!("{name}.damaged-{stamp}"));
+        atomic::rename_durably(path, &target).map_err(|e| StoreError::io(path, e))?;
+        Ok(target)
+    }
+
+    /// Makes `manifest.json` describe exactly the year files on disk and
+    /// record `identity` (when given), rewriting it only if that changes
+    /// anything. A damaged manifest is moved aside and rebuilt.
+    pub fn sync_manifest(&self, identity: Option<&ModelIdentity>) -> Result<Manifest, StoreError> {
+        let previous = match Manifest::read(&self.dir) {
+            Ok(previous) => previous,
+            Err(ManifestError::Damaged { path, message }) => {
+                let moved = self.quarantine(&path)?;
+                tracing::warn!(
+                    "{} was damaged ({message}); moved to {} and rebuilt from the year files. \
+                     The record of which model made the vectors was in it: check the config's model for this alias",
+                    path.display(),
+                    moved.display()
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut manifest =
+            Manifest::from_disk(&self.dir, self.alias.as_str(), self.dimension, previous.as_ref())?;
+        if let Some(identity) = identity {
+            manifest.model_identity = Some(identity.clone());
+        }
+        let unchanged = previous.as_ref().is_some_and(|p| p.same_content(&manifest));
+        if unchanged {
+            return Ok(previous.unwrap_or(manifest));
+        }
+        manifest.write(&self.dir)?;
+        Ok(manifest)
+    }
+}

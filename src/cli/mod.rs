@@ -1,0 +1,163 @@
+//! Command-line interface: raw arguments ([`LowArgs`], parsed by clap) are
+//! resolved once into what the commands need ([`HiArgs`]: a loaded config
+//! and the chosen models), then dispatched. Output goes to stdout (a table,
+//! or one JSON document with `--json`); logs go to stderr.
+
+mod render;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands::{self, select_models};
+use crate::config::{Config, ModelConfig};
+use crate::error::{EXIT_OK, Error};
+use crate::plan::RefreshOptions;
+
+/// papersys keeps sentence embeddings of arXiv paper metadata complete,
+/// correct and up to date.
+#[derive(Debug, Parser)]
+#[command(name = "papersys", version, about, long_about = None)]
+pub struct LowArgs {
+    /// Config file [default: ./papersys.toml, then ./config/papersys.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// More log output on stderr (-v: debug, -vv: trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print one JSON document on stdout instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do
+    #[command(subcommand)]
+    pub command: CommandArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CommandArgs {
+    /// Refresh the backlog (papers without a usable vector) and show it per year and reason
+    Backlog(BacklogArgs),
+    /// Show papers in metadata, vectors on disk and papers waiting, per model and year (read only)
+    Status(StatusArgs),
+}
+
+/// Which models a command works on.
+#[derive(Debug, Args)]
+pub struct ModelSelection {
+    /// Model alias from the config (repeatable)
+    #[arg(long = "model", value_name = "ALIAS")]
+    pub models: Vec<String>,
+    /// Every model in the config
+    #[arg(long, conflicts_with = "models")]
+    pub all_models: bool,
+}
+
+/// Arguments of `papersys backlog`.
+#[derive(Debug, Args)]
+pub struct BacklogArgs {
+    #[command(flatten)]
+    models: ModelSelection,
+    /// Ignore cached metadata indexes and read every CSV again
+    #[arg(long)]
+    no_cache: bool,
+}
+
+/// Arguments of `papersys status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Model alias from the config (repeatable) [default: every model]
+    #[arg(long = "model", value_name = "ALIAS")]
+    models: Vec<String>,
+}
+
+/// A command with everything resolved.
+pub enum HiArgs {
+    /// `papersys backlog`.
+    Backlog {
+        /// The config.
+        config: Config,
+        /// Aliases of the chosen models.
+        models: Vec<String>,
+        /// Refresh options.
+        options: RefreshOptions,
+    },
+    /// `papersys status`.
+    Status {
+        /// The config.
+        config: Config,
+        /// Aliases of the chosen models.
+        models: Vec<String>,
+    },
+}
+
+impl HiArgs {
+    /// Loads the config and checks the model selection.
+    pub fn resolve(low: &LowArgs) -> Result<HiArgs, Error> {
+        let config = Config::discover(low.config.as_deref())?;
+        let aliases = |chosen: Vec<&ModelConfig>| chosen.iter().map(|m| m.alias.to_string()).collect();
+        Ok(match &low.command {
+            CommandArgs::Backlog(args) => HiArgs::Backlog {
+                models: aliases(select_models(
+                    &config,
+                    &args.models.models,
+                    args.models.all_models,
+                    false,
+                )?),
+                options: RefreshOptions {
+                    no_cache: args.no_cache,
+                },
+                config,
+            },
+            CommandArgs::Status(args) => HiArgs::Status {
+                models: aliases(select_models(&config, &args.models, false, true)?),
+                config,
+            },
+        })
+    }
+}
+
+fn models_of<'c>(config: &'c Config, aliases: &[String]) -> Vec<&'c ModelConfig> {
+    aliases.iter().filter_map(|a| config.model(a)).collect()
+}
+
+/// Runs the command and writes its output; returns the exit code.
+pub fn run(low: LowArgs) -> Result<i32, Error> {
+    let json = low.json;
+    let hi = HiArgs::resolve(&low)?;
+    let mut out = std::io::stdout().lock();
+    let written = match hi {
+        HiArgs::Backlog {
+            config,
+            models,
+            options,
+        } => {
+            let report = commands::backlog::run(&config, &models_of(&config, &models), options)?;
+            render::warn_issues(&report.input_issues);
+            if json {
+                render::json(&mut out, &report)
+            } else {
+                render::backlog(&mut out, &report)
+            }
+        }
+        HiArgs::Status { config, models } => {
+            let report = commands::status::run(&config, &models_of(&config, &models))?;
+            if json {
+                render::json(&mut out, &report)
+            } else {
+                render::status(&mut out, &report)
+            }
+        }
+    };
+    // A closed stdout (`papersys status | head`) is not a failure.
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Error::Run(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(EXIT_OK),
+    }
+}

@@ -1,0 +1,213 @@
+//! Human and JSON output.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::commands::IssueReport;
+use crate::commands::backlog::BacklogReport;
+use crate::commands::status::StatusReport;
+use crate::store::backlog::MissingReason;
+
+/// At most this many input problems are logged one by one.
+const ISSUES_SHOWN: usize = 20;
+
+/// Writes `value` as one pretty JSON document.
+pub fn json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
+/// Logs input problems as warnings, the first few in full.
+pub fn warn_issues(issues: &[IssueReport]) {
+    for issue in issues.iter().take(ISSUES_SHOWN) {
+        match issue.line {
+            Some(line) => tracing::warn!("{}:{line}: {}", issue.file, issue.message),
+            None => tracing::warn!("{}: {}", issue.file, issue.message),
+        }
+    }
+    if issues.len() > ISSUES_SHOWN {
+        tracing::warn!(
+            "... and {} more input problems (all of them are in the --json output)",
+            issues.len() - ISSUES_SHOWN
+        );
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in a short human form.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A table with right-aligned columns after the first.
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(header: Vec<String>) -> Self {
+        Table { rows: vec![header] }
+    }
+
+    fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    fn write(&self, out: &mut impl Write, indent: &str) -> io::Result<()> {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &self.rows {
+            let mut line = String::from(indent);
+            for (c, cell) in row.iter().enumerate() {
+                if c == 0 {
+                    line.push_str(&format!("{cell:<w$}", w = widths[c]));
+                } else {
+                    line.push_str(&format!("  {cell:>w$}", w = widths[c]));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// The backlog report as tables, one per model.
+pub fn backlog(out: &mut impl Write, report: &BacklogReport) -> io::Result<()> {
+    for (i, model) in report.models.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        if model.waiting == 0 {
+            writeln!(
+                out,
+                "{}: nothing waits; every paper has a current vector",
+                model.alias
+            )?;
+            continue;
+        }
+        writeln!(
+            out,
+            "{}: {} papers wait ({})",
+            model.alias,
+            thousands(model.waiting),
+            model.backlog_file
+        )?;
+        let reasons: Vec<MissingReason> = MissingReason::ALL
+            .into_iter()
+            .filter(|r| model.waiting_by_reason.contains_key(r.as_str()))
+            .collect();
+        let mut header = vec!["year".to_string(), "papers".to_string()];
+        header.extend(reasons.iter().map(|r| r.as_str().to_string()));
+        header.push("waiting".into());
+        let mut table = Table::new(header);
+        for year in &model.years {
+            let waiting: u64 = year.waiting.values().sum();
+            let mut row = vec![year.year.clone(), thousands(year.papers)];
+            row.extend(
+                reasons
+                    .iter()
+                    .map(|r| thousands(year.waiting.get(r.as_str()).copied().unwrap_or(0))),
+            );
+            row.push(thousands(waiting));
+            table.push(row);
+        }
+        table.write(out, "  ")?;
+        for [from, to, reason] in &model.quarantined {
+            writeln!(out, "  moved damaged {from} to {to} ({reason})")?;
+        }
+    }
+    Ok(())
+}
+
+/// The status report as tables, one per model.
+pub fn status(out: &mut impl Write, report: &StatusReport) -> io::Result<()> {
+    writeln!(out, "data root: {}", report.data_root)?;
+    for model in &report.models {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{} ({}, {} dimensions, {})",
+            model.alias, model.name, model.dimension, model.directory
+        )?;
+        let mut table = Table::new(
+            ["year", "papers", "vectors", "waiting", "file size"]
+                .map(String::from)
+                .to_vec(),
+        );
+        for year in &model.years {
+            table.push(vec![
+                year.year.clone(),
+                thousands(year.papers),
+                thousands(year.vectors),
+                thousands(year.waiting),
+                year.file_bytes.map(bytes).unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        table.push(vec![
+            "total".into(),
+            thousands(model.papers),
+            thousands(model.vectors),
+            thousands(model.waiting),
+            String::new(),
+        ]);
+        table.write(out, "  ")?;
+        if !model.backlog_current {
+            writeln!(
+                out,
+                "  the backlog is older than the inputs: `papersys backlog` or `papersys embed` refreshes it"
+            )?;
+        }
+        for problem in &model.problems {
+            writeln!(out, "  problem: {problem}")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(2_800_000), "2,800,000");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3_600_000_000), "3.6 GB");
+    }
+}

@@ -1,0 +1,200 @@
+//! `papersys status`: what is in metadata, on disk and waiting, per model
+//! and year. Read only: takes no lock and writes nothing, so it works while
+//! an embed run is going on.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use papersys_backend_core::ModelIdentity;
+use serde::Serialize;
+
+use super::store_prefix;
+use crate::config::{Config, ModelConfig};
+use crate::error::Error;
+use crate::metadata::{Year, discover, origin_of};
+use crate::plan::metadata_counts;
+use crate::store::backlog::{self, BACKLOG_FILE};
+use crate::store::cache::{FileStamp, RefreshState};
+use crate::store::manifest::MANIFEST_FILE;
+use crate::store::{ModelStore, year_file};
+
+/// One year of one model.
+#[derive(Clone, Debug, Serialize)]
+pub struct YearStatus {
+    /// Four-digit year.
+    pub year: String,
+    /// Distinct papers in the year's metadata.
+    pub papers: u64,
+    /// Vectors in the year file (0 when there is none).
+    pub vectors: u64,
+    /// Papers of the year in the backlog.
+    pub waiting: u64,
+    /// The year file relative to the data root, if it exists.
+    pub file: Option<String>,
+    /// Its size in bytes.
+    pub file_bytes: Option<u64>,
+}
+
+/// One model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelStatus {
+    /// Model alias.
+    pub alias: String,
+    /// Configured model name.
+    pub name: String,
+    /// Configured dimension.
+    pub dimension: usize,
+    /// The model's directory, relative to the data root.
+    pub directory: String,
+    /// Per-year detail, ascending.
+    pub years: Vec<YearStatus>,
+    /// Sum over years.
+    pub papers: u64,
+    /// Sum over years.
+    pub vectors: u64,
+    /// Papers in the backlog.
+    pub waiting: u64,
+    /// Size of the backlog file, when present.
+    pub backlog_bytes: Option<u64>,
+    /// Whether the backlog was computed from the current inputs; `false`
+    /// means `papersys backlog` (or `embed`) would change it.
+    pub backlog_current: bool,
+    /// The model recorded in the manifest as having made the vectors.
+    pub recorded_model: Option<ModelIdentity>,
+    /// Problems found while looking (damaged files, a manifest out of step).
+    pub problems: Vec<String>,
+}
+
+/// Output of `papersys status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    /// The data root.
+    pub data_root: String,
+    /// One entry per model.
+    pub models: Vec<ModelStatus>,
+}
+
+/// Gathers the status of each model without writing anything.
+pub fn run(config: &Config, models: &[&ModelConfig]) -> Result<StatusReport, Error> {
+    let discovery = discover(&config.metadata_dir, &config.data_root)?;
+    let mut reports = Vec::new();
+    for model in models {
+        let store = ModelStore::new(config, model);
+        let mut problems = Vec::new();
+        let manifest = match store.manifest() {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                problems.push(e.to_string());
+                None
+            }
+        };
+        let prefix = store_prefix(model, manifest.as_ref());
+        let papers = metadata_counts(&store, &discovery, &prefix);
+        let mut vectors: BTreeMap<Year, (u64, String, u64)> = BTreeMap::new();
+        for (year, path) in store.year_files()? {
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match year_file::row_count(&path) {
+                Ok(rows) => {
+                    vectors.insert(year, (rows, origin_of(&path, &config.data_root), bytes));
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        let waiting_rows = match backlog::read(&store.dir) {
+            Ok(rows) => rows,
+            Err(e) => {
+                problems.push(e.to_string());
+                Vec::new()
+            }
+        };
+        let mut waiting: BTreeMap<Year, u64> = BTreeMap::new();
+        for row in &waiting_rows {
+            *waiting.entry(row.year).or_insert(0) += 1;
+        }
+        if let Some(manifest) = &manifest {
+            let on_disk: BTreeMap<String, u64> = vectors.iter().map(|(y, v)| (y.to_string(), v.0)).collect();
+            if manifest.years != on_disk {
+                problems.push(format!(
+                    "{} does not match the year files on disk; the next `papersys backlog` or `embed` rewrites it",
+                    MANIFEST_FILE
+                ));
+            }
+        }
+        let years: BTreeSet<Year> = papers
+            .keys()
+            .chain(vectors.keys())
+            .chain(waiting.keys())
+            .copied()
+            .collect();
+        let years: Vec<YearStatus> = years
+            .into_iter()
+            .map(|year| {
+                let file = vectors.get(&year);
+                YearStatus {
+                    year: year.to_string(),
+                    papers: papers.get(&year).copied().unwrap_or(0),
+                    vectors: file.map_or(0, |f| f.0),
+                    waiting: waiting.get(&year).copied().unwrap_or(0),
+                    file: file.map(|f| f.1.clone()),
+                    file_bytes: file.map(|f| f.2),
+                }
+            })
+            .collect();
+        let backlog_path = store.dir.join(BACKLOG_FILE);
+        reports.push(ModelStatus {
+            alias: model.alias.to_string(),
+            name: model.name.clone(),
+            dimension: model.dimension,
+            directory: origin_of(&store.dir, &config.data_root),
+            papers: years.iter().map(|y| y.papers).sum(),
+            vectors: years.iter().map(|y| y.vectors).sum(),
+            waiting: waiting_rows.len() as u64,
+            backlog_bytes: std::fs::metadata(&backlog_path).ok().map(|m| m.len()),
+            backlog_current: backlog_is_current(&store, &discovery),
+            recorded_model: manifest.and_then(|m| m.model_identity),
+            years,
+            problems,
+        });
+    }
+    Ok(StatusReport {
+        data_root: config.data_root.display().to_string(),
+        models: reports,
+    })
+}
+
+/// True when the last refresh saw exactly the metadata and year files that
+/// are on disk now.
+fn backlog_is_current(store: &ModelStore, discovery: &crate::metadata::Discovery) -> bool {
+    let Some(state) = RefreshState::load(&store.dir) else {
+        return false;
+    };
+    if state.backlog != FileStamp::of(&store.dir.join(BACKLOG_FILE)) {
+        return false;
+    }
+    let Ok(year_files) = store.year_files() else {
+        return false;
+    };
+    let years: BTreeSet<Year> = discovery
+        .years()
+        .into_iter()
+        .chain(year_files.iter().map(|(y, _)| *y))
+        .collect();
+    if years.len() != state.years.len() {
+        return false;
+    }
+    years.iter().all(|year| {
+        let Some(summary) = state.years.get(&year.to_string()) else {
+            return false;
+        };
+        let metadata: Vec<(String, FileStamp)> = discovery
+            .files_of(*year)
+            .map(|f| {
+                (
+                    f.origin.clone(),
+                    FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
+                )
+            })
+            .collect();
+        summary.inputs.metadata == metadata
+            && summary.inputs.year_file == FileStamp::of(&store.year_path(*year))
+    })
+}

@@ -1,0 +1,46 @@
+//! The library's top-level error and the exit code each kind maps to.
+
+use crate::config::ConfigError;
+use crate::metadata::DiscoveryError;
+use crate::store::StoreError;
+
+/// Exit code of a successful run.
+pub const EXIT_OK: i32 = 0;
+/// Exit code when the work failed at run time (I/O, damaged data, failed
+/// embeddings, another writer holding the lock).
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code for a usage or config error: nothing was attempted.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Everything a command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config file is missing or wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The command line asks for something that does not exist.
+    #[error("{0}")]
+    Usage(String),
+    /// The metadata directory cannot be listed.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// The store could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The embedding backend could not be built or failed for good.
+    #[error(transparent)]
+    Embed(#[from] papersys_backend_core::EmbedError),
+    /// A run that did its work but must be reported as failed.
+    #[error("{0}")]
+    Run(String),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::Usage(_) => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    }
+}

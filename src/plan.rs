@@ -1,0 +1,449 @@
+//! What is missing: metadata and year files in, backlog rows out.
+//!
+//! A refresh works year by year (years in parallel): the year's metadata
+//! rows (from the metadata index, or a fresh read of the CSV), de-duplicated
+//! with the last row winning, are compared with the ids and text hashes of
+//! the year's Parquet file. A paper waits when its year has no file
+//! (`missing_embedding_file`), the file lacks it (`missing_embedding`), the
+//! stored text hash differs from its current text (`stale_embedding`), its
+//! text is empty (`empty_text`), or the last run failed on it
+//! (`embedding_failed`). A year whose inputs did not change since the last
+//! refresh reuses that refresh's rows (see [`crate::store::cache`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use crate::metadata::{Discovery, InputIssue, MetadataFile, Year, read_rows};
+use crate::store::backlog::{self, BacklogRow, MissingReason};
+use crate::store::cache::{
+    CachedIssue, FileIndex, FileStamp, IndexEntry, RefreshState, YearInputs, YearSummary, prefix_hash,
+};
+use crate::store::manifest::now_iso;
+use crate::store::year_file::{self, YearFileError, YearIds};
+use crate::store::{ModelStore, StoreError, StoreWriter};
+use crate::text::{TextHash, is_empty_text};
+
+/// Options of a refresh.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RefreshOptions {
+    /// Ignore the caches and read everything again.
+    pub no_cache: bool,
+}
+
+/// Per-year outcome of a refresh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YearReport {
+    /// The year.
+    pub year: Year,
+    /// Distinct papers in the year's metadata.
+    pub papers: u64,
+    /// Rows of the year's CSVs naming a paper already seen (last row kept).
+    pub duplicates: u64,
+    /// Waiting papers per reason.
+    pub waiting: BTreeMap<MissingReason, u64>,
+    /// Whether the result was reused from the previous refresh.
+    pub cached: bool,
+}
+
+impl YearReport {
+    /// Total waiting papers.
+    pub fn waiting_total(&self) -> u64 {
+        self.waiting.values().sum()
+    }
+}
+
+/// A damaged year file moved aside during the refresh.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Where it was.
+    pub from: PathBuf,
+    /// Where it is now.
+    pub to: PathBuf,
+    /// Why.
+    pub reason: String,
+}
+
+/// The result of refreshing one model's backlog.
+#[derive(Clone, Debug, Default)]
+pub struct BacklogPlan {
+    /// Every waiting paper, in the backlog's canonical order.
+    pub rows: Vec<BacklogRow>,
+    /// One report per year (metadata years and year-file years), ascending.
+    pub years: Vec<YearReport>,
+    /// Problems found in the metadata.
+    pub issues: Vec<InputIssue>,
+    /// Year files moved aside because they could not be read.
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A metadata row after de-duplication.
+struct MetadataPaper {
+    paper_id: Box<str>,
+    hash: TextHash,
+    empty: bool,
+    origin: usize,
+}
+
+struct YearOutcome {
+    rows: Vec<BacklogRow>,
+    report: YearReport,
+    summary: YearSummary,
+    issues: Vec<InputIssue>,
+    quarantined: Option<Quarantined>,
+}
+
+/// Reads (or loads from the metadata index) one CSV's rows with text hashes
+/// for `prefix`, saving the index when it had to read the file. `save` is
+/// false for read-only callers.
+pub fn index_file(index_dir: &Path, file: &MetadataFile, prefix: &str, save: bool) -> FileIndex {
+    let prefix_hash = prefix_hash(prefix);
+    let stamp = FileStamp::of(&file.path);
+    if let Some(stamp) = stamp
+        && let Some(index) = FileIndex::load(index_dir, &file.origin, stamp, prefix_hash)
+    {
+        return index;
+    }
+    let mut issues = Vec::new();
+    let mut entries = Vec::new();
+    let result = read_rows(&file.path, &mut issues, |row| {
+        let empty = is_empty_text(row.title, row.abstract_text);
+        entries.push(IndexEntry {
+            paper_id: row.paper_id.into(),
+            hash: TextHash::of_paper(prefix, row.title, row.abstract_text),
+            empty,
+        });
+    });
+    let skipped = match result {
+        Ok(summary) => summary.skipped,
+        Err(issue) => {
+            issues.push(issue);
+            0
+        }
+    };
+    let index = FileIndex {
+        origin: file.origin.clone(),
+        stamp: stamp.unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
+        prefix_hash,
+        entries,
+        skipped,
+        issues: issues
+            .into_iter()
+            .map(|i| CachedIssue {
+                line: i.line,
+                message: i.message,
+            })
+            .collect(),
+    };
+    if save
+        && stamp.is_some()
+        && let Err(e) = index.save(index_dir)
+    {
+        tracing::debug!("could not save the metadata index of {}: {e}", file.origin);
+    }
+    index
+}
+
+/// The de-duplicated metadata of one year, sorted by paper id, with the
+/// number of rows read, the number of repeated ids and the issues found.
+fn year_metadata(
+    index_dir: &Path,
+    files: &[&MetadataFile],
+    prefix: &str,
+    save: bool,
+) -> (Vec<MetadataPaper>, u64, u64, Vec<InputIssue>) {
+    let mut papers: Vec<(MetadataPaper, usize)> = Vec::new();
+    let mut issues = Vec::new();
+    for (origin, file) in files.iter().enumerate() {
+        let index = index_file(index_dir, file, prefix, save);
+        issues.extend(index.issues.iter().map(|i| InputIssue {
+            path: file.path.clone(),
+            line: i.line,
+            message: i.message.clone(),
+        }));
+        for entry in index.entries {
+            let sequence = papers.len();
+            papers.push((
+                MetadataPaper {
+                    paper_id: entry.paper_id,
+                    hash: entry.hash,
+                    empty: entry.empty,
+                    origin,
+                },
+                sequence,
+            ));
+        }
+    }
+    let rows = papers.len() as u64;
+    // Later rows win: sort newest first within an id, keep the first.
+    papers.sort_unstable_by(|a, b| a.0.paper_id.cmp(&b.0.paper_id).then(b.1.cmp(&a.1)));
+    papers.dedup_by(|later, kept| later.0.paper_id == kept.0.paper_id);
+    let unique: Vec<MetadataPaper> = papers.into_iter().map(|(p, _)| p).collect();
+    let duplicates = rows - unique.len() as u64;
+    (unique, rows, duplicates, issues)
+}
+
+/// Compares a year's metadata with its year file.
+fn diff_year(
+    year: Year,
+    papers: &[MetadataPaper],
+    files: &[&MetadataFile],
+    stored: Option<&YearIds>,
+    failed: &BTreeSet<&str>,
+) -> Vec<BacklogRow> {
+    let mut rows = Vec::new();
+    let mut j = 0;
+    for paper in papers {
+        let reason = match stored {
+            None if paper.empty => Some(MissingReason::EmptyText),
+            None => Some(MissingReason::MissingEmbeddingFile),
+            Some(stored) => {
+                while j < stored.ids.len() && stored.ids[j].as_str() < &*paper.paper_id {
+                    j += 1;
+                }
+                let present = j < stored.ids.len() && stored.ids[j].as_str() == &*paper.paper_id;
+                if !present {
+                    Some(if paper.empty {
+                        MissingReason::EmptyText
+                    } else {
+                        MissingReason::MissingEmbedding
+                    })
+                } else {
+                    match stored.hashes[j] {
+                        // An empty text cannot be embedded again: keep the old vector.
+                        Some(hash) if hash != paper.hash && !paper.empty => {
+                            Some(MissingReason::StaleEmbedding)
+                        }
+                        _ => None,
+                    }
+                }
+            }
+        };
+        if let Some(mut reason) = reason {
+            if reason.is_embeddable() && failed.contains(&*paper.paper_id) {
+                reason = MissingReason::EmbeddingFailed;
+            }
+            rows.push(BacklogRow {
+                paper_id: paper.paper_id.to_string(),
+                reason,
+                origin: files[paper.origin].origin.clone(),
+                year,
+            });
+        }
+    }
+    rows
+}
+
+fn count_reasons(rows: &[BacklogRow]) -> BTreeMap<MissingReason, u64> {
+    let mut waiting = BTreeMap::new();
+    for row in rows {
+        *waiting.entry(row.reason).or_insert(0) += 1;
+    }
+    waiting
+}
+
+/// Refreshes the backlog of the model behind `writer`: computes every
+/// waiting paper, writes `backlog.parquet` (or removes it), keeps the
+/// manifest true to the files, and returns the plan. Damaged year files are
+/// moved aside (their papers wait again); a year file of the wrong
+/// dimension stops the refresh with an error naming it.
+pub fn refresh(
+    writer: &StoreWriter,
+    discovery: &Discovery,
+    prefix: &str,
+    options: RefreshOptions,
+) -> Result<BacklogPlan, StoreError> {
+    let prefix_hash = prefix_hash(prefix);
+    let old_state = if options.no_cache {
+        None
+    } else {
+        RefreshState::load(&writer.dir)
+    };
+    let old_backlog = match backlog::read(&writer.dir) {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!("{e}; it will be rebuilt");
+            Vec::new()
+        }
+    };
+    let backlog_path = writer.dir.join(backlog::BACKLOG_FILE);
+    let trusted = old_state.as_ref().filter(|s| {
+        s.prefix_hash == prefix_hash
+            && s.dimension == writer.dimension
+            && s.backlog == FileStamp::of(&backlog_path)
+    });
+    let failed: BTreeSet<&str> = old_backlog
+        .iter()
+        .filter(|r| r.reason == MissingReason::EmbeddingFailed)
+        .map(|r| r.paper_id.as_str())
+        .collect();
+    let mut old_rows_by_year: HashMap<Year, Vec<BacklogRow>> = HashMap::new();
+    for row in &old_backlog {
+        old_rows_by_year.entry(row.year).or_default().push(row.clone());
+    }
+
+    let stored_years: BTreeMap<Year, PathBuf> = writer.year_files()?.into_iter().collect();
+    let years: BTreeSet<Year> = discovery
+        .years()
+        .into_iter()
+        .chain(stored_years.keys().copied())
+        .collect();
+    let index_dir = writer.embeddings_dir.clone();
+
+    let outcomes: Vec<Result<YearOutcome, StoreError>> = years
+        .par_iter()
+        .map(|&year| {
+            let files: Vec<&MetadataFile> = discovery.files_of(year).collect();
+            let year_path = writer.year_path(year);
+            let inputs = YearInputs {
+                metadata: files
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.origin.clone(),
+                            FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
+                        )
+                    })
+                    .collect(),
+                year_file: FileStamp::of(&year_path),
+            };
+            let key = year.to_string();
+            if let Some(summary) = trusted
+                .and_then(|s| s.years.get(&key))
+                .filter(|s| s.inputs == inputs)
+            {
+                let rows = old_rows_by_year.get(&year).cloned().unwrap_or_default();
+                return Ok(YearOutcome {
+                    report: YearReport {
+                        year,
+                        papers: summary.papers,
+                        duplicates: summary.rows - summary.papers,
+                        waiting: count_reasons(&rows),
+                        cached: true,
+                    },
+                    summary: summary.clone(),
+                    rows,
+                    issues: Vec::new(),
+                    quarantined: None,
+                });
+            }
+            compute_year(writer, &index_dir, year, &files, inputs, prefix, &failed)
+        })
+        .collect();
+
+    let mut plan = BacklogPlan::default();
+    let mut state = RefreshState::new(prefix_hash, writer.dimension);
+    for outcome in outcomes {
+        let outcome = outcome?;
+        plan.rows.extend(outcome.rows);
+        plan.issues.extend(outcome.issues);
+        plan.quarantined.extend(outcome.quarantined);
+        state
+            .years
+            .insert(outcome.report.year.to_string(), outcome.summary);
+        plan.years.push(outcome.report);
+    }
+    backlog::sort_rows(&mut plan.rows);
+    writer.sync_manifest(None)?;
+    backlog::write(&writer.dir, writer.alias.as_str(), &plan.rows, &now_iso())?;
+    state.backlog = FileStamp::of(&backlog_path);
+    if let Err(e) = state.save(&writer.dir) {
+        tracing::debug!("could not save the refresh state: {e}");
+    }
+    Ok(plan)
+}
+
+fn compute_year(
+    writer: &StoreWriter,
+    index_dir: &Path,
+    year: Year,
+    files: &[&MetadataFile],
+    mut inputs: YearInputs,
+    prefix: &str,
+    failed: &BTreeSet<&str>,
+) -> Result<YearOutcome, StoreError> {
+    let (papers, rows_read, duplicates, issues) = year_metadata(index_dir, files, prefix, true);
+    let year_path = writer.year_path(year);
+    let mut quarantined = None;
+    let stored = if inputs.year_file.is_some() {
+        match year_file::read_ids(&year_path, writer.dimension) {
+            Ok(ids) => Some(ids),
+            Err(YearFileError::Damaged { message, .. }) => {
+                let to = writer.quarantine(&year_path)?;
+                tracing::warn!(
+                    "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
+                     Nothing was deleted: if the file can be repaired, move it back before the next embed run",
+                    year_path.display(),
+                    to.display()
+                );
+                quarantined = Some(Quarantined {
+                    from: year_path.clone(),
+                    to,
+                    reason: message,
+                });
+                inputs.year_file = None;
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    let rows = diff_year(year, &papers, files, stored.as_ref(), failed);
+    let waiting = count_reasons(&rows);
+    let summary = YearSummary {
+        inputs,
+        papers: papers.len() as u64,
+        rows: rows_read,
+        waiting: waiting
+            .iter()
+            .map(|(r, n)| (r.as_str().to_string(), *n))
+            .collect(),
+    };
+    Ok(YearOutcome {
+        report: YearReport {
+            year,
+            papers: papers.len() as u64,
+            duplicates,
+            waiting,
+            cached: false,
+        },
+        summary,
+        rows,
+        issues,
+        quarantined,
+    })
+}
+
+/// Metadata papers per year without writing anything: from the refresh
+/// state when its inputs are current, else from the metadata index, else by
+/// reading the CSVs. Used by `papersys status`.
+pub fn metadata_counts(store: &ModelStore, discovery: &Discovery, prefix: &str) -> BTreeMap<Year, u64> {
+    let state = RefreshState::load(&store.dir);
+    let index_dir = store.embeddings_dir.clone();
+    discovery
+        .years()
+        .par_iter()
+        .map(|&year| {
+            let files: Vec<&MetadataFile> = discovery.files_of(year).collect();
+            let current: Vec<(String, FileStamp)> = files
+                .iter()
+                .map(|f| {
+                    (
+                        f.origin.clone(),
+                        FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
+                    )
+                })
+                .collect();
+            let cached = state
+                .as_ref()
+                .and_then(|s| s.years.get(&year.to_string()))
+                .filter(|s| s.inputs.metadata == current)
+                .map(|s| s.papers);
+            let papers =
+                cached.unwrap_or_else(|| year_metadata(&index_dir, &files, prefix, false).0.len() as u64);
+            (year, papers)
+        })
+        .collect()
+}

@@ -1,0 +1,389 @@
+//! Caches that make repeated backlog refreshes cheap. Never the truth.
+//!
+//! They live in `.cache/` directories (the metadata index under the
+//! embeddings directory, shared by all models; the refresh state under each
+//! model's directory) and are keyed by the size and modification
+//! time of the files they summarise. A cache entry that is missing, stale,
+//! from another papersys version or damaged (its checksum does not match) is
+//! ignored and rebuilt from the files themselves; deleting `.cache/` at any
+//! time is safe.
+//!
+//! * The **metadata index** holds, per input CSV, every row's paper id, text
+//!   hash and whether its text is empty (plus the file's row issues), so an
+//!   unchanged CSV is not parsed again.
+//! * The **refresh state** records, per year, the stamps of everything that
+//!   year's backlog rows were computed from. When none changed, the year's
+//!   rows are taken from the previous `backlog.parquet` as they are.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::atomic::write_bytes_atomic;
+use crate::text::TextHash;
+
+/// Directory of the caches inside a model directory.
+pub const CACHE_DIR: &str = ".cache";
+
+/// Bumped whenever the meaning of cached data changes.
+const CACHE_VERSION: u32 = 1;
+
+const INDEX_MAGIC: &[u8; 8] = b"PSIDX\x00\x00\x01";
+
+/// Size and modification time of a file: changes whenever its content does
+/// (the same rule make and rsync rely on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: u128,
+}
+
+impl FileStamp {
+    /// Stamp of `path`; `None` when it does not exist or cannot be stat'ed.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let meta = std::fs::metadata(path).ok()?;
+        let mtime_ns = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+        Some(FileStamp {
+            size: meta.len(),
+            mtime_ns,
+        })
+    }
+}
+
+/// One row of a metadata CSV, as the plan needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Paper id.
+    pub paper_id: Box<str>,
+    /// Hash of the prefixed text.
+    pub hash: TextHash,
+    /// Title and abstract both empty.
+    pub empty: bool,
+}
+
+/// A row problem remembered with the index, so a cached file still reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedIssue {
+    /// Line of the row, if any.
+    pub line: Option<u64>,
+    /// The message.
+    pub message: String,
+}
+
+/// Everything a refresh needs from one metadata CSV.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileIndex {
+    /// The file's origin (relative to the data root).
+    pub origin: String,
+    /// The file's stamp when it was read.
+    pub stamp: FileStamp,
+    /// Hash of the document prefix the text hashes include.
+    pub prefix_hash: u64,
+    /// Rows in file order (duplicates kept; the plan resolves them).
+    pub entries: Vec<IndexEntry>,
+    /// Rows skipped as unusable.
+    pub skipped: u64,
+    /// Problems found while reading.
+    pub issues: Vec<CachedIssue>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IndexHeader {
+    version: u32,
+    origin: String,
+    stamp: FileStamp,
+    prefix_hash: u64,
+    rows: u64,
+    skipped: u64,
+    issues: Vec<CachedIssue>,
+}
+
+/// Hash identifying a document prefix in cache keys.
+pub fn prefix_hash(prefix: &str) -> u64 {
+    xxh3_64(prefix.as_bytes())
+}
+
+/// Where the index of `origin` for `prefix_hash` lives. Shared by all
+/// models (under the embeddings directory), so a second model with the same
+/// prefix reuses the first one's read of the metadata.
+fn index_path(embeddings_dir: &Path, origin: &str, prefix_hash: u64) -> PathBuf {
+    embeddings_dir
+        .join(CACHE_DIR)
+        .join("metadata-index")
+        .join(format!(
+            "{:016x}-{prefix_hash:016x}.idx",
+            xxh3_64(origin.as_bytes())
+        ))
+}
+
+impl FileIndex {
+    /// Loads the cached index of `origin` if it is exactly for `stamp` and
+    /// `prefix_hash` and intact; `None` otherwise.
+    pub fn load(
+        embeddings_dir: &Path,
+        origin: &str,
+        stamp: FileStamp,
+        prefix_hash: u64,
+    ) -> Option<FileIndex> {
+        let bytes = std::fs::read(index_path(embeddings_dir, origin, prefix_hash)).ok()?;
+        let index = FileIndex::decode(&bytes)?;
+        (index.origin == origin && index.stamp == stamp && index.prefix_hash == prefix_hash).then_some(index)
+    }
+
+    /// Saves the index (atomically; failures only cost a re-read later).
+    pub fn save(&self, embeddings_dir: &Path) -> std::io::Result<()> {
+        let path = index_path(embeddings_dir, &self.origin, self.prefix_hash);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        write_bytes_atomic(&path, &self.encode())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let header = IndexHeader {
+            version: CACHE_VERSION,
+            origin: self.origin.clone(),
+            stamp: self.stamp,
+            prefix_hash: self.prefix_hash,
+            rows: self.entries.len() as u64,
+            skipped: self.skipped,
+            issues: self.issues.clone(),
+        };
+        let header = serde_json::to_vec(&header).unwrap_or_default();
+        let mut out = Vec::with_capacity(32 + header.len() + self.entries.len() * 32);
+        out.extend_from_slice(INDEX_MAGIC);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(&header);
+        for entry in &self.entries {
+            let id = entry.paper_id.as_bytes();
+            out.extend_from_slice(&(id.len() as u32).to_le_bytes());
+            out.extend_from_slice(id);
+            out.extend_from_slice(&entry.hash.0.to_le_bytes());
+            out.push(u8::from(entry.empty));
+        }
+        let checksum = xxh3_64(&out);
+        out.extend_from_slice(&checksum.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<FileIndex> {
+        let (body, checksum) = bytes.split_at_checked(bytes.len().checked_sub(8)?)?;
+        if xxh3_64(body) != u64::from_le_bytes(checksum.try_into().ok()?) {
+            return None;
+        }
+        let mut cursor = Cursor { bytes: body };
+        if cursor.take(8)? != INDEX_MAGIC {
+            return None;
+        }
+        let header_len = usize::try_from(cursor.u64()?).ok()?;
+        let header: IndexHeader = serde_json::from_slice(cursor.take(header_len)?).ok()?;
+        if header.version != CACHE_VERSION {
+            return None;
+        }
+        let rows = usize::try_from(header.rows).ok()?;
+        let mut entries = Vec::with_capacity(rows.min(body.len() / 21));
+        for _ in 0..rows {
+            let len = cursor.u32()? as usize;
+            let id = std::str::from_utf8(cursor.take(len)?).ok()?;
+            let hash = u128::from_le_bytes(cursor.take(16)?.try_into().ok()?);
+            let empty = cursor.take(1)?[0] != 0;
+            entries.push(IndexEntry {
+                paper_id: id.into(),
+                hash: TextHash(hash),
+                empty,
+            });
+        }
+        if !cursor.bytes.is_empty() {
+            return None;
+        }
+        Some(FileIndex {
+            origin: header.origin,
+            stamp: header.stamp,
+            prefix_hash: header.prefix_hash,
+            entries,
+            skipped: header.skipped,
+            issues: header.issues,
+        })
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = self.bytes.split_at_checked(n)?;
+        self.bytes = tail;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
+/// Inputs one year's backlog rows were computed from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct YearInputs {
+    /// Each metadata file of the year: origin and stamp, in precedence order.
+    pub metadata: Vec<(String, FileStamp)>,
+    /// The year file's stamp, `None` when it does not exist.
+    pub year_file: Option<FileStamp>,
+}
+
+/// What the refresh learnt about one year.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct YearSummary {
+    /// The inputs the numbers below were computed from.
+    pub inputs: YearInputs,
+    /// Distinct papers in the year's metadata.
+    pub papers: u64,
+    /// Rows read from the year's CSVs (before de-duplication).
+    pub rows: u64,
+    /// Waiting papers per reason.
+    pub waiting: BTreeMap<String, u64>,
+}
+
+/// The refresh state of a model: per-year summaries and the backlog file
+/// they were written to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshState {
+    version: u32,
+    /// Prefix hash the text hashes were computed with.
+    pub prefix_hash: u64,
+    /// Dimension the year files were checked against.
+    pub dimension: usize,
+    /// Stamp of `backlog.parquet` as written (`None`: no backlog file).
+    pub backlog: Option<FileStamp>,
+    /// Summaries keyed by four-digit year.
+    pub years: BTreeMap<String, YearSummary>,
+}
+
+fn state_path(model_dir: &Path) -> PathBuf {
+    model_dir.join(CACHE_DIR).join("refresh-state.json")
+}
+
+impl RefreshState {
+    /// A fresh state for these settings.
+    pub fn new(prefix_hash: u64, dimension: usize) -> RefreshState {
+        RefreshState {
+            version: CACHE_VERSION,
+            prefix_hash,
+            dimension,
+            backlog: None,
+            years: BTreeMap::new(),
+        }
+    }
+
+    /// Loads the state; `None` when absent, damaged or from another version.
+    pub fn load(model_dir: &Path) -> Option<RefreshState> {
+        let bytes = std::fs::read(state_path(model_dir)).ok()?;
+        let state: RefreshState = serde_json::from_slice(&bytes).ok()?;
+        (state.version == CACHE_VERSION).then_some(state)
+    }
+
+    /// Saves the state atomically.
+    pub fn save(&self, model_dir: &Path) -> std::io::Result<()> {
+        let path = state_path(model_dir);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_bytes_atomic(&path, &bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> FileIndex {
+        FileIndex {
+            origin: "metadata/metadata-2024.csv".into(),
+            stamp: FileStamp {
+                size: 10,
+                mtime_ns: 1_700_000_000_000_000_123,
+            },
+            prefix_hash: prefix_hash(""),
+            entries: vec![
+                IndexEntry {
+                    paper_id: "2401.00001".into(),
+                    hash: TextHash(42),
+                    empty: false,
+                },
+                IndexEntry {
+                    paper_id: "hep-th/9901001".into(),
+                    hash: TextHash(u128::MAX),
+                    empty: true,
+                },
+            ],
+            skipped: 1,
+            issues: vec![CachedIssue {
+                line: Some(3),
+                message: "bad".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn index_round_trips_and_is_keyed_by_stamp_and_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = sample();
+        index.save(dir.path()).unwrap();
+        let loaded = FileIndex::load(dir.path(), &index.origin, index.stamp, index.prefix_hash).unwrap();
+        assert_eq!(loaded, index);
+        let other_stamp = FileStamp {
+            size: 11,
+            ..index.stamp
+        };
+        assert!(FileIndex::load(dir.path(), &index.origin, other_stamp, index.prefix_hash).is_none());
+        assert!(FileIndex::load(dir.path(), &index.origin, index.stamp, prefix_hash("query: ")).is_none());
+    }
+
+    #[test]
+    fn a_damaged_index_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = sample();
+        index.save(dir.path()).unwrap();
+        let path = index_path(dir.path(), &index.origin, index.prefix_hash);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(FileIndex::load(dir.path(), &index.origin, index.stamp, index.prefix_hash).is_none());
+        std::fs::write(&path, &bytes[..5]).unwrap();
+        assert!(FileIndex::load(dir.path(), &index.origin, index.stamp, index.prefix_hash).is_none());
+    }
+
+    #[test]
+    fn refresh_state_round_trips_and_rejects_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = RefreshState::new(prefix_hash(""), 384);
+        state.years.insert(
+            "2024".into(),
+            YearSummary {
+                inputs: YearInputs {
+                    metadata: vec![("metadata/metadata-2024.csv".into(), sample().stamp)],
+                    year_file: None,
+                },
+                papers: 3,
+                rows: 3,
+                waiting: BTreeMap::from([("missing_embedding_file".into(), 3)]),
+            },
+        );
+        state.save(dir.path()).unwrap();
+        assert_eq!(RefreshState::load(dir.path()), Some(state));
+        std::fs::write(state_path(dir.path()), b"{").unwrap();
+        assert_eq!(RefreshState::load(dir.path()), None);
+    }
+}
