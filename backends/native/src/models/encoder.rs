@@ -56,7 +56,7 @@ impl EncoderConfig {
                 cfg.position_embedding_type
             )));
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(EmbedError::Load(format!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -87,23 +87,62 @@ impl EncoderConfig {
     }
 }
 
+/// A dense layer with its weight transposed to [in, out], the layout the
+/// GEMM reads fastest.
+struct Linear {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl Linear {
+    /// `out[T, outputs] = x[T, inputs] · W`, added to `out`'s contents when
+    /// `accumulate` (the bias is not applied here).
+    fn matmul(&self, x: &[f32], out: &mut [f32], accumulate: bool, par: Parallelism) {
+        let rows = x.len() / self.inputs;
+        debug_assert_eq!(out.len(), rows * self.outputs);
+        // SAFETY: x holds rows·inputs floats, out rows·outputs, w
+        // inputs·outputs (checked at load); all row-major and contiguous.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                out.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                accumulate,
+                x.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.w.as_ptr(),
+                1,
+                self.outputs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+}
+
+struct LayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
 struct Layer {
-    /// [hidden, 3·hidden]: Q (pre-scaled by 1/√head_dim), K, V side by side.
-    w_qkv: Vec<f32>,
-    b_qkv: Vec<f32>,
-    /// [hidden, hidden]
-    w_o: Vec<f32>,
-    b_o: Vec<f32>,
-    ln1_g: Vec<f32>,
-    ln1_b: Vec<f32>,
-    /// [hidden, intermediate]
-    w_i: Vec<f32>,
-    b_i: Vec<f32>,
-    /// [intermediate, hidden]
-    w_out: Vec<f32>,
-    b_out: Vec<f32>,
-    ln2_g: Vec<f32>,
-    ln2_b: Vec<f32>,
+    /// Q (pre-scaled by 1/√head_dim), K and V side by side: [hidden, 3·hidden].
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    ffn_norm: LayerNorm,
 }
 
 /// Encoder weights in the layout the forward pass wants (linear weights
@@ -113,8 +152,7 @@ pub struct Encoder {
     word: Vec<f32>,
     /// Position embedding plus token type 0, [positions, hidden].
     pos_type: Vec<f32>,
-    emb_ln_g: Vec<f32>,
-    emb_ln_b: Vec<f32>,
+    emb_norm: LayerNorm,
     layers: Vec<Layer>,
 }
 
@@ -159,11 +197,11 @@ impl Encoder {
     pub fn load(t: &Tensors<'_>, prefix: &str, cfg: EncoderConfig) -> Result<Self, EmbedError> {
         let h = cfg.hidden;
         let n = |s: &str| format!("{prefix}{s}");
-        let ln = |s: &str| -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
-            Ok((
-                t.get_any(&[n(&format!("{s}.weight")), n(&format!("{s}.gamma"))], &[h])?,
-                t.get_any(&[n(&format!("{s}.bias")), n(&format!("{s}.beta"))], &[h])?,
-            ))
+        let norm = |s: &str| -> Result<LayerNorm, EmbedError> {
+            Ok(LayerNorm {
+                gamma: t.get_any(&[n(&format!("{s}.weight")), n(&format!("{s}.gamma"))], &[h])?,
+                beta: t.get_any(&[n(&format!("{s}.bias")), n(&format!("{s}.beta"))], &[h])?,
+            })
         };
         let word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
         let pos = t.get(&n("embeddings.position_embeddings.weight"), &[cfg.positions, h])?;
@@ -171,63 +209,55 @@ impl Encoder {
             &n("embeddings.token_type_embeddings.weight"),
             &[cfg.type_vocab, h],
         )?;
-        let pos_type: Vec<f32> = pos
+        let pos_type = pos
             .chunks_exact(h)
             .flat_map(|row| row.iter().zip(&types[..h]).map(|(p, t)| p + t))
             .collect();
-        let (emb_ln_g, emb_ln_b) = ln("embeddings.LayerNorm")?;
+        let emb_norm = norm("embeddings.LayerNorm")?;
         let scale = 1.0 / ((h / cfg.heads) as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let l = |s: &str| format!("encoder.layer.{i}.{s}");
-            let linear = |s: &str, out: usize, inp: usize| -> Result<(Vec<f32>, Vec<f32>), EmbedError> {
-                let w = t.get(&n(&l(&format!("{s}.weight"))), &[out, inp])?;
-                let b = t.get(&n(&l(&format!("{s}.bias"))), &[out])?;
-                Ok((transpose(&w, out, inp), b))
+            let linear = |s: &str, inputs: usize, outputs: usize| -> Result<Linear, EmbedError> {
+                let w = t.get(&n(&l(&format!("{s}.weight"))), &[outputs, inputs])?;
+                Ok(Linear {
+                    w: transpose(&w, outputs, inputs),
+                    b: t.get(&n(&l(&format!("{s}.bias"))), &[outputs])?,
+                    inputs,
+                    outputs,
+                })
             };
-            let (wq, bq) = linear("attention.self.query", h, h)?;
-            let (wk, bk) = linear("attention.self.key", h, h)?;
-            let (wv, bv) = linear("attention.self.value", h, h)?;
-            let mut w_qkv = Vec::with_capacity(3 * h * h);
+            let q = linear("attention.self.query", h, h)?;
+            let k = linear("attention.self.key", h, h)?;
+            let v = linear("attention.self.value", h, h)?;
+            let mut w = Vec::with_capacity(3 * h * h);
             for r in 0..h {
-                w_qkv.extend(wq[r * h..(r + 1) * h].iter().map(|v| v * scale));
-                w_qkv.extend_from_slice(&wk[r * h..(r + 1) * h]);
-                w_qkv.extend_from_slice(&wv[r * h..(r + 1) * h]);
+                w.extend(q.w[r * h..(r + 1) * h].iter().map(|x| x * scale));
+                w.extend_from_slice(&k.w[r * h..(r + 1) * h]);
+                w.extend_from_slice(&v.w[r * h..(r + 1) * h]);
             }
-            let b_qkv = bq.iter().map(|v| v * scale).chain(bk).chain(bv).collect();
-            let (w_o, b_o) = linear("attention.output.dense", h, h)?;
-            let (ln1_g, ln1_b) = ln(&l("attention.output.LayerNorm"))?;
-            let (w_i, b_i) = linear("intermediate.dense", cfg.intermediate, h)?;
-            let (w_out, b_out) = linear("output.dense", h, cfg.intermediate)?;
-            let (ln2_g, ln2_b) = ln(&l("output.LayerNorm"))?;
+            let b = q.b.iter().map(|x| x * scale).chain(k.b).chain(v.b).collect();
             layers.push(Layer {
-                w_qkv,
-                b_qkv,
-                w_o,
-                b_o,
-                ln1_g,
-                ln1_b,
-                w_i,
-                b_i,
-                w_out,
-                b_out,
-                ln2_g,
-                ln2_b,
+                qkv: Linear {
+                    w,
+                    b,
+                    inputs: h,
+                    outputs: 3 * h,
+                },
+                attn_out: linear("attention.output.dense", h, h)?,
+                attn_norm: norm(&l("attention.output.LayerNorm"))?,
+                ffn_in: linear("intermediate.dense", h, cfg.intermediate)?,
+                ffn_out: linear("output.dense", cfg.intermediate, h)?,
+                ffn_norm: norm(&l("output.LayerNorm"))?,
             });
         }
         Ok(Encoder {
             cfg,
             word,
             pos_type,
-            emb_ln_g,
-            emb_ln_b,
+            emb_norm,
             layers,
         })
-    }
-
-    /// The encoder's shape.
-    pub fn config(&self) -> &EncoderConfig {
-        &self.cfg
     }
 
     /// Runs the encoder on a packed batch; the token vectors end up in
@@ -295,78 +325,31 @@ impl Encoder {
                 }
             }
         }
-        par_rows(hidden, h, |rows| {
-            kernels::layer_norm_inplace(rows, &self.emb_ln_g, &self.emb_ln_b, cfg.eps)
-        });
+        let eps = cfg.eps;
+        let layer_norm = |x: &mut [f32], n: &LayerNorm| {
+            par_rows(x, h, |rows| {
+                kernels::layer_norm_inplace(rows, &n.gamma, &n.beta, eps)
+            })
+        };
+        let add_bias =
+            |x: &mut [f32], b: &[f32]| par_rows(x, b.len(), |rows| kernels::add_bias_inplace(rows, b));
+        layer_norm(hidden, &self.emb_norm);
 
         for layer in &self.layers {
-            // SAFETY (all `matmul` calls): buffers are sliced to exactly the
-            // shapes passed, and weights have the shapes checked at load.
-            unsafe {
-                matmul(
-                    tokens,
-                    3 * h,
-                    h,
-                    qkv.as_mut_ptr(),
-                    false,
-                    hidden.as_ptr(),
-                    h,
-                    &layer.w_qkv,
-                    par,
-                )
-            };
-            par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.b_qkv));
+            layer.qkv.matmul(hidden, qkv, false, par);
+            add_bias(qkv, &layer.qkv.b);
             self.attention(qkv, ctx, cu);
-            par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.b_o));
-            unsafe {
-                matmul(
-                    tokens,
-                    h,
-                    h,
-                    hidden.as_mut_ptr(),
-                    true,
-                    ctx.as_ptr(),
-                    h,
-                    &layer.w_o,
-                    par,
-                )
-            };
-            par_rows(hidden, h, |rows| {
-                kernels::layer_norm_inplace(rows, &layer.ln1_g, &layer.ln1_b, cfg.eps)
-            });
-            unsafe {
-                matmul(
-                    tokens,
-                    cfg.intermediate,
-                    h,
-                    inter.as_mut_ptr(),
-                    false,
-                    hidden.as_ptr(),
-                    h,
-                    &layer.w_i,
-                    par,
-                )
-            };
+            // Residual first, then the projection accumulated onto it.
+            add_bias(hidden, &layer.attn_out.b);
+            layer.attn_out.matmul(ctx, hidden, true, par);
+            layer_norm(hidden, &layer.attn_norm);
+            layer.ffn_in.matmul(hidden, inter, false, par);
             par_rows(inter, cfg.intermediate, |rows| {
-                kernels::bias_gelu_inplace(rows, &layer.b_i)
+                kernels::bias_gelu_inplace(rows, &layer.ffn_in.b)
             });
-            par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.b_out));
-            unsafe {
-                matmul(
-                    tokens,
-                    h,
-                    cfg.intermediate,
-                    hidden.as_mut_ptr(),
-                    true,
-                    inter.as_ptr(),
-                    cfg.intermediate,
-                    &layer.w_out,
-                    par,
-                )
-            };
-            par_rows(hidden, h, |rows| {
-                kernels::layer_norm_inplace(rows, &layer.ln2_g, &layer.ln2_b, cfg.eps)
-            });
+            add_bias(hidden, &layer.ffn_out.b);
+            layer.ffn_out.matmul(inter, hidden, true, par);
+            layer_norm(hidden, &layer.ffn_norm);
         }
         Ok(())
     }
@@ -465,47 +448,4 @@ unsafe impl Send for SendPtr {}
 fn par_rows(x: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
     const ROWS: usize = 32;
     x.par_chunks_mut(width * ROWS).for_each(f);
-}
-
-/// `dst[m×n] (+)= a[m×k] · b[k×n]`, all row-major and contiguous except
-/// `a`'s row stride `lda`.
-///
-/// # Safety
-/// `dst` must hold m·n floats, `a` m rows of `lda` floats, `b` k·n floats.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    accumulate: bool,
-    a: *const f32,
-    lda: usize,
-    b: &[f32],
-    par: Parallelism,
-) {
-    debug_assert_eq!(b.len(), k * n);
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            accumulate,
-            a,
-            1,
-            lda as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
 }

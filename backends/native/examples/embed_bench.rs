@@ -1,0 +1,280 @@
+//! Throughput of the native engine on a texts file, printed as JSON.
+//!
+//! ```text
+//! cargo run --release -p papersys-backend-native --example embed_bench -- \
+//!     --texts texts.jsonl --threads 2 --batch-size 32 --runs 3
+//! cargo run --release -p papersys-backend-native --example embed_bench -- --gemm --threads 2
+//! ```
+//!
+//! Texts are sorted by length and cut into batches as the pipeline does;
+//! a producer thread tokenises the next batch while the engine embeds the
+//! current one. `--gemm` instead measures the fp32 GEMM rate of the `gemm`
+//! crate at the model's largest shape (for the hardware bound).
+
+use std::path::PathBuf;
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use papersys_backend_core::{Embedder, PreparedBatch};
+use papersys_backend_native::{NativeEmbedder, NativeOptions};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Args {
+    texts: Option<PathBuf>,
+    name: String,
+    model_path: Option<PathBuf>,
+    threads: Option<usize>,
+    batch_size: usize,
+    runs: usize,
+    warmup: usize,
+    limit: Option<usize>,
+    max_length: Option<usize>,
+    gemm: bool,
+    save: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        texts: None,
+        name: NativeOptions::default().name,
+        model_path: None,
+        threads: None,
+        batch_size: 32,
+        runs: 3,
+        warmup: 64,
+        limit: None,
+        max_length: None,
+        gemm: false,
+        save: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{v}: {e}"));
+        match flag.as_str() {
+            "--texts" => args.texts = Some(value()?.into()),
+            "--name" => args.name = value()?,
+            "--model-path" => args.model_path = Some(value()?.into()),
+            "--threads" => args.threads = Some(number(value()?)?),
+            "--batch-size" => args.batch_size = number(value()?)?,
+            "--runs" => args.runs = number(value()?)?,
+            "--warmup" => args.warmup = number(value()?)?,
+            "--limit" => args.limit = Some(number(value()?)?),
+            "--max-length" => args.max_length = Some(number(value()?)?),
+            "--save-f32" => args.save = Some(value()?.into()),
+            "--gemm" => args.gemm = true,
+            "-h" | "--help" => {
+                println!(
+                    "embed_bench --texts FILE.jsonl [--threads N] [--batch-size N] [--runs N] [--warmup N] \
+                     [--limit N] [--max-length N] [--name ID] [--model-path DIR] [--save-f32 FILE] | --gemm [--threads N]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(args)
+}
+
+/// Peak resident memory of this process in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn read_texts(path: &PathBuf) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).map_err(|e| e.to_string())?;
+            v["text"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| "a line has no \"text\"".to_string())
+        })
+        .collect()
+}
+
+/// One pass over `texts` in pipeline style; returns the vectors in input order.
+fn embed_all(
+    embedder: &NativeEmbedder,
+    texts: &[String],
+    batch_size: usize,
+) -> Result<Vec<Vec<f32>>, String> {
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+    let mut out = vec![Vec::new(); texts.len()];
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<(Vec<usize>, PreparedBatch)>(2);
+        let order = &order;
+        scope.spawn(move || {
+            for chunk in order.chunks(batch_size) {
+                let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
+                match embedder.prepare(batch) {
+                    Ok(prepared) => {
+                        if tx.send((chunk.to_vec(), prepared)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("tokenization failed: {e}");
+                        return;
+                    }
+                }
+            }
+        });
+        for (indices, prepared) in rx {
+            let embeddings = embedder.embed(&prepared).map_err(|e| e.to_string())?;
+            for (row, i) in embeddings.rows().zip(indices) {
+                out[i] = row.to_vec();
+            }
+        }
+        Ok::<(), String>(())
+    })?;
+    if out.iter().any(Vec::is_empty) {
+        return Err("some texts were not embedded".into());
+    }
+    Ok(out)
+}
+
+fn gemm_rate(threads: usize) -> f64 {
+    let (m, k, n) = (8192usize, 384usize, 1536usize);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 97) as f32 * 0.01).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 89) as f32 * 0.01).collect();
+    let mut c = vec![0.0f32; m * n];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let mut best = f64::INFINITY;
+    for _ in 0..8 {
+        let t = Instant::now();
+        pool.install(|| unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                k as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            )
+        });
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("embed_bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if args.gemm {
+        let rate = gemm_rate(threads);
+        println!(
+            "{}",
+            serde_json::json!({"engine": "gemm-crate", "threads": threads, "shape": [8192, 384, 1536], "gemm_gflops": rate})
+        );
+        return;
+    }
+    let Some(path) = &args.texts else {
+        eprintln!("embed_bench: --texts is required");
+        std::process::exit(2);
+    };
+    let mut texts = read_texts(path).unwrap_or_else(|e| {
+        eprintln!("embed_bench: {e}");
+        std::process::exit(2);
+    });
+    if let Some(limit) = args.limit {
+        texts.truncate(limit);
+    }
+    let opts = NativeOptions {
+        name: args.name.clone(),
+        model_path: args.model_path.clone(),
+        threads: Some(threads),
+        batch_size: args.batch_size,
+        max_length: args.max_length,
+        ..NativeOptions::default()
+    };
+    let t = Instant::now();
+    let embedder = NativeEmbedder::load(&opts).unwrap_or_else(|e| {
+        eprintln!("embed_bench: {e}");
+        std::process::exit(1);
+    });
+    let load_s = t.elapsed().as_secs_f64();
+    let tokens: Vec<usize> = texts
+        .iter()
+        .map(|t| embedder.tokenize(&[t]).map(|b| b.input_ids.len()).unwrap_or(0))
+        .collect();
+    let warm: Vec<String> = texts.iter().take(args.warmup).cloned().collect();
+    if let Err(e) = embed_all(&embedder, &warm, args.batch_size) {
+        eprintln!("embed_bench: {e}");
+        std::process::exit(1);
+    }
+    let mut times = Vec::new();
+    let mut vectors = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        vectors = embed_all(&embedder, &texts, args.batch_size).unwrap_or_else(|e| {
+            eprintln!("embed_bench: {e}");
+            std::process::exit(1);
+        });
+        times.push(t.elapsed().as_secs_f64());
+    }
+    if let Some(save) = &args.save {
+        let bytes: Vec<u8> = vectors.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+        if let Err(e) = std::fs::write(save, bytes) {
+            eprintln!("embed_bench: {}: {e}", save.display());
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let n = texts.len() as f64;
+    let median = sorted[sorted.len() / 2];
+    println!(
+        "{}",
+        serde_json::json!({
+            "engine": "papersys-native",
+            "threads": threads,
+            "batch_size": args.batch_size,
+            "n_texts": texts.len(),
+            "max_tokens": embedder.max_tokens(),
+            "tokens_mean": tokens.iter().sum::<usize>() as f64 / n,
+            "tokens": tokens,
+            "model_load_s": load_s,
+            "run_times_s": times,
+            "texts_per_s_best": n / sorted[0],
+            "texts_per_s_median": n / median,
+            "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+}
