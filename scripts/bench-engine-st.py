@@ -1,0 +1,81 @@
+"""sentence-transformers side of scripts/bench-engine.sh: texts/s on a texts
+file (JSONL, {"text": ...} per line) with PyTorch on the CPU, as JSON.
+
+    python scripts/bench-engine-st.py --model DIR --texts F --threads 2 --batch-size 32 --runs 1
+    python scripts/bench-engine-st.py --gemm --threads 2     # torch fp32 GEMM rate at the model's shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--texts")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=64)
+    ap.add_argument("--max-seq-length", type=int, default=None)
+    ap.add_argument("--gemm", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    if args.gemm:
+        m, k, n = 8192, 384, 1536
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        torch.mm(a, b)
+        best = float("inf")
+        for _ in range(8):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t)
+        print(json.dumps({"engine": "torch", "threads": args.threads, "gemm_gflops": 2 * m * k * n / best / 1e9}))
+        return
+
+    from sentence_transformers import SentenceTransformer
+
+    with open(args.texts, encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line in fh if line.strip()]
+    model = SentenceTransformer(args.model, device="cpu", model_kwargs={"dtype": torch.float32})
+    if args.max_seq_length:
+        model.max_seq_length = args.max_seq_length
+    model.encode(texts[: args.warmup], batch_size=args.batch_size, show_progress_bar=False)
+    times = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        model.encode(texts, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
+        times.append(time.perf_counter() - t)
+    n = len(texts)
+    print(
+        json.dumps(
+            {
+                "engine": "sentence-transformers",
+                "torch": torch.__version__,
+                "threads": args.threads,
+                "batch_size": args.batch_size,
+                "n_texts": n,
+                "max_tokens": model.max_seq_length,
+                "run_times_s": times,
+                "texts_per_s_best": n / min(times),
+                "texts_per_s_median": n / sorted(times)[len(times) // 2],
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Native engine against sentence-transformers (PyTorch, CPU) on the same
+# texts, threads, batch size and truncation, alternating runs in one
+# invocation. Prints texts/s of each side, their ratio, each side's fraction
+# of the fp32 GEMM bound (FLOPs per text from the token counts, GEMM rate
+# measured now) and peak memory.
+#
+#   scripts/bench-engine.sh [--texts FILE.jsonl] [--n 512] [--threads 2] [--batch-size 32] [--rounds 3]
+#
+# Default texts: the first N records of ../shared/data/arxiv-real/records.jsonl
+# (real abstracts, prepared as title + "\n\n" + abstract), else the texts of
+# the engine's parity fixture.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+texts="" n=512 threads=2 batch=32 rounds=3
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --texts) texts="$2"; shift 2 ;;
+    --n) n="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --batch-size) batch="$2"; shift 2 ;;
+    --rounds) rounds="$2"; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+export HF_HUB_OFFLINE=1
+"$repo/scripts/fetch-model.sh"
+py="$("$repo/scripts/python-env.sh" --full)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+if [ -z "$texts" ]; then
+  texts="$work/texts.jsonl"
+  "$py" - "$repo" "$n" "$texts" <<'PY'
+import json, os, sys
+repo, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+records = os.path.join(repo, "..", "shared", "data", "arxiv-real", "records.jsonl")
+rows = []
+if os.path.exists(records):
+    with open(records, encoding="utf-8") as fh:
+        for line in fh:
+            r = json.loads(line)
+            rows.append((r["title"] + "\n\n" + r["abstract"]).strip())
+            if len(rows) >= n:
+                break
+else:
+    fixture = os.path.join(repo, "backends", "native", "tests", "fixtures", "minilm", "texts.jsonl")
+    with open(fixture, encoding="utf-8") as fh:
+        rows = [json.loads(line)["text"] for line in fh][:n]
+with open(out, "w", encoding="utf-8") as fh:
+    for t in rows:
+        fh.write(json.dumps({"text": t}) + "\n")
+print(f"{len(rows)} texts", file=sys.stderr)
+PY
+fi
+
+model_dir="$("$py" -c '
+import os
+cache = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface"), "hub")
+repo = os.path.join(cache, "models--sentence-transformers--all-MiniLM-L6-v2")
+print(os.path.join(repo, "snapshots", open(os.path.join(repo, "refs", "main")).read().strip()))')"
+
+(cd "$repo" && cargo build --quiet --release -p papersys-backend-native --example embed_bench)
+bench="${CARGO_TARGET_DIR:-$repo/target}/release/examples/embed_bench"
+
+results="$work/results.jsonl"
+"$bench" --gemm --threads "$threads" >>"$results"
+"$py" "$repo/scripts/bench-engine-st.py" --gemm --threads "$threads" >>"$results"
+for r in $(seq 1 "$rounds"); do
+  echo "round $r/$rounds: papersys" >&2
+  "$bench" --texts "$texts" --threads "$threads" --batch-size "$batch" --runs 1 --max-length 256 >>"$results"
+  echo "round $r/$rounds: sentence-transformers" >&2
+  "$py" "$repo/scripts/bench-engine-st.py" --model "$model_dir" --texts "$texts" --threads "$threads" \
+    --batch-size "$batch" --runs 1 --max-seq-length 256 2>/dev/null >>"$results"
+done
+
+"$py" - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+gemm = {r["engine"]: r["gemm_gflops"] for r in rows if "gemm_gflops" in r}
+ours = [r for r in rows if r["engine"] == "papersys-native"]
+st = [r for r in rows if r["engine"] == "sentence-transformers"]
+tokens = ours[0]["tokens"]
+d, f, layers = 384, 1536, 6
+flops = statistics.fmean(layers * (8 * L * d * d + 4 * L * d * f + 4 * L * L * d) for L in tokens)
+rate = max(gemm.values())
+bound = rate * 1e9 / flops
+def side(rs):
+    v = [r["texts_per_s_best"] for r in rs]
+    return max(v), statistics.median(v), max(r["peak_rss_mib"] for r in rs)
+o_best, o_med, o_rss = side(ours)
+s_best, s_med, s_rss = side(st)
+summary = {
+    "texts": ours[0]["n_texts"], "threads": ours[0]["threads"], "batch_size": ours[0]["batch_size"],
+    "max_tokens": ours[0]["max_tokens"], "tokens_mean": round(statistics.fmean(tokens), 1),
+    "gflop_per_text": round(flops / 1e9, 3),
+    "gemm_gflops": {k: round(v, 1) for k, v in gemm.items()}, "bound_texts_per_s": round(bound, 1),
+    "papersys_texts_per_s": {"best": round(o_best, 2), "median": round(o_med, 2), "runs": [round(r["texts_per_s_best"], 2) for r in ours]},
+    "st_texts_per_s": {"best": round(s_best, 2), "median": round(s_med, 2), "runs": [round(r["texts_per_s_best"], 2) for r in st]},
+    "ratio_best": round(o_best / s_best, 3), "ratio_median": round(o_med / s_med, 3),
+    "papersys_fraction_of_bound": round(o_best / bound, 3), "st_fraction_of_bound": round(s_best / bound, 3),
+    "papersys_peak_rss_mib": round(o_rss, 1), "st_peak_rss_mib": round(s_rss, 1),
+}
+print(json.dumps(summary, indent=2))
+PY
