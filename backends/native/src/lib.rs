@@ -110,15 +110,19 @@ impl Device {
             },
         };
         if matches!(parsed, Device::Cuda(_)) && !cfg!(feature = "cuda") {
-            return Err(EmbedError::Unsupported(format!(
-                "device {device:?} needs a GPU build, but this papersys was built without the `cuda` \
-                 cargo feature of papersys-backend-native; rebuild on a machine with the CUDA toolkit \
-                 with that feature enabled (cargo build --release --features papersys-backend-native/cuda), \
-                 or set device = \"cpu\""
-            )));
+            return Err(cuda_not_built(device));
         }
         Ok(parsed)
     }
+}
+
+fn cuda_not_built(device: &str) -> EmbedError {
+    EmbedError::Unsupported(format!(
+        "device {device:?} needs a GPU build, but this papersys was built without the `cuda` \
+         cargo feature of papersys-backend-native; rebuild on a machine with the CUDA toolkit \
+         with that feature enabled (cargo build --release --features papersys-backend-native/cuda), \
+         or set device = \"cpu\""
+    ))
 }
 
 /// Numeric precision of the forward pass.
@@ -285,16 +289,18 @@ impl NativeEmbedder {
         let precision = parse_precision(&opts.precision, device)?;
         match device {
             Device::Cpu => Self::load_cpu(opts),
-            #[cfg(feature = "cuda")]
-            Device::Cuda(ordinal) => {
-                Self::load_candle(opts, candle_engine::CandleDevice::Cuda(ordinal), precision)
-            }
-            #[cfg(not(feature = "cuda"))]
-            Device::Cuda(_) => {
-                let _ = precision;
-                unreachable!("Device::parse rejects cuda without the feature")
-            }
+            Device::Cuda(ordinal) => Self::load_cuda(opts, ordinal, precision),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn load_cuda(opts: &NativeOptions, ordinal: usize, precision: Precision) -> Result<Self, EmbedError> {
+        Self::load_candle(opts, candle_engine::CandleDevice::Cuda(ordinal), precision)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn load_cuda(opts: &NativeOptions, _ordinal: usize, _precision: Precision) -> Result<Self, EmbedError> {
+        Err(cuda_not_built(&opts.device))
     }
 
     fn load_cpu(opts: &NativeOptions) -> Result<Self, EmbedError> {
@@ -334,11 +340,12 @@ impl NativeEmbedder {
         })
     }
 
-    /// Loads the model into the candle engine on the CPU, the code path GPU
-    /// builds run, so that it can be checked on machines without a GPU.
+    /// Loads the model into the candle engine on the CPU: the code path GPU
+    /// builds run, checked on machines without a GPU. Unlike the CPU engine
+    /// this honours [`Precision::F16`] (slowly), to test the f16 path too.
     #[cfg(feature = "candle")]
-    pub fn load_candle_cpu(opts: &NativeOptions) -> Result<Self, EmbedError> {
-        Self::load_candle(opts, candle_engine::CandleDevice::Cpu, Precision::F32)
+    pub fn load_candle_cpu(opts: &NativeOptions, precision: Precision) -> Result<Self, EmbedError> {
+        Self::load_candle(opts, candle_engine::CandleDevice::Cpu, precision)
     }
 
     #[cfg(feature = "candle")]
