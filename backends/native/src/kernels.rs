@@ -330,34 +330,49 @@ mod avx2 {
 
 /// Replaces each value by `e^x` (exactly 0 below -87).
 pub fn exp_inplace(x: &mut [f32]) {
+    exp_with(x, has_avx2_fma());
+}
+
+fn exp_with(x: &mut [f32], vector: bool) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+    if vector {
+        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
         unsafe { avx2::exp_slice(x) };
         return;
     }
+    let _ = vector;
     x.iter_mut().for_each(|v| *v = exp_scalar(*v));
 }
 
 /// Replaces each value by `erf(x)`.
 pub fn erf_inplace(x: &mut [f32]) {
+    erf_with(x, has_avx2_fma());
+}
+
+fn erf_with(x: &mut [f32], vector: bool) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+    if vector {
+        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
         unsafe { avx2::erf_slice(x) };
         return;
     }
+    let _ = vector;
     x.iter_mut().for_each(|v| *v = erf_scalar(*v));
 }
 
 /// `x[r][j] = gelu(x[r][j] + bias[j])` for every row `r` of `bias.len()` values.
 pub fn bias_gelu_inplace(x: &mut [f32], bias: &[f32]) {
+    bias_gelu_with(x, bias, has_avx2_fma());
+}
+
+fn bias_gelu_with(x: &mut [f32], bias: &[f32], vector: bool) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+    if vector {
+        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
         unsafe { avx2::bias_gelu(x, bias) };
         return;
     }
+    let _ = vector;
     for row in x.chunks_exact_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
             *v = gelu_scalar(*v + b);
@@ -368,15 +383,20 @@ pub fn bias_gelu_inplace(x: &mut [f32], bias: &[f32]) {
 /// Softmax of one row in place; scores far below the row maximum become
 /// exactly 0 (never denormal), so a later product with them stays fast.
 pub fn softmax_inplace(row: &mut [f32]) {
+    softmax_with(row, has_avx2_fma());
+}
+
+fn softmax_with(row: &mut [f32], vector: bool) {
     if row.is_empty() {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+    if vector {
+        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
         unsafe { avx2::softmax_row(row) };
         return;
     }
+    let _ = vector;
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in row.iter_mut() {
@@ -389,12 +409,17 @@ pub fn softmax_inplace(row: &mut [f32]) {
 
 /// LayerNorm of every row of `gamma.len()` values in place.
 pub fn layer_norm_inplace(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    layer_norm_with(x, gamma, beta, eps, has_avx2_fma());
+}
+
+fn layer_norm_with(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, vector: bool) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+    if vector {
+        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
         unsafe { avx2::layer_norm(x, gamma, beta, eps) };
         return;
     }
+    let _ = vector;
     let h = gamma.len() as f32;
     for row in x.chunks_exact_mut(gamma.len()) {
         let mean = row.iter().sum::<f32>() / h;
@@ -463,6 +488,15 @@ mod tests {
         }
     }
 
+    /// The scalar path, and the vector path where the CPU has it.
+    fn paths() -> Vec<bool> {
+        if has_avx2_fma() {
+            vec![false, true]
+        } else {
+            vec![false]
+        }
+    }
+
     fn grid(lo: f32, hi: f32, n: usize) -> Vec<f32> {
         (0..n)
             .map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32)
@@ -472,46 +506,50 @@ mod tests {
     #[test]
     fn exp_matches_f64_within_two_ulp_and_flushes_tiny() {
         let xs = grid(-86.9, 88.0, 100_003);
-        let mut v = xs.clone();
-        exp_inplace(&mut v);
-        for (x, y) in xs.iter().zip(&v) {
-            let r = (*x as f64).exp();
-            let rel = ((*y as f64) - r).abs() / r;
-            assert!(rel < 2.5e-7, "exp({x}) = {y}, want {r} (rel {rel})");
-            assert_eq!(
-                *y,
-                exp_scalar(*x).max(0.0),
-                "vector and scalar paths differ at {x}"
-            );
+        for vector in paths() {
+            let mut v = xs.clone();
+            exp_with(&mut v, vector);
+            for (x, y) in xs.iter().zip(&v) {
+                let r = (*x as f64).exp();
+                let rel = ((*y as f64) - r).abs() / r;
+                assert!(rel < 2.5e-7, "exp({x}) = {y}, want {r} (rel {rel})");
+                assert_eq!(
+                    *y,
+                    exp_scalar(*x).max(0.0),
+                    "vector and scalar paths differ at {x}"
+                );
+            }
+            let mut tiny = vec![
+                -87.5,
+                -100.0,
+                -1e30,
+                f32::NEG_INFINITY,
+                -88.0,
+                -87.2,
+                -90.0,
+                -200.0,
+                -95.0,
+            ];
+            exp_with(&mut tiny, vector);
+            assert!(tiny.iter().all(|v| *v == 0.0), "{tiny:?}");
         }
-        let mut tiny = vec![
-            -87.5,
-            -100.0,
-            -1e30,
-            f32::NEG_INFINITY,
-            -88.0,
-            -87.2,
-            -90.0,
-            -200.0,
-            -95.0,
-        ];
-        exp_inplace(&mut tiny);
-        assert!(tiny.iter().all(|v| *v == 0.0), "{tiny:?}");
     }
 
     #[test]
     fn erf_is_accurate_to_f32() {
         let xs = grid(-6.0, 6.0, 200_001);
-        let mut v = xs.clone();
-        erf_inplace(&mut v);
-        for (x, y) in xs.iter().zip(&v) {
-            let r = erf_ref(*x as f64);
-            let err = ((*y as f64) - r).abs();
-            assert!(err <= 2.4e-7 * r.abs() + 1e-40, "erf({x}) = {y}, want {r}");
-            assert!(
-                (erf_scalar(*x) - y).abs() <= f32::EPSILON * y.abs(),
-                "paths differ at {x}"
-            );
+        for vector in paths() {
+            let mut v = xs.clone();
+            erf_with(&mut v, vector);
+            for (x, y) in xs.iter().zip(&v) {
+                let r = erf_ref(*x as f64);
+                let err = ((*y as f64) - r).abs();
+                assert!(err <= 2.4e-7 * r.abs() + 1e-40, "erf({x}) = {y}, want {r}");
+                assert!(
+                    (erf_scalar(*x) - y).abs() <= f32::EPSILON * y.abs(),
+                    "paths differ at {x}"
+                );
+            }
         }
         assert_eq!(erf_scalar(0.0), 0.0);
     }
@@ -520,14 +558,16 @@ mod tests {
     fn gelu_matches_exact_definition() {
         let xs = grid(-10.0, 10.0, 20_011);
         let bias = vec![0.0; xs.len()];
-        let mut v = xs.clone();
-        bias_gelu_inplace(&mut v, &bias);
-        for (x, y) in xs.iter().zip(&v) {
-            let xd = *x as f64;
-            let r = 0.5 * xd * (1.0 + erf_ref(xd / std::f64::consts::SQRT_2));
-            // 1 + erf cancels for negative x, as in PyTorch's own formula.
-            let tol = 3e-7 * r.abs() + 1e-7 * (*x as f64).abs();
-            assert!(((*y as f64) - r).abs() <= tol, "gelu({x}) = {y}, want {r}");
+        for vector in paths() {
+            let mut v = xs.clone();
+            bias_gelu_with(&mut v, &bias, vector);
+            for (x, y) in xs.iter().zip(&v) {
+                let xd = *x as f64;
+                let r = 0.5 * xd * (1.0 + erf_ref(xd / std::f64::consts::SQRT_2));
+                // 1 + erf cancels for negative x, as in PyTorch's own formula.
+                let tol = 3e-7 * r.abs() + 1e-7 * (*x as f64).abs();
+                assert!(((*y as f64) - r).abs() <= tol, "gelu({x}) = {y}, want {r}");
+            }
         }
     }
 
@@ -548,10 +588,13 @@ mod tests {
 
     #[test]
     fn softmax_matches_reference_and_zeroes_far_scores() {
-        for n in [1usize, 3, 8, 13, 64, 255] {
+        for (n, vector) in [1usize, 3, 8, 13, 64, 255]
+            .into_iter()
+            .flat_map(|n| paths().into_iter().map(move |p| (n, p)))
+        {
             let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97) as f32 * 0.3 - 12.0).collect();
             let mut v = row.clone();
-            softmax_inplace(&mut v);
+            softmax_with(&mut v, vector);
             let max = row
                 .iter()
                 .copied()
@@ -563,22 +606,25 @@ mod tests {
                 assert!(((*y as f64) - r).abs() <= 4e-6 * r + 1e-30, "n={n}: {y} vs {r}");
             }
         }
-        let mut v = vec![0.0, -100.0, -1000.0, 5.0, -95.0, 1.0, 2.0, 3.0, -200.0];
-        softmax_inplace(&mut v);
-        assert_eq!(v[1], 0.0);
-        assert_eq!(v[2], 0.0);
-        assert_eq!(v[8], 0.0);
-        assert!(v.iter().all(|p| *p == 0.0 || p.is_normal()));
+        for vector in paths() {
+            let mut v = vec![0.0, -100.0, -1000.0, 5.0, -95.0, 1.0, 2.0, 3.0, -200.0];
+            softmax_with(&mut v, vector);
+            assert_eq!((v[1], v[2], v[8]), (0.0, 0.0, 0.0));
+            assert!(v.iter().all(|p| *p == 0.0 || p.is_normal()));
+        }
     }
 
     #[test]
     fn layer_norm_matches_reference() {
-        for h in [7usize, 32, 384, 389] {
+        for (h, vector) in [7usize, 32, 384, 389]
+            .into_iter()
+            .flat_map(|h| paths().into_iter().map(move |p| (h, p)))
+        {
             let gamma: Vec<f32> = (0..h).map(|j| 1.0 + j as f32 * 0.01).collect();
             let beta: Vec<f32> = (0..h).map(|j| j as f32 * -0.02).collect();
             let x: Vec<f32> = (0..3 * h).map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5).collect();
             let mut y = x.clone();
-            layer_norm_inplace(&mut y, &gamma, &beta, 1e-12);
+            layer_norm_with(&mut y, &gamma, &beta, 1e-12, vector);
             for (r, row) in x.chunks(h).enumerate() {
                 let mean = row.iter().map(|v| *v as f64).sum::<f64>() / h as f64;
                 let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
