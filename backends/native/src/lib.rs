@@ -8,6 +8,8 @@
 //! over the `gemm` crate, with fused vectorised softmax, GELU and LayerNorm.
 //! GPU builds (`cuda` feature) run a candle engine instead.
 
+#![warn(missing_docs)]
+
 mod config;
 mod loader;
 mod models;
@@ -241,6 +243,14 @@ pub fn effective_document_prefix(opts: &NativeOptions, sentence: &SentenceConfig
         .clone()
         .or_else(|| sentence.document_prompt.clone())
         .unwrap_or_default()
+}
+
+/// The document prefix `opts` leads to, found without loading the weights
+/// (the model is located as [`resolve_model`] does, which may download it).
+pub fn document_prefix(opts: &NativeOptions) -> Result<String, EmbedError> {
+    let files = resolve_model(opts)?;
+    let sentence = config::read_sentence_config(&files.dir)?;
+    Ok(effective_document_prefix(opts, &sentence))
 }
 
 /// SHA-256 of the weights: the cache blob name when there is one, else hashed.

