@@ -1,8 +1,8 @@
 //! Element-wise kernels of the forward pass: exp, erf, GELU, softmax,
 //! LayerNorm and bias adds.
 //!
-//! Each kernel has an AVX2+FMA path chosen at run time and a scalar path
-//! that evaluates the same polynomials, so results agree to rounding on
+//! Each kernel has AVX-512 and/or AVX2+FMA paths chosen at run time and a
+//! scalar path that evaluates the same polynomials, so results agree to rounding on
 //! every machine. The polynomials are minimax fits made for this crate
 //! (`scripts/make_fixtures_kernel_fits.py`), accurate to about 1e-8 relative.
 
@@ -54,17 +54,30 @@ const ERF_SPLIT: f32 = 0.9;
 const ERF_CLAMP: f32 = 4.0;
 const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
-/// True when the AVX2+FMA kernels can run on this CPU.
+/// Which kernel family runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable scalar code.
+    Scalar,
+    /// 8-lane AVX2 + FMA.
+    Avx2,
+    /// 16-lane AVX-512F (softmax, GELU, exp, erf; the rest uses AVX2).
+    Avx512,
+}
+
+/// The widest kernel family this CPU runs (detected once; std caches it).
 #[inline]
-pub fn has_avx2_fma() -> bool {
+pub fn best_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            return Isa::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::Scalar
 }
 
 #[inline(always)]
@@ -328,51 +341,197 @@ mod avx2 {
     }
 }
 
-/// Replaces each value by `e^x` (exactly 0 below -87).
-pub fn exp_inplace(x: &mut [f32]) {
-    exp_with(x, has_avx2_fma());
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+
+    #[inline(always)]
+    unsafe fn horner16<const N: usize>(c: &[f32; N], x: __m512) -> __m512 {
+        unsafe {
+            let mut acc = _mm512_set1_ps(c[N - 1]);
+            for k in (0..N - 1).rev() {
+                acc = _mm512_fmadd_ps(acc, x, _mm512_set1_ps(c[k]));
+            }
+            acc
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        unsafe {
+            let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(EXP_LO));
+            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+                x,
+                _mm512_set1_ps(LOG2E),
+            ));
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+            let p = horner16(&EXP_P, r);
+            let bits =
+                _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+            _mm512_maskz_mov_ps(keep, _mm512_mul_ps(p, _mm512_castsi512_ps(bits)))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn erf16(x: __m512) -> __m512 {
+        unsafe {
+            let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
+            let a = _mm512_abs_ps(x);
+            let small = _mm512_mul_ps(a, horner16(&ERF_P, _mm512_mul_ps(a, a)));
+            let ac = _mm512_min_ps(a, _mm512_set1_ps(ERF_CLAMP));
+            let one = _mm512_set1_ps(1.0);
+            let t = _mm512_div_ps(one, _mm512_add_ps(one, ac));
+            let e = exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), ac), ac));
+            let large = _mm512_fnmadd_ps(e, horner16(&ERFC_Q, t), one);
+            let is_small = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_set1_ps(ERF_SPLIT));
+            let v = _mm512_mask_blend_ps(is_small, large, small);
+            _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(v), sign))
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+        unsafe {
+            let half = _mm512_set1_ps(0.5);
+            let one = _mm512_set1_ps(1.0);
+            let s = _mm512_set1_ps(SQRT_HALF);
+            for row in x.chunks_exact_mut(bias.len()) {
+                let mut i = 0;
+                while i + 16 <= row.len() {
+                    let p = row.as_mut_ptr().add(i);
+                    let v = _mm512_add_ps(_mm512_loadu_ps(p), _mm512_loadu_ps(bias.as_ptr().add(i)));
+                    let g = _mm512_mul_ps(
+                        _mm512_mul_ps(half, v),
+                        _mm512_add_ps(one, erf16(_mm512_mul_ps(v, s))),
+                    );
+                    _mm512_storeu_ps(p, g);
+                    i += 16;
+                }
+                for j in i..row.len() {
+                    row[j] = gelu_scalar(row[j] + bias[j]);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn softmax_row(row: &mut [f32]) {
+        unsafe {
+            let n = row.len();
+            let p = row.as_mut_ptr();
+            let mut i = 0;
+            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            while i + 16 <= n {
+                vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(p.add(i)));
+                i += 16;
+            }
+            let mut max = _mm512_reduce_max_ps(vmax);
+            for &v in &row[i..] {
+                max = max.max(v);
+            }
+            let m = _mm512_set1_ps(max);
+            let mut vsum = _mm512_setzero_ps();
+            i = 0;
+            while i + 16 <= n {
+                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
+                _mm512_storeu_ps(p.add(i), e);
+                vsum = _mm512_add_ps(vsum, e);
+                i += 16;
+            }
+            let mut sum = _mm512_reduce_add_ps(vsum);
+            for v in &mut row[i..] {
+                *v = exp_scalar(*v - max);
+                sum += *v;
+            }
+            let inv = 1.0 / sum;
+            let vinv = _mm512_set1_ps(inv);
+            i = 0;
+            while i + 16 <= n {
+                _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), vinv));
+                i += 16;
+            }
+            for v in &mut row[i..] {
+                *v *= inv;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn exp_slice(x: &mut [f32]) {
+        unsafe {
+            let mut i = 0;
+            while i + 16 <= x.len() {
+                let p = x.as_mut_ptr().add(i);
+                _mm512_storeu_ps(p, exp16(_mm512_loadu_ps(p)));
+                i += 16;
+            }
+            for v in &mut x[i..] {
+                *v = exp_scalar(*v);
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn erf_slice(x: &mut [f32]) {
+        unsafe {
+            let mut i = 0;
+            while i + 16 <= x.len() {
+                let p = x.as_mut_ptr().add(i);
+                _mm512_storeu_ps(p, erf16(_mm512_loadu_ps(p)));
+                i += 16;
+            }
+            for v in &mut x[i..] {
+                *v = erf_scalar(*v);
+            }
+        }
+    }
 }
 
-fn exp_with(x: &mut [f32], vector: bool) {
+/// Replaces each value by `e^x` (exactly 0 below -87).
+pub fn exp_inplace(x: &mut [f32]) {
+    exp_with(x, best_isa());
+}
+
+fn exp_with(x: &mut [f32], isa: Isa) {
+    // SAFETY (every `*_with`): callers pass an `isa` this CPU supports.
     #[cfg(target_arch = "x86_64")]
-    if vector {
-        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
-        unsafe { avx2::exp_slice(x) };
-        return;
+    match isa {
+        Isa::Avx512 => return unsafe { avx512::exp_slice(x) },
+        Isa::Avx2 => return unsafe { avx2::exp_slice(x) },
+        Isa::Scalar => {}
     }
-    let _ = vector;
     x.iter_mut().for_each(|v| *v = exp_scalar(*v));
 }
 
 /// Replaces each value by `erf(x)`.
 pub fn erf_inplace(x: &mut [f32]) {
-    erf_with(x, has_avx2_fma());
+    erf_with(x, best_isa());
 }
 
-fn erf_with(x: &mut [f32], vector: bool) {
+fn erf_with(x: &mut [f32], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
-    if vector {
-        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
-        unsafe { avx2::erf_slice(x) };
-        return;
+    match isa {
+        Isa::Avx512 => return unsafe { avx512::erf_slice(x) },
+        Isa::Avx2 => return unsafe { avx2::erf_slice(x) },
+        Isa::Scalar => {}
     }
-    let _ = vector;
     x.iter_mut().for_each(|v| *v = erf_scalar(*v));
 }
 
 /// `x[r][j] = gelu(x[r][j] + bias[j])` for every row `r` of `bias.len()` values.
 pub fn bias_gelu_inplace(x: &mut [f32], bias: &[f32]) {
-    bias_gelu_with(x, bias, has_avx2_fma());
+    bias_gelu_with(x, bias, best_isa());
 }
 
-fn bias_gelu_with(x: &mut [f32], bias: &[f32], vector: bool) {
+fn bias_gelu_with(x: &mut [f32], bias: &[f32], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
-    if vector {
-        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
-        unsafe { avx2::bias_gelu(x, bias) };
-        return;
+    match isa {
+        Isa::Avx512 => return unsafe { avx512::bias_gelu(x, bias) },
+        Isa::Avx2 => return unsafe { avx2::bias_gelu(x, bias) },
+        Isa::Scalar => {}
     }
-    let _ = vector;
     for row in x.chunks_exact_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
             *v = gelu_scalar(*v + b);
@@ -383,20 +542,19 @@ fn bias_gelu_with(x: &mut [f32], bias: &[f32], vector: bool) {
 /// Softmax of one row in place; scores far below the row maximum become
 /// exactly 0 (never denormal), so a later product with them stays fast.
 pub fn softmax_inplace(row: &mut [f32]) {
-    softmax_with(row, has_avx2_fma());
+    softmax_with(row, best_isa());
 }
 
-fn softmax_with(row: &mut [f32], vector: bool) {
+fn softmax_with(row: &mut [f32], isa: Isa) {
     if row.is_empty() {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if vector {
-        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
-        unsafe { avx2::softmax_row(row) };
-        return;
+    match isa {
+        Isa::Avx512 => return unsafe { avx512::softmax_row(row) },
+        Isa::Avx2 => return unsafe { avx2::softmax_row(row) },
+        Isa::Scalar => {}
     }
-    let _ = vector;
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in row.iter_mut() {
@@ -409,17 +567,14 @@ fn softmax_with(row: &mut [f32], vector: bool) {
 
 /// LayerNorm of every row of `gamma.len()` values in place.
 pub fn layer_norm_inplace(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    layer_norm_with(x, gamma, beta, eps, has_avx2_fma());
+    layer_norm_with(x, gamma, beta, eps, best_isa());
 }
 
-fn layer_norm_with(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, vector: bool) {
+fn layer_norm_with(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, isa: Isa) {
     #[cfg(target_arch = "x86_64")]
-    if vector {
-        // SAFETY: callers pass `vector` only when the CPU has AVX2 and FMA.
-        unsafe { avx2::layer_norm(x, gamma, beta, eps) };
-        return;
+    if isa != Isa::Scalar {
+        return unsafe { avx2::layer_norm(x, gamma, beta, eps) };
     }
-    let _ = vector;
     let h = gamma.len() as f32;
     for row in x.chunks_exact_mut(gamma.len()) {
         let mean = row.iter().sum::<f32>() / h;
@@ -488,12 +643,12 @@ mod tests {
         }
     }
 
-    /// The scalar path, and the vector path where the CPU has it.
-    fn paths() -> Vec<bool> {
-        if has_avx2_fma() {
-            vec![false, true]
-        } else {
-            vec![false]
+    /// The scalar path and every vector path this CPU has.
+    fn paths() -> Vec<Isa> {
+        match best_isa() {
+            Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512],
+            Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
+            Isa::Scalar => vec![Isa::Scalar],
         }
     }
 
@@ -506,9 +661,9 @@ mod tests {
     #[test]
     fn exp_matches_f64_within_two_ulp_and_flushes_tiny() {
         let xs = grid(-86.9, 88.0, 100_003);
-        for vector in paths() {
+        for isa in paths() {
             let mut v = xs.clone();
-            exp_with(&mut v, vector);
+            exp_with(&mut v, isa);
             for (x, y) in xs.iter().zip(&v) {
                 let r = (*x as f64).exp();
                 let rel = ((*y as f64) - r).abs() / r;
@@ -516,7 +671,7 @@ mod tests {
                 assert_eq!(
                     *y,
                     exp_scalar(*x).max(0.0),
-                    "vector and scalar paths differ at {x}"
+                    "{isa:?} and scalar paths differ at {x}"
                 );
             }
             let mut tiny = vec![
@@ -530,7 +685,7 @@ mod tests {
                 -200.0,
                 -95.0,
             ];
-            exp_with(&mut tiny, vector);
+            exp_with(&mut tiny, isa);
             assert!(tiny.iter().all(|v| *v == 0.0), "{tiny:?}");
         }
     }
@@ -538,9 +693,9 @@ mod tests {
     #[test]
     fn erf_is_accurate_to_f32() {
         let xs = grid(-6.0, 6.0, 200_001);
-        for vector in paths() {
+        for isa in paths() {
             let mut v = xs.clone();
-            erf_with(&mut v, vector);
+            erf_with(&mut v, isa);
             for (x, y) in xs.iter().zip(&v) {
                 let r = erf_ref(*x as f64);
                 let err = ((*y as f64) - r).abs();
@@ -558,9 +713,9 @@ mod tests {
     fn gelu_matches_exact_definition() {
         let xs = grid(-10.0, 10.0, 20_011);
         let bias = vec![0.0; xs.len()];
-        for vector in paths() {
+        for isa in paths() {
             let mut v = xs.clone();
-            bias_gelu_with(&mut v, &bias, vector);
+            bias_gelu_with(&mut v, &bias, isa);
             for (x, y) in xs.iter().zip(&v) {
                 let xd = *x as f64;
                 let r = 0.5 * xd * (1.0 + erf_ref(xd / std::f64::consts::SQRT_2));
@@ -588,13 +743,13 @@ mod tests {
 
     #[test]
     fn softmax_matches_reference_and_zeroes_far_scores() {
-        for (n, vector) in [1usize, 3, 8, 13, 64, 255]
+        for (n, isa) in [1usize, 3, 8, 13, 64, 255]
             .into_iter()
             .flat_map(|n| paths().into_iter().map(move |p| (n, p)))
         {
             let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 97) as f32 * 0.3 - 12.0).collect();
             let mut v = row.clone();
-            softmax_with(&mut v, vector);
+            softmax_with(&mut v, isa);
             let max = row
                 .iter()
                 .copied()
@@ -606,9 +761,9 @@ mod tests {
                 assert!(((*y as f64) - r).abs() <= 4e-6 * r + 1e-30, "n={n}: {y} vs {r}");
             }
         }
-        for vector in paths() {
+        for isa in paths() {
             let mut v = vec![0.0, -100.0, -1000.0, 5.0, -95.0, 1.0, 2.0, 3.0, -200.0];
-            softmax_with(&mut v, vector);
+            softmax_with(&mut v, isa);
             assert_eq!((v[1], v[2], v[8]), (0.0, 0.0, 0.0));
             assert!(v.iter().all(|p| *p == 0.0 || p.is_normal()));
         }
@@ -616,7 +771,7 @@ mod tests {
 
     #[test]
     fn layer_norm_matches_reference() {
-        for (h, vector) in [7usize, 32, 384, 389]
+        for (h, isa) in [7usize, 32, 384, 389]
             .into_iter()
             .flat_map(|h| paths().into_iter().map(move |p| (h, p)))
         {
@@ -624,7 +779,7 @@ mod tests {
             let beta: Vec<f32> = (0..h).map(|j| j as f32 * -0.02).collect();
             let x: Vec<f32> = (0..3 * h).map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5).collect();
             let mut y = x.clone();
-            layer_norm_with(&mut y, &gamma, &beta, 1e-12, vector);
+            layer_norm_with(&mut y, &gamma, &beta, 1e-12, isa);
             for (r, row) in x.chunks(h).enumerate() {
                 let mean = row.iter().map(|v| *v as f64).sum::<f64>() / h as f64;
                 let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
