@@ -328,20 +328,16 @@ fn read_rows_in_chunks(
     if reader.buf[..reader.end].starts_with(b"\xEF\xBB\xBF") {
         reader.start = 3;
     }
-    let columns = loop {
-        match reader.next_record().map_err(read_error)? {
-            Next::End => return Err(file_issue("empty file: no header row; file skipped".into())),
-            Next::Broken { message, .. } => {
-                return Err(file_issue(format!(
-                    "unreadable header row: {message}; file skipped"
-                )));
-            }
-            Next::Record { .. } => {
-                let names: Vec<String> = (0..reader.fields.len())
-                    .map(|i| String::from_utf8_lossy(reader.raw_field(i)).trim().to_string())
-                    .collect();
-                break find_columns(&names).map_err(file_issue)?;
-            }
+    let columns = match reader.next_record().map_err(read_error)? {
+        Next::End => return Err(file_issue("empty file: no header row; file skipped".into())),
+        Next::Broken { message, .. } => {
+            return Err(file_issue(format!("unreadable header row: {message}; file skipped")));
+        }
+        Next::Record { .. } => {
+            let names: Vec<String> = (0..reader.fields.len())
+                .map(|i| String::from_utf8_lossy(reader.raw_field(i)).trim().to_string())
+                .collect();
+            find_columns(&names).map_err(file_issue)?
         }
     };
 
