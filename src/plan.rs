@@ -22,7 +22,7 @@ use crate::store::cache::{
 };
 use crate::store::manifest::now_iso;
 use crate::store::year_file::{self, YearFileError, YearIds};
-use crate::store::{ModelStore, StoreError, StoreWriter};
+use crate::store::{ModelStore, StoreError, StoreWriter, pending};
 use crate::text::{TextHash, is_empty_text};
 
 /// Options of a refresh.
@@ -243,76 +243,102 @@ fn count_reasons(rows: &[BacklogRow]) -> BTreeMap<MissingReason, u64> {
     waiting
 }
 
-/// Refreshes the backlog of the model behind `writer`: computes every
-/// waiting paper, writes `backlog.parquet` (or removes it), keeps the
-/// manifest true to the files, and returns the plan. Damaged year files are
-/// moved aside (their papers wait again); a year file of the wrong
-/// dimension stops the refresh with an error naming it.
-pub fn refresh(
-    writer: &StoreWriter,
-    discovery: &Discovery,
-    prefix: &str,
-    options: RefreshOptions,
-) -> Result<BacklogPlan, StoreError> {
-    let prefix_hash = prefix_hash(prefix);
-    let old_state = if options.no_cache {
+/// How a plan may touch the store.
+#[derive(Clone, Copy)]
+pub enum Access<'a> {
+    /// Read only (`--dry-run`): nothing is written, damaged files are only
+    /// reported, caches are used but not saved.
+    ReadOnly(&'a ModelStore),
+    /// The writer: damaged year files are moved aside, caches saved.
+    Write(&'a StoreWriter),
+}
+
+impl Access<'_> {
+    fn store(&self) -> &ModelStore {
+        match self {
+            Access::ReadOnly(store) => store,
+            Access::Write(writer) => writer,
+        }
+    }
+}
+
+/// The inputs of a plan besides the store.
+#[derive(Clone, Copy)]
+pub struct PlanInputs<'a> {
+    /// The metadata files.
+    pub discovery: &'a Discovery,
+    /// Document prefix the stored text hashes include.
+    pub prefix: &'a str,
+    /// Refresh options.
+    pub options: RefreshOptions,
+    /// Papers the current run failed on, reported as `embedding_failed`
+    /// (besides those the previous backlog already listed so).
+    pub failed: &'a BTreeSet<String>,
+}
+
+/// Computes every waiting paper without writing the backlog. With
+/// [`Access::Write`], damaged year files are moved aside and the metadata
+/// index is saved; with [`Access::ReadOnly`] nothing on disk changes.
+/// Vectors committed in checkpoint deltas but not yet folded count as
+/// present.
+pub fn compute(
+    access: Access<'_>,
+    inputs: PlanInputs<'_>,
+) -> Result<(BacklogPlan, RefreshState), StoreError> {
+    let store = access.store();
+    let prefix_hash = prefix_hash(inputs.prefix);
+    let old_state = if inputs.options.no_cache {
         None
     } else {
-        RefreshState::load(&writer.dir)
+        RefreshState::load(&store.dir)
     };
-    let old_backlog = match backlog::read(&writer.dir) {
+    let old_backlog = match backlog::read(&store.dir) {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!("{e}; it will be rebuilt");
             Vec::new()
         }
     };
-    let backlog_path = writer.dir.join(backlog::BACKLOG_FILE);
+    let backlog_path = store.dir.join(backlog::BACKLOG_FILE);
+    let pending = pending::list(&store.dir)?;
     let trusted = old_state.as_ref().filter(|s| {
         s.prefix_hash == prefix_hash
-            && s.dimension == writer.dimension
+            && s.dimension == store.dimension
             && s.backlog == FileStamp::of(&backlog_path)
+            && inputs.failed.is_empty()
     });
-    let failed: BTreeSet<&str> = old_backlog
+    let mut failed: BTreeSet<&str> = old_backlog
         .iter()
         .filter(|r| r.reason == MissingReason::EmbeddingFailed)
         .map(|r| r.paper_id.as_str())
         .collect();
+    failed.extend(inputs.failed.iter().map(String::as_str));
     let mut old_rows_by_year: HashMap<Year, Vec<BacklogRow>> = HashMap::new();
     for row in &old_backlog {
         old_rows_by_year.entry(row.year).or_default().push(row.clone());
     }
 
-    let stored_years: BTreeMap<Year, PathBuf> = writer.year_files()?.into_iter().collect();
-    let years: BTreeSet<Year> = discovery
+    let stored_years: BTreeMap<Year, PathBuf> = store.year_files()?.into_iter().collect();
+    let years: BTreeSet<Year> = inputs
+        .discovery
         .years()
         .into_iter()
         .chain(stored_years.keys().copied())
         .collect();
-    let index_dir = writer.embeddings_dir.clone();
 
     let outcomes: Vec<Result<YearOutcome, StoreError>> = years
         .par_iter()
         .map(|&year| {
-            let files: Vec<&MetadataFile> = discovery.files_of(year).collect();
-            let year_path = writer.year_path(year);
-            let inputs = YearInputs {
-                metadata: files
-                    .iter()
-                    .map(|f| {
-                        (
-                            f.origin.clone(),
-                            FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
-                        )
-                    })
-                    .collect(),
-                year_file: FileStamp::of(&year_path),
+            let files: Vec<&MetadataFile> = inputs.discovery.files_of(year).collect();
+            let inputs_now = YearInputs {
+                metadata: metadata_stamps(&files),
+                year_file: FileStamp::of(&store.year_path(year)),
             };
             let key = year.to_string();
-            if let Some(summary) = trusted
+            let cached = trusted
                 .and_then(|s| s.years.get(&key))
-                .filter(|s| s.inputs == inputs)
-            {
+                .filter(|s| s.inputs == inputs_now && !pending.contains_key(&year));
+            if let Some(summary) = cached {
                 let rows = old_rows_by_year.get(&year).cloned().unwrap_or_default();
                 return Ok(YearOutcome {
                     report: YearReport {
@@ -328,12 +354,12 @@ pub fn refresh(
                     quarantined: None,
                 });
             }
-            compute_year(writer, &index_dir, year, &files, inputs, prefix, &failed)
+            compute_year(access, year, &files, inputs_now, inputs.prefix, &failed)
         })
         .collect();
 
     let mut plan = BacklogPlan::default();
-    let mut state = RefreshState::new(prefix_hash, writer.dimension);
+    let mut state = RefreshState::new(prefix_hash, store.dimension);
     for outcome in outcomes {
         let outcome = outcome?;
         plan.rows.extend(outcome.rows);
@@ -345,44 +371,88 @@ pub fn refresh(
         plan.years.push(outcome.report);
     }
     backlog::sort_rows(&mut plan.rows);
+    Ok((plan, state))
+}
+
+/// Refreshes the backlog of the model behind `writer`: computes every
+/// waiting paper, writes `backlog.parquet` (or removes it), keeps the
+/// manifest true to the files, and returns the plan. Damaged year files are
+/// moved aside (their papers wait again); a year file of the wrong
+/// dimension stops the refresh with an error naming it.
+pub fn refresh(writer: &StoreWriter, inputs: PlanInputs<'_>) -> Result<BacklogPlan, StoreError> {
+    let (plan, state) = compute(Access::Write(writer), inputs)?;
     writer.sync_manifest(None)?;
-    backlog::write(&writer.dir, writer.alias.as_str(), &plan.rows, &now_iso())?;
-    state.backlog = FileStamp::of(&backlog_path);
-    if let Err(e) = state.save(&writer.dir) {
-        tracing::debug!("could not save the refresh state: {e}");
-    }
+    write_backlog(writer, &plan.rows, state)?;
     Ok(plan)
 }
 
-fn compute_year(
+/// Writes the backlog and the refresh state that describes it.
+pub fn write_backlog(
     writer: &StoreWriter,
-    index_dir: &Path,
+    rows: &[BacklogRow],
+    mut state: RefreshState,
+) -> Result<(), StoreError> {
+    backlog::write(&writer.dir, writer.alias.as_str(), rows, &now_iso())?;
+    state.backlog = FileStamp::of(&writer.dir.join(backlog::BACKLOG_FILE));
+    if let Err(e) = state.save(&writer.dir) {
+        tracing::debug!("could not save the refresh state: {e}");
+    }
+    Ok(())
+}
+
+/// Origin and stamp of each file, the key of the per-year caches.
+pub fn metadata_stamps(files: &[&MetadataFile]) -> Vec<(String, FileStamp)> {
+    files
+        .iter()
+        .map(|f| {
+            (
+                f.origin.clone(),
+                FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
+            )
+        })
+        .collect()
+}
+
+fn compute_year(
+    access: Access<'_>,
     year: Year,
     files: &[&MetadataFile],
     mut inputs: YearInputs,
     prefix: &str,
     failed: &BTreeSet<&str>,
 ) -> Result<YearOutcome, StoreError> {
-    let (papers, rows_read, duplicates, issues) = year_metadata(index_dir, files, prefix, true);
-    let year_path = writer.year_path(year);
+    let store = access.store();
+    let save = matches!(access, Access::Write(_));
+    let (papers, rows_read, duplicates, mut issues) =
+        year_metadata(&store.embeddings_dir, files, prefix, save);
+    let year_path = store.year_path(year);
     let mut quarantined = None;
-    let stored = if inputs.year_file.is_some() {
-        match year_file::read_ids(&year_path, writer.dimension) {
+    let mut stored = if inputs.year_file.is_some() {
+        match year_file::read_ids(&year_path, store.dimension) {
             Ok(ids) => Some(ids),
             Err(YearFileError::Damaged { message, .. }) => {
-                let to = writer.quarantine(&year_path)?;
-                tracing::warn!(
-                    "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
-                     Nothing was deleted: if the file can be repaired, move it back before the next embed run",
-                    year_path.display(),
-                    to.display()
-                );
-                quarantined = Some(Quarantined {
-                    from: year_path.clone(),
-                    to,
-                    reason: message,
-                });
-                inputs.year_file = None;
+                match access {
+                    Access::Write(writer) => {
+                        let to = writer.quarantine(&year_path)?;
+                        tracing::warn!(
+                            "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
+                             Nothing was deleted: if the file can be repaired, move it back before the next embed run",
+                            year_path.display(),
+                            to.display()
+                        );
+                        quarantined = Some(Quarantined {
+                            from: year_path.clone(),
+                            to,
+                            reason: message,
+                        });
+                        inputs.year_file = None;
+                    }
+                    Access::ReadOnly(_) => issues.push(InputIssue {
+                        path: year_path.clone(),
+                        line: None,
+                        message: format!("cannot be read ({message}); a real run will move it aside"),
+                    }),
+                }
                 None
             }
             Err(e) => return Err(e.into()),
@@ -390,6 +460,16 @@ fn compute_year(
     } else {
         None
     };
+    let committed = pending::ids(&store.dir, year, store.dimension)?;
+    if !committed.is_empty() {
+        let ids = stored.get_or_insert_with(YearIds::default);
+        for id in committed {
+            if let Err(at) = ids.ids.binary_search(&id) {
+                ids.ids.insert(at, id);
+                ids.hashes.insert(at, None);
+            }
+        }
+    }
     let rows = diff_year(year, &papers, files, stored.as_ref(), failed);
     let waiting = count_reasons(&rows);
     let summary = YearSummary {
@@ -446,4 +526,35 @@ pub fn metadata_counts(store: &ModelStore, discovery: &Discovery, prefix: &str) 
             (year, papers)
         })
         .collect()
+}
+
+/// True when the backlog on disk was computed from exactly the metadata and
+/// year files there now, with no checkpoint waiting to be folded: then it
+/// can be used as it is (`papersys embed --backlog`, `status`).
+pub fn is_current(store: &ModelStore, discovery: &Discovery) -> bool {
+    let Some(state) = RefreshState::load(&store.dir) else {
+        return false;
+    };
+    if state.backlog != FileStamp::of(&store.dir.join(backlog::BACKLOG_FILE)) {
+        return false;
+    }
+    let (Ok(year_files), Ok(pending)) = (store.year_files(), pending::list(&store.dir)) else {
+        return false;
+    };
+    if !pending.is_empty() {
+        return false;
+    }
+    let years: BTreeSet<Year> = discovery
+        .years()
+        .into_iter()
+        .chain(year_files.iter().map(|(y, _)| *y))
+        .collect();
+    years.len() == state.years.len()
+        && years.iter().all(|year| {
+            let files: Vec<&MetadataFile> = discovery.files_of(*year).collect();
+            state.years.get(&year.to_string()).is_some_and(|summary| {
+                summary.inputs.metadata == metadata_stamps(&files)
+                    && summary.inputs.year_file == FileStamp::of(&store.year_path(*year))
+            })
+        })
 }

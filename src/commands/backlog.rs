@@ -1,6 +1,6 @@
 //! `papersys backlog`: refresh the backlog of the chosen models.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
@@ -8,7 +8,7 @@ use super::{IssueReport, store_prefix, unique_issues};
 use crate::config::{Config, ModelConfig};
 use crate::error::Error;
 use crate::metadata::{discover, origin_of};
-use crate::plan::{RefreshOptions, refresh};
+use crate::plan::{PlanInputs, RefreshOptions, refresh};
 use crate::store::ModelStore;
 use crate::store::backlog::BACKLOG_FILE;
 
@@ -65,7 +65,16 @@ pub fn run(
         let writer = store.open_writer()?;
         let prefix = store_prefix(model, writer.manifest()?.as_ref());
         tracing::info!("refreshing the backlog of `{}`", model.alias);
-        let plan = refresh(&writer, &discovery, &prefix, options)?;
+        let failed = BTreeSet::new();
+        let plan = refresh(
+            &writer,
+            PlanInputs {
+                discovery: &discovery,
+                prefix: &prefix,
+                options,
+                failed: &failed,
+            },
+        )?;
         for year in plan.years.iter().filter(|y| y.duplicates > 0) {
             tracing::warn!(
                 "{} rows of {}'s metadata repeat a paper_id already seen in that year; the last row of each was used",

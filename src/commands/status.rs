@@ -11,9 +11,8 @@ use super::store_prefix;
 use crate::config::{Config, ModelConfig};
 use crate::error::Error;
 use crate::metadata::{Year, discover, origin_of};
-use crate::plan::metadata_counts;
+use crate::plan::{is_current, metadata_counts};
 use crate::store::backlog::{self, BACKLOG_FILE};
-use crate::store::cache::{FileStamp, RefreshState};
 use crate::store::manifest::MANIFEST_FILE;
 use crate::store::{ModelStore, year_file};
 
@@ -149,7 +148,7 @@ pub fn run(config: &Config, models: &[&ModelConfig]) -> Result<StatusReport, Err
             vectors: years.iter().map(|y| y.vectors).sum(),
             waiting: waiting_rows.len() as u64,
             backlog_bytes: std::fs::metadata(&backlog_path).ok().map(|m| m.len()),
-            backlog_current: backlog_is_current(&store, &discovery),
+            backlog_current: is_current(&store, &discovery),
             recorded_model: manifest.and_then(|m| m.model_identity),
             years,
             problems,
@@ -158,43 +157,5 @@ pub fn run(config: &Config, models: &[&ModelConfig]) -> Result<StatusReport, Err
     Ok(StatusReport {
         data_root: config.data_root.display().to_string(),
         models: reports,
-    })
-}
-
-/// True when the last refresh saw exactly the metadata and year files that
-/// are on disk now.
-fn backlog_is_current(store: &ModelStore, discovery: &crate::metadata::Discovery) -> bool {
-    let Some(state) = RefreshState::load(&store.dir) else {
-        return false;
-    };
-    if state.backlog != FileStamp::of(&store.dir.join(BACKLOG_FILE)) {
-        return false;
-    }
-    let Ok(year_files) = store.year_files() else {
-        return false;
-    };
-    let years: BTreeSet<Year> = discovery
-        .years()
-        .into_iter()
-        .chain(year_files.iter().map(|(y, _)| *y))
-        .collect();
-    if years.len() != state.years.len() {
-        return false;
-    }
-    years.iter().all(|year| {
-        let Some(summary) = state.years.get(&year.to_string()) else {
-            return false;
-        };
-        let metadata: Vec<(String, FileStamp)> = discovery
-            .files_of(*year)
-            .map(|f| {
-                (
-                    f.origin.clone(),
-                    FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
-                )
-            })
-            .collect();
-        summary.inputs.metadata == metadata
-            && summary.inputs.year_file == FileStamp::of(&store.year_path(*year))
     })
 }

@@ -331,7 +331,9 @@ fn read_rows_in_chunks(
     let columns = match reader.next_record().map_err(read_error)? {
         Next::End => return Err(file_issue("empty file: no header row; file skipped".into())),
         Next::Broken { message, .. } => {
-            return Err(file_issue(format!("unreadable header row: {message}; file skipped")));
+            return Err(file_issue(format!(
+                "unreadable header row: {message}; file skipped"
+            )));
         }
         Next::Record { .. } => {
             let names: Vec<String> = (0..reader.fields.len())

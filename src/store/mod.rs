@@ -10,6 +10,7 @@ pub mod backlog;
 pub mod cache;
 pub mod lock;
 pub mod manifest;
+pub mod pending;
 pub mod year_file;
 
 use std::path::{Path, PathBuf};
@@ -124,7 +125,9 @@ impl ModelStore {
     }
 
     /// Creates the directory if needed, checks it lies inside the data root
-    /// and takes the writer lock. Fails at once if another process writes.
+    /// and takes the writer lock (failing at once if another process
+    /// writes); then folds checkpoints an interrupted run left behind, so
+    /// every writer starts from committed year files.
     pub fn open_writer(&self) -> Result<StoreWriter, StoreError> {
         let root = std::fs::canonicalize(&self.data_root).map_err(|e| StoreError::io(&self.data_root, e))?;
         // Check the deepest existing ancestor before creating anything, so
@@ -146,10 +149,18 @@ impl ModelStore {
                 self.dir.display()
             );
         }
-        Ok(StoreWriter {
+        let writer = StoreWriter {
             store: self.clone(),
             _lock: lock,
-        })
+        };
+        let recovered = writer.fold_all()?;
+        if recovered > 0 {
+            tracing::info!(
+                "{}: recovered {recovered} vectors checkpointed by an interrupted run",
+                self.dir.display()
+            );
+        }
+        Ok(writer)
     }
 }
 

@@ -1,0 +1,162 @@
+//! Checkpoints of a running embed: `<alias>/.pending/YYYY-<run>-<n>.parquet`.
+//!
+//! Every `checkpoint_interval` papers the new vectors are written, per year,
+//! into a small delta file (same schema as a year file) and made durable:
+//! from then on a crash cannot lose them. Year files are not rewritten per
+//! checkpoint; a year's deltas are folded into its year file once, when the
+//! run is done with the year (or by the next writer after a crash). Folding
+//! is idempotent: the merge keeps one row per paper, the newest winning, so
+//! deltas that survive a crash after their fold are folded again harmlessly.
+//! The directory is hidden, so readers globbing `*.parquet` never see it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use papersys_backend_core::ModelIdentity;
+
+use super::atomic::{remove_durably, sync_dir};
+use super::year_file::{self, MergeOutcome, VectorRow, YearFileError};
+use super::{StoreError, StoreWriter};
+use crate::metadata::Year;
+
+/// Directory of checkpoint deltas inside a model directory.
+pub const PENDING_DIR: &str = ".pending";
+
+/// The model that made the pending vectors, for a recovery that runs before
+/// any model is loaded.
+const IDENTITY_FILE: &str = "identity.json";
+
+/// The identity recorded beside pending deltas, if any.
+pub fn recorded_identity(model_dir: &Path) -> Option<ModelIdentity> {
+    let bytes = std::fs::read(model_dir.join(PENDING_DIR).join(IDENTITY_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Delta files per year, in the order they were written.
+pub fn list(model_dir: &Path) -> Result<BTreeMap<Year, Vec<PathBuf>>, StoreError> {
+    let dir = model_dir.join(PENDING_DIR);
+    let mut deltas: BTreeMap<Year, Vec<PathBuf>> = BTreeMap::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(deltas),
+        Err(e) => return Err(StoreError::io(&dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(&dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let year = name
+            .strip_suffix(".parquet")
+            .and_then(|stem| stem.split('-').next())
+            .and_then(Year::parse);
+        if let Some(year) = year {
+            deltas.entry(year).or_default().push(entry.path());
+        }
+    }
+    for files in deltas.values_mut() {
+        files.sort();
+    }
+    Ok(deltas)
+}
+
+/// Ids present in a year's deltas (vectors committed but not yet folded).
+pub fn ids(model_dir: &Path, year: Year, dimension: usize) -> Result<Vec<String>, StoreError> {
+    let mut ids = Vec::new();
+    for path in list(model_dir)?.remove(&year).unwrap_or_default() {
+        ids.extend(year_file::read_ids(&path, dimension)?.ids);
+    }
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+impl StoreWriter {
+    /// Writes one checkpoint delta for `year` durably. `tag` makes the name
+    /// unique within the run (run start time and a counter).
+    pub fn write_delta(
+        &self,
+        year: Year,
+        tag: &str,
+        rows: Vec<VectorRow>,
+        identity: &ModelIdentity,
+    ) -> Result<PathBuf, StoreError> {
+        let dir = self.dir.join(PENDING_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let identity_path = dir.join(IDENTITY_FILE);
+        if !identity_path.exists() {
+            let json = serde_json::to_vec_pretty(identity)
+                .map_err(|e| StoreError::io(&identity_path, std::io::Error::other(e)))?;
+            super::atomic::write_bytes_atomic(&identity_path, &json)
+                .map_err(|e| StoreError::io(&identity_path, e))?;
+        }
+        let path = dir.join(format!("{year}-{tag}.parquet"));
+        let mut rows = rows;
+        year_file::sort_and_dedup(&mut rows);
+        year_file::write_rows(&path, rows, self.dimension)?;
+        Ok(path)
+    }
+
+    /// Folds every delta of `year` into the year file, records `identity` in
+    /// the manifest and removes the folded deltas. Returns what the merge
+    /// did, or `None` when the year had no deltas.
+    pub fn fold_year(
+        &self,
+        year: Year,
+        identity: Option<&ModelIdentity>,
+    ) -> Result<Option<MergeOutcome>, StoreError> {
+        let Some(deltas) = list(&self.dir)?.remove(&year) else {
+            return Ok(None);
+        };
+        let mut rows = Vec::new();
+        for path in &deltas {
+            match year_file::read_rows(path, self.dimension) {
+                Ok(delta) => rows.extend(delta),
+                // A delta is only ever renamed into place whole, so a damaged
+                // one was damaged on disk after the fact: keep it aside.
+                Err(YearFileError::Damaged { message, .. }) => {
+                    let moved = self.quarantine(path)?;
+                    tracing::warn!(
+                        "checkpoint {} is damaged ({message}); moved to {}, its papers will be embedded again",
+                        path.display(),
+                        moved.display()
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let outcome = year_file::merge(&self.year_path(year), rows, self.dimension)?;
+        self.sync_manifest(identity)?;
+        for path in &deltas {
+            remove_durably(path).map_err(|e| StoreError::io(path, e))?;
+        }
+        Ok(Some(outcome))
+    }
+
+    /// Folds the deltas of every year: recovery after an interrupted run,
+    /// done by the next writer before it plans anything. The vectors are
+    /// recorded as made by the model noted beside them.
+    pub fn fold_all(&self) -> Result<u64, StoreError> {
+        let identity = recorded_identity(&self.dir);
+        let mut folded = 0;
+        for year in list(&self.dir)?.into_keys() {
+            if let Some(outcome) = self.fold_year(year, identity.as_ref())? {
+                folded += outcome.added + outcome.replaced;
+            }
+        }
+        self.clear_pending()?;
+        Ok(folded)
+    }
+
+    /// Removes the pending directory once no delta is left in it.
+    pub fn clear_pending(&self) -> Result<(), StoreError> {
+        let dir = self.dir.join(PENDING_DIR);
+        if !dir.exists() || !list(&self.dir)?.is_empty() {
+            return Ok(());
+        }
+        remove_durably(&dir.join(IDENTITY_FILE)).map_err(|e| StoreError::io(&dir, e))?;
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e)),
+            // Something else was put there by hand: leave it.
+            Err(_) => Ok(()),
+        }
+    }
+}
