@@ -52,8 +52,6 @@ fn candle_minilm_matches_sentence_transformers() {
     reference.texts.truncate(keep);
     reference.ids.truncate(keep);
     reference.vectors.truncate(keep * reference.dimension);
-    // SAFETY: set before this test reads the environment; other tests here do not read it.
-    unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
     let opts = NativeOptions {
         batch_size: 16,
         ..NativeOptions::default()

@@ -10,8 +10,6 @@ use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{DEFAULT_MODEL, ModelSource, NativeEmbedder, NativeOptions, resolve_model};
 
 fn load(threads: usize) -> NativeEmbedder {
-    // SAFETY: set before any thread of this test binary reads the environment.
-    unsafe { std::env::set_var("HF_HUB_OFFLINE", "1") };
     let opts = NativeOptions {
         threads: Some(threads),
         batch_size: 32,
