@@ -28,7 +28,6 @@ use std::sync::Mutex;
 use papersys_backend_core::{
     BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, Pooling, PreparedBatch, TokenBatch,
 };
-use sha2::{Digest, Sha256};
 
 pub use config::{SentenceConfig, TransformerConfig};
 pub use loader::{ModelFiles, ModelSource, hf_hub_cache_dir, resolve_model};
@@ -255,10 +254,7 @@ pub fn document_prefix(opts: &NativeOptions) -> Result<String, EmbedError> {
 
 /// SHA-256 of the weights: the cache blob name when there is one, else hashed.
 fn weights_sha256(files: &ModelFiles, weights: &WeightsFile) -> String {
-    files.weights_sha256.clone().unwrap_or_else(|| {
-        let digest = Sha256::digest(weights.bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    })
+    files.weights_sha256.clone().unwrap_or_else(|| weights.sha256())
 }
 
 fn resolve_threads(threads: Option<usize>) -> usize {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use papersys_backend_core::EmbedError;
 use safetensors::{Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
 
 /// A memory-mapped safetensors file.
 pub struct WeightsFile {
@@ -29,9 +30,16 @@ impl WeightsFile {
         })
     }
 
-    /// The raw bytes (for hashing).
-    pub fn bytes(&self) -> &[u8] {
-        &self.mmap
+    /// SHA-256 of the file, hex; read in chunks that are released behind
+    /// the hash so the whole file is never resident at once.
+    pub fn sha256(&self) -> String {
+        const CHUNK: usize = 16 << 20;
+        let mut hasher = Sha256::new();
+        for (i, chunk) in self.mmap.chunks(CHUNK).enumerate() {
+            hasher.update(chunk);
+            release(&self.mmap, i * CHUNK, chunk.len());
+        }
+        hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Parses the header; the returned view borrows the mapping.
@@ -42,13 +50,41 @@ impl WeightsFile {
                 self.path.display()
             ))
         })?;
-        Ok(Tensors { path: &self.path, st })
+        Ok(Tensors {
+            path: &self.path,
+            mmap: &self.mmap,
+            st,
+        })
     }
+}
+
+/// Drops the mapped pages of `mmap[offset..offset + len]` from this
+/// process's memory once converted (they are re-read from the file if ever
+/// touched again), so that loading does not hold the file and its f32 copy
+/// at the same time.
+fn release(mmap: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let start = offset.div_ceil(PAGE) * PAGE;
+        let end = (offset + len) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the mapping is private, read-only and never written, so
+            // MADV_DONTNEED only discards clean pages that the kernel re-reads
+            // from the file on the next access; no data is lost.
+            let _ = unsafe {
+                mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (mmap, offset, len);
 }
 
 /// The tensors of one file, looked up by name with a common prefix.
 pub struct Tensors<'a> {
     path: &'a Path,
+    mmap: &'a Mmap,
     st: SafeTensors<'a>,
 }
 
@@ -87,7 +123,8 @@ impl Tensors<'_> {
             )));
         }
         let data = view.data();
-        let out = match view.dtype() {
+        let offset = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        let out: Vec<f32> = match view.dtype() {
             Dtype::F32 => data
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -107,6 +144,7 @@ impl Tensors<'_> {
                 )));
             }
         };
+        release(self.mmap, offset, data.len());
         Ok(out)
     }
 
