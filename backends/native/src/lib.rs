@@ -37,6 +37,11 @@ use models::encoder::{Encoder, Scratch};
 use tokenize::TextTokenizer;
 use weights::WeightsFile;
 
+/// Most tokens one forward pass holds; larger batches are split, which
+/// bounds the activation buffers (~14 KiB per token for MiniLM) without
+/// costing speed (the GEMMs are already large at this size).
+const TOKENS_PER_PASS: usize = 4096;
+
 /// The model papersys uses when none is configured.
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -414,11 +419,31 @@ impl NativeEmbedder {
     /// Embeds packed token ids: one vector per sequence, in order.
     pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<Embeddings, EmbedError> {
         let dim = self.identity.dimension;
+        let cu = &batch.cu_seq_lengths;
+        let well_formed = cu.first().is_none_or(|&c| c == 0)
+            && cu.windows(2).all(|w| w[0] <= w[1])
+            && cu.last().map_or(batch.input_ids.is_empty(), |&c| {
+                c as usize == batch.input_ids.len()
+            });
+        if !well_formed {
+            return Err(EmbedError::Inference(
+                "malformed token batch: cu_seq_lengths must start at 0, never decrease and end at the number of ids"
+                    .into(),
+            ));
+        }
         let mut out = Vec::with_capacity(batch.len() * dim);
         let n = batch.len();
         let mut first = 0;
         while first < n {
-            let last = (first + self.batch_size).min(n);
+            // Up to batch_size texts and TOKENS_PER_PASS tokens (at least one
+            // text) per forward pass: bounds the activation buffers.
+            let mut last = first + 1;
+            while last < n
+                && last - first < self.batch_size
+                && (cu[last + 1] - cu[first]) as usize <= TOKENS_PER_PASS
+            {
+                last += 1;
+            }
             let base = batch.cu_seq_lengths[first];
             let ids = &batch.input_ids[base as usize..batch.cu_seq_lengths[last] as usize];
             let cu: Vec<u32> = batch.cu_seq_lengths[first..=last]

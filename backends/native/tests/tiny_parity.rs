@@ -163,3 +163,23 @@ fn broken_model_directories_name_the_file_or_tensor() {
         "{e}"
     );
 }
+
+#[test]
+fn malformed_token_batches_are_errors_not_panics() {
+    use papersys_backend_core::{PreparedBatch, TokenBatch};
+    let embedder = NativeEmbedder::load(&options("tiny-bert", 1, 4)).unwrap();
+    for (ids, cu) in [
+        (vec![2, 3], vec![0, 3]),
+        (vec![2, 3, 4], vec![0, 2, 1, 3]),
+        (vec![2, 3], vec![1, 2]),
+        (vec![2, 9999], vec![0, 2]),
+        (vec![2; 100], vec![0, 100]),
+    ] {
+        let batch = PreparedBatch::Tokens(TokenBatch {
+            input_ids: ids,
+            cu_seq_lengths: cu.clone(),
+        });
+        let e = embedder.embed(&batch).unwrap_err().to_string();
+        assert!(e.contains("inference failed"), "{cu:?}: {e}");
+    }
+}
