@@ -419,41 +419,42 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub unsafe fn softmax_row(row: &mut [f32]) {
         unsafe {
+            // Whole row in 16-lane steps; the last step masked, so no lane
+            // falls back to scalar code (rows are sequence lengths, rarely
+            // multiples of 16). Masked-off lanes read as -inf: exp gives 0.
             let n = row.len();
             let p = row.as_mut_ptr();
+            let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+            let load = |i: usize| -> (__m512, __mmask16) {
+                let k: __mmask16 = if n - i >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << (n - i)) - 1
+                };
+                (_mm512_mask_loadu_ps(ninf, k, p.add(i)), k)
+            };
+            let mut vmax = ninf;
             let mut i = 0;
-            let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-            while i + 16 <= n {
-                vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(p.add(i)));
+            while i < n {
+                vmax = _mm512_max_ps(vmax, load(i).0);
                 i += 16;
             }
-            let mut max = _mm512_reduce_max_ps(vmax);
-            for &v in &row[i..] {
-                max = max.max(v);
-            }
-            let m = _mm512_set1_ps(max);
+            let m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
             let mut vsum = _mm512_setzero_ps();
             i = 0;
-            while i + 16 <= n {
-                let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), m));
-                _mm512_storeu_ps(p.add(i), e);
+            while i < n {
+                let (v, k) = load(i);
+                let e = exp16(_mm512_sub_ps(v, m));
+                _mm512_mask_storeu_ps(p.add(i), k, e);
                 vsum = _mm512_add_ps(vsum, e);
                 i += 16;
             }
-            let mut sum = _mm512_reduce_add_ps(vsum);
-            for v in &mut row[i..] {
-                *v = exp_scalar(*v - max);
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            let vinv = _mm512_set1_ps(inv);
+            let vinv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(vsum));
             i = 0;
-            while i + 16 <= n {
-                _mm512_storeu_ps(p.add(i), _mm512_mul_ps(_mm512_loadu_ps(p.add(i)), vinv));
+            while i < n {
+                let (v, k) = load(i);
+                _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(v, vinv));
                 i += 16;
-            }
-            for v in &mut row[i..] {
-                *v *= inv;
             }
         }
     }
