@@ -218,6 +218,9 @@ pub struct RemoteConfig {
     pub tokens_per_minute: Option<u64>,
     /// `dimensions` sent to models that support shortened outputs.
     pub dimensions: Option<usize>,
+    /// vLLM's `truncate_prompt_tokens`: cut texts to this many tokens on the
+    /// server (vLLM otherwise refuses texts longer than the model's limit).
+    pub truncate_prompt_tokens: Option<usize>,
 }
 
 /// Which engine computes a model's vectors.
@@ -397,6 +400,7 @@ struct RawModel {
     max_retries: Option<Spanned<i64>>,
     tokens_per_minute: Option<Spanned<i64>>,
     dimensions: Option<Spanned<i64>>,
+    truncate_prompt_tokens: Option<Spanned<i64>>,
     /// Used by the Python project's Infinity backend to pick its engine;
     /// accepted so its configs load, and ignored.
     #[serde(rename = "infinity_engine")]
@@ -650,6 +654,10 @@ impl Resolver<'_> {
                 raw.tokens_per_minute.as_ref().map(|s| s.span().start),
             ),
             ("dimensions", raw.dimensions.as_ref().map(|s| s.span().start)),
+            (
+                "truncate_prompt_tokens",
+                raw.truncate_prompt_tokens.as_ref().map(|s| s.span().start),
+            ),
         ];
         for (key, offset) in present {
             if let Some(offset) = offset {
@@ -734,6 +742,10 @@ impl Resolver<'_> {
             Some(n) => Some(self.positive("dimensions", n)?),
             None => None,
         };
+        let truncate_prompt_tokens = match &raw.truncate_prompt_tokens {
+            Some(n) => Some(self.positive("truncate_prompt_tokens", n)?),
+            None => None,
+        };
         Ok(RemoteConfig {
             flavor: flavor.to_string(),
             base_urls: base_urls.into_iter().map(|(url, _)| url).collect(),
@@ -744,6 +756,7 @@ impl Resolver<'_> {
             max_retries,
             tokens_per_minute,
             dimensions,
+            truncate_prompt_tokens,
         })
     }
 }

@@ -6,11 +6,13 @@
 //! [`store`] (Parquet year files, manifest, backlog). The `papersys` binary
 //! is a thin shell over this library.
 
+pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod metadata;
+pub mod pipeline;
 pub mod plan;
 pub mod store;
 pub mod text;

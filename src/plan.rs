@@ -558,3 +558,31 @@ pub fn is_current(store: &ModelStore, discovery: &Discovery) -> bool {
             })
         })
 }
+
+/// Every paper with a non-empty text in the metadata of `years` (all years
+/// when `None`): the work of `--reembed`. Returns (paper id, origin, year).
+pub fn all_papers(
+    store: &ModelStore,
+    discovery: &Discovery,
+    prefix: &str,
+    years: Option<&BTreeSet<Year>>,
+    save: bool,
+) -> Vec<(String, String, Year)> {
+    let chosen: Vec<Year> = discovery
+        .years()
+        .into_iter()
+        .filter(|y| years.is_none_or(|set| set.contains(y)))
+        .collect();
+    chosen
+        .par_iter()
+        .flat_map_iter(|&year| {
+            let files: Vec<&MetadataFile> = discovery.files_of(year).collect();
+            let (papers, _, _, _) = year_metadata(&store.embeddings_dir, &files, prefix, save);
+            papers
+                .into_iter()
+                .filter(|p| !p.empty)
+                .map(|p| (p.paper_id.to_string(), files[p.origin].origin.clone(), year))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -10,9 +10,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::commands::embed::{EmbedOptions, parse_years};
 use crate::commands::{self, select_models};
 use crate::config::{Config, ModelConfig};
 use crate::error::{EXIT_OK, Error};
+use crate::pipeline::ProgressMode;
 use crate::plan::RefreshOptions;
 
 /// papersys keeps sentence embeddings of arXiv paper metadata complete,
@@ -44,6 +46,8 @@ pub enum CommandArgs {
     Backlog(BacklogArgs),
     /// Show papers in metadata, vectors on disk and papers waiting, per model and year (read only)
     Status(StatusArgs),
+    /// Embed every paper that lacks a current vector (resumable; safe to interrupt)
+    Embed(EmbedArgs),
 }
 
 /// Which models a command works on.
@@ -67,6 +71,28 @@ pub struct BacklogArgs {
     no_cache: bool,
 }
 
+/// Arguments of `papersys embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    models: ModelSelection,
+    /// Embed at most N papers per model, newest first (see backlog_priority)
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Take the work from backlog.parquet (refreshed first when older than the inputs)
+    #[arg(long)]
+    backlog: bool,
+    /// Print the plan only: load no model, write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Only these years: 2023,2024 or 2019-2024
+    #[arg(long, value_name = "YEARS")]
+    years: Option<String>,
+    /// Give every selected paper a fresh vector, even a current one
+    #[arg(long)]
+    reembed: bool,
+}
+
 /// Arguments of `papersys status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -85,6 +111,15 @@ pub enum HiArgs {
         models: Vec<String>,
         /// Refresh options.
         options: RefreshOptions,
+    },
+    /// `papersys embed`.
+    Embed {
+        /// The config.
+        config: Config,
+        /// Aliases of the chosen models.
+        models: Vec<String>,
+        /// What to embed.
+        options: EmbedOptions,
     },
     /// `papersys status`.
     Status {
@@ -110,6 +145,32 @@ impl HiArgs {
                 )?),
                 options: RefreshOptions {
                     no_cache: args.no_cache,
+                },
+                config,
+            },
+            CommandArgs::Embed(args) => HiArgs::Embed {
+                models: aliases(select_models(
+                    &config,
+                    &args.models.models,
+                    args.models.all_models,
+                    false,
+                )?),
+                options: EmbedOptions {
+                    limit: args.limit,
+                    from_backlog: args.backlog,
+                    dry_run: args.dry_run,
+                    years: args
+                        .years
+                        .as_deref()
+                        .map(parse_years)
+                        .transpose()
+                        .map_err(Error::Usage)?,
+                    reembed: args.reembed,
+                    progress: if low.quiet || low.json {
+                        ProgressMode::Quiet
+                    } else {
+                        ProgressMode::Auto
+                    },
                 },
                 config,
             },
@@ -143,6 +204,28 @@ pub fn run(low: LowArgs) -> Result<i32, Error> {
             } else {
                 render::backlog(&mut out, &report)
             }
+        }
+        HiArgs::Embed {
+            config,
+            models,
+            options,
+        } => {
+            let report = commands::embed::run(&config, &models_of(&config, &models), &options)?;
+            render::warn_issues(&report.input_issues);
+            let written = if json {
+                render::json(&mut out, &report)
+            } else {
+                render::embed(&mut out, &report)
+            };
+            if report.failed() > 0 {
+                let _ = written.and_then(|()| out.flush());
+                return Err(Error::Run(format!(
+                    "{} papers could not be embedded (the errors are logged above); they wait in the backlog \
+                     with reason `embedding_failed` and the next `papersys embed` retries them",
+                    report.failed()
+                )));
+            }
+            written
         }
         HiArgs::Status { config, models } => {
             let report = commands::status::run(&config, &models_of(&config, &models))?;

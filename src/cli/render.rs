@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::commands::IssueReport;
 use crate::commands::backlog::BacklogReport;
+use crate::commands::embed::EmbedReport;
 use crate::commands::status::StatusReport;
 use crate::store::backlog::MissingReason;
 
@@ -147,6 +148,99 @@ pub fn backlog(out: &mut impl Write, report: &BacklogReport) -> io::Result<()> {
         table.write(out, "  ")?;
         for [from, to, reason] in &model.quarantined {
             writeln!(out, "  moved damaged {from} to {to} ({reason})")?;
+        }
+    }
+    Ok(())
+}
+
+/// The embed report: a summary and a per-year table for each model.
+pub fn embed(out: &mut impl Write, report: &EmbedReport) -> io::Result<()> {
+    for (i, model) in report.models.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        if model.dry_run {
+            writeln!(
+                out,
+                "{}: would embed {} papers (dry run: no model loaded, nothing written)",
+                model.alias,
+                thousands(model.planned)
+            )?;
+        } else if model.planned == 0 {
+            writeln!(
+                out,
+                "{}: nothing to embed; every paper has a current vector",
+                model.alias
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{}: embedded {} papers in {:.1} s ({:.1} papers/s){}",
+                model.alias,
+                thousands(model.embedded),
+                model.elapsed_s,
+                model.papers_per_s,
+                model
+                    .model
+                    .as_ref()
+                    .map(|m| format!(" with {}", m.name))
+                    .unwrap_or_default()
+            )?;
+        }
+        if !model.years.is_empty() {
+            let mut table = if model.dry_run {
+                Table::new(["year", "papers", "why"].map(String::from).to_vec())
+            } else {
+                Table::new(
+                    ["year", "planned", "embedded", "failed"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+            };
+            for year in &model.years {
+                let planned: u64 = year.planned.values().sum();
+                if model.dry_run {
+                    let why: Vec<String> = year
+                        .planned
+                        .iter()
+                        .map(|(r, n)| format!("{r} {}", thousands(*n)))
+                        .collect();
+                    table.push(vec![year.year.clone(), thousands(planned), why.join(", ")]);
+                } else {
+                    table.push(vec![
+                        year.year.clone(),
+                        thousands(planned),
+                        thousands(year.embedded),
+                        thousands(year.failed),
+                    ]);
+                }
+            }
+            table.write(out, "  ")?;
+        }
+        if model.empty_text > 0 {
+            writeln!(
+                out,
+                "  {} papers have an empty title and abstract and are skipped",
+                thousands(model.empty_text)
+            )?;
+        }
+        if model.not_found > 0 {
+            writeln!(
+                out,
+                "  {} papers vanished from their CSV during the run; they stay in the backlog",
+                thousands(model.not_found)
+            )?;
+        }
+        if !model.files.is_empty() {
+            let verb = if model.dry_run { "would change" } else { "wrote" };
+            writeln!(out, "  {verb}: {}", model.files.join(", "))?;
+        }
+        if !model.dry_run && model.waiting_after > 0 {
+            writeln!(
+                out,
+                "  {} papers still wait (papersys backlog shows why)",
+                thousands(model.waiting_after)
+            )?;
         }
     }
     Ok(())

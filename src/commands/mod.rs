@@ -2,6 +2,7 @@
 //! CLI only parses arguments, calls these and renders what they return.
 
 pub mod backlog;
+pub mod embed;
 pub mod status;
 
 use serde::Serialize;
