@@ -29,10 +29,10 @@ use papersys_backend_core::{
     BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, Pooling, PreparedBatch, TokenBatch,
 };
 
-pub use config::{SentenceConfig, TransformerConfig};
 pub use loader::{ModelFiles, ModelSource, hf_hub_cache_dir, resolve_model};
 pub use models::SUPPORTED_MODEL_TYPES;
 
+use config::{SentenceConfig, TransformerConfig};
 use models::encoder::{Encoder, Scratch};
 use tokenize::TextTokenizer;
 use weights::WeightsFile;
@@ -242,7 +242,7 @@ fn setup(
 /// The prefix put before every document: the model table's
 /// `document_prefix` when set (even to `""`), else the model's own document
 /// prompt from `config_sentence_transformers.json`.
-pub fn effective_document_prefix(opts: &NativeOptions, sentence: &SentenceConfig) -> String {
+fn effective_document_prefix(opts: &NativeOptions, sentence: &SentenceConfig) -> String {
     opts.document_prefix
         .clone()
         .or_else(|| sentence.document_prompt.clone())
