@@ -241,7 +241,7 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+    pub unsafe fn layer_norm(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
         unsafe {
             let h = gamma.len();
             let inv_h = 1.0 / h as f32;
@@ -249,9 +249,21 @@ mod avx2 {
                 let p = row.as_mut_ptr();
                 let mut i = 0;
                 let mut vs = _mm256_setzero_ps();
-                while i + 8 <= h {
-                    vs = _mm256_add_ps(vs, _mm256_loadu_ps(p.add(i)));
-                    i += 8;
+                if let Some(b) = bias {
+                    while i + 8 <= h {
+                        let v = _mm256_add_ps(_mm256_loadu_ps(p.add(i)), _mm256_loadu_ps(b.as_ptr().add(i)));
+                        _mm256_storeu_ps(p.add(i), v);
+                        vs = _mm256_add_ps(vs, v);
+                        i += 8;
+                    }
+                    for j in i..h {
+                        row[j] += b[j];
+                    }
+                } else {
+                    while i + 8 <= h {
+                        vs = _mm256_add_ps(vs, _mm256_loadu_ps(p.add(i)));
+                        i += 8;
+                    }
                 }
                 let mut sum = hsum(vs);
                 for &v in &row[i..] {
@@ -566,18 +578,23 @@ fn softmax_with(row: &mut [f32], isa: Isa) {
     row.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// LayerNorm of every row of `gamma.len()` values in place.
-pub fn layer_norm_inplace(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    layer_norm_with(x, gamma, beta, eps, best_isa());
+/// LayerNorm of every row of `gamma.len()` values in place, after adding
+/// `bias` to each row when given (the bias of the layer whose output was
+/// accumulated onto the residual: one pass instead of two).
+pub fn layer_norm_inplace(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
+    layer_norm_with(x, bias, gamma, beta, eps, best_isa());
 }
 
-fn layer_norm_with(x: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32, isa: Isa) {
+fn layer_norm_with(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32, isa: Isa) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
-        return unsafe { avx2::layer_norm(x, gamma, beta, eps) };
+        return unsafe { avx2::layer_norm(x, bias, gamma, beta, eps) };
     }
     let h = gamma.len() as f32;
     for row in x.chunks_exact_mut(gamma.len()) {
+        if let Some(b) = bias {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
         let mean = row.iter().sum::<f32>() / h;
         let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
         let rstd = 1.0 / (var + eps).sqrt();
@@ -778,9 +795,16 @@ mod tests {
         {
             let gamma: Vec<f32> = (0..h).map(|j| 1.0 + j as f32 * 0.01).collect();
             let beta: Vec<f32> = (0..h).map(|j| j as f32 * -0.02).collect();
-            let x: Vec<f32> = (0..3 * h).map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5).collect();
+            let bias: Vec<f32> = (0..h).map(|j| (j as f32 * 0.3).sin()).collect();
+            let raw: Vec<f32> = (0..3 * h).map(|i| (i as f32 * 0.77).cos() * 4.0 + 1.5).collect();
+            let x: Vec<f32> = raw.iter().enumerate().map(|(i, v)| v + bias[i % h]).collect();
             let mut y = x.clone();
-            layer_norm_with(&mut y, &gamma, &beta, 1e-12, isa);
+            layer_norm_with(&mut y, None, &gamma, &beta, 1e-12, isa);
+            let mut z = raw.clone();
+            layer_norm_with(&mut z, Some(&bias), &gamma, &beta, 1e-12, isa);
+            for (a, b) in y.iter().zip(&z) {
+                assert!((a - b).abs() < 1e-5, "fused bias: {a} vs {b}");
+            }
             for (r, row) in x.chunks(h).enumerate() {
                 let mean = row.iter().map(|v| *v as f64).sum::<f64>() / h as f64;
                 let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / h as f64;

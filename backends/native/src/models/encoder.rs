@@ -326,30 +326,28 @@ impl Encoder {
             }
         }
         let eps = cfg.eps;
-        let layer_norm = |x: &mut [f32], n: &LayerNorm| {
+        // LayerNorm(x + bias): the bias of the projection just accumulated.
+        let layer_norm = |x: &mut [f32], bias: Option<&[f32]>, n: &LayerNorm| {
             par_rows(x, h, |rows| {
-                kernels::layer_norm_inplace(rows, &n.gamma, &n.beta, eps)
+                kernels::layer_norm_inplace(rows, bias, &n.gamma, &n.beta, eps)
             })
         };
-        let add_bias =
-            |x: &mut [f32], b: &[f32]| par_rows(x, b.len(), |rows| kernels::add_bias_inplace(rows, b));
-        layer_norm(hidden, &self.emb_norm);
+        layer_norm(hidden, None, &self.emb_norm);
 
         for layer in &self.layers {
             layer.qkv.matmul(hidden, qkv, false, par);
-            add_bias(qkv, &layer.qkv.b);
+            par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.qkv.b));
             self.attention(qkv, ctx, cu);
-            // Residual first, then the projection accumulated onto it.
-            add_bias(hidden, &layer.attn_out.b);
+            // The projection is accumulated onto the residual; its bias is
+            // added inside the LayerNorm pass.
             layer.attn_out.matmul(ctx, hidden, true, par);
-            layer_norm(hidden, &layer.attn_norm);
+            layer_norm(hidden, Some(&layer.attn_out.b), &layer.attn_norm);
             layer.ffn_in.matmul(hidden, inter, false, par);
             par_rows(inter, cfg.intermediate, |rows| {
                 kernels::bias_gelu_inplace(rows, &layer.ffn_in.b)
             });
-            add_bias(hidden, &layer.ffn_out.b);
             layer.ffn_out.matmul(inter, hidden, true, par);
-            layer_norm(hidden, &layer.ffn_norm);
+            layer_norm(hidden, Some(&layer.ffn_out.b), &layer.ffn_norm);
         }
         Ok(())
     }
