@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{backlog_rows, Tree};
+use common::{Tree, backlog_rows};
 use papersys::store::year_file;
 use predicates::str::contains;
 
@@ -24,11 +24,13 @@ batch_size = 16
 "#;
 
 fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/metadata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/data/metadata")
+        .join(name)
 }
 
 /// Rows of a sample CSV as (id, title, abstract).
-fn sample_rows(name: &str) -> Vec<(String, String, String)> {
+fn sample_rows(name: &str) -> Rows {
     let mut reader = csv::Reader::from_path(sample(name)).unwrap();
     reader
         .records()
@@ -40,12 +42,19 @@ fn sample_rows(name: &str) -> Vec<(String, String, String)> {
 }
 
 fn write_rows(tree: &Tree, rel: &str, rows: &[(String, String, String)]) {
-    let borrowed: Vec<(&str, &str, &str)> = rows.iter().map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str())).collect();
+    let borrowed: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+        .collect();
     tree.csv(rel, &borrowed);
 }
 
 /// A tree with `n2025` papers of 2025 and `n2010` of 2010.
-fn tree_with(checkpoint: usize, n2025: usize, n2010: usize) -> (Tree, Vec<(String, String, String)>, Vec<(String, String, String)>) {
+fn tree_with(
+    checkpoint: usize,
+    n2025: usize,
+    n2010: usize,
+) -> (Tree, Vec<(String, String, String)>, Vec<(String, String, String)>) {
     let tree = Tree::with_config(&MODEL_CONFIG.replace("CHECKPOINT", &checkpoint.to_string()));
     let a: Vec<_> = sample_rows("metadata-2025.csv").into_iter().take(n2025).collect();
     let b: Vec<_> = sample_rows("metadata-2010.csv").into_iter().take(n2010).collect();
@@ -60,7 +69,11 @@ fn stored(tree: &Tree) -> BTreeMap<String, (String, String, Vec<f32>)> {
     for (year, path) in papersys::store::manifest::year_files(&tree.model_dir()).unwrap() {
         let rows = year_file::read_rows(&path, 384).unwrap();
         let ids: Vec<&str> = rows.iter().map(|r| r.paper_id.as_str()).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{} is sorted and unique", path.display());
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{} is sorted and unique",
+            path.display()
+        );
         for row in rows {
             let previous = all.insert(row.paper_id, (year.to_string(), row.generated_at, row.embedding));
             assert!(previous.is_none(), "a paper has two rows");
@@ -105,7 +118,11 @@ fn first_run_embeds_all_second_nothing_new_papers_exactly_those() {
     assert_eq!(stored(&tree), after_first, "a second run changes no vector");
 
     // Ten more papers arrive for 2025.
-    let extra: Vec<_> = sample_rows("metadata-2025.csv").into_iter().skip(30).take(10).collect();
+    let extra: Vec<_> = sample_rows("metadata-2025.csv")
+        .into_iter()
+        .skip(30)
+        .take(10)
+        .collect();
     rows2025.extend(extra.iter().cloned());
     write_rows(&tree, "metadata/metadata-2025.csv", &rows2025);
     let third = embed_json(&tree, &[]);
@@ -130,7 +147,10 @@ fn a_changed_abstract_re_embeds_exactly_that_paper() {
     rows2025[3].2.insert_str(0, "Revised in v2: ");
     write_rows(&tree, "metadata/metadata-2025.csv", &rows2025);
     let backlog = tree.json(&["backlog"]);
-    assert_eq!(backlog["models"][0]["waiting_by_reason"], serde_json::json!({"stale_embedding": 1}));
+    assert_eq!(
+        backlog["models"][0]["waiting_by_reason"],
+        serde_json::json!({"stale_embedding": 1})
+    );
     let run = embed_json(&tree, &[]);
     assert_eq!(run["models"][0]["embedded"], 1);
     let after = stored(&tree);
@@ -174,7 +194,11 @@ fn dry_run_changes_no_byte_on_disk() {
     assert_eq!(plan["models"][0]["dry_run"], true);
     assert_eq!(snapshot(tree.root()), before);
     let fresh = Tree::with_config(&MODEL_CONFIG.replace("CHECKPOINT", "10"));
-    write_rows(&fresh, "metadata/metadata-2025.csv", &sample_rows("metadata-2025.csv")[..3]);
+    write_rows(
+        &fresh,
+        "metadata/metadata-2025.csv",
+        &sample_rows("metadata-2025.csv")[..3],
+    );
     let before = snapshot(fresh.root());
     fresh
         .cmd(&["embed", "--dry-run"])
@@ -229,7 +253,10 @@ fn stored_vectors_are_the_engines_and_python_reads_them() {
         ..Default::default()
     })
     .unwrap();
-    let texts: Vec<String> = rows2025.iter().map(|(_, t, a)| papersys::text::prepare_text(t, a)).collect();
+    let texts: Vec<String> = rows2025
+        .iter()
+        .map(|(_, t, a)| papersys::text::prepare_text(t, a))
+        .collect();
     let direct = papersys_backend_core::Embedder::embed(
         &engine,
         &papersys_backend_core::Embedder::prepare(&engine, texts).unwrap(),
@@ -282,7 +309,10 @@ fn sigkill_mid_run_then_rerun_embeds_every_paper_exactly_once() {
     assert_eq!(rerun["models"][0]["failed"], 0);
     let all = stored(&tree);
     assert_eq!(all.len(), a.len() + b.len(), "every paper embedded exactly once");
-    assert!(!tree.model_dir().join(".pending").exists(), "checkpoints were folded");
+    assert!(
+        !tree.model_dir().join(".pending").exists(),
+        "checkpoints were folded"
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tree.model_dir().join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["total_rows"], 100);
@@ -296,7 +326,10 @@ fn a_different_model_under_the_same_alias_is_refused() {
     let before = snapshot(&tree.model_dir());
     std::fs::write(
         tree.path("papersys.toml"),
-        MODEL_CONFIG.replace("CHECKPOINT", "1000").replace("batch_size = 16", "batch_size = 16\ndocument_prefix = \"passage: \""),
+        MODEL_CONFIG.replace("CHECKPOINT", "1000").replace(
+            "batch_size = 16",
+            "batch_size = 16\ndocument_prefix = \"passage: \"",
+        ),
     )
     .unwrap();
     let extra: Vec<_> = sample_rows("metadata-2025.csv").into_iter().take(5).collect();
@@ -308,8 +341,56 @@ fn a_different_model_under_the_same_alias_is_refused() {
         .stderr(contains("document_prefix"));
     let after = snapshot(&tree.model_dir());
     for (path, bytes) in &before {
-        if path.extension().is_some_and(|e| e == "parquet") && path.parent() == Some(tree.model_dir().as_path()) {
+        if path.extension().is_some_and(|e| e == "parquet")
+            && path.parent() == Some(tree.model_dir().as_path())
+        {
             assert_eq!(after.get(path), Some(bytes), "{} untouched", path.display());
         }
     }
+}
+
+#[test]
+fn reembed_under_a_new_model_stages_then_replaces_every_vector_at_once() {
+    let (tree, a, b) = tree_with(5, 6, 4);
+    embed_json(&tree, &[]);
+    let old = stored(&tree);
+    let changed = MODEL_CONFIG.replace("CHECKPOINT", "5").replace(
+        "batch_size = 16",
+        "batch_size = 16\ndocument_prefix = \"passage: \"",
+    );
+    std::fs::write(tree.path("papersys.toml"), changed).unwrap();
+    // Only some years: refused, nothing mixes.
+    tree.cmd(&["embed", "--reembed", "--years", "2025"])
+        .assert()
+        .code(2)
+        .stderr(contains("must never mix"));
+    // A capped run stages; readers still see only the old model's vectors.
+    let partial = embed_json(&tree, &["--reembed", "--limit", "4"]);
+    assert_eq!(partial["models"][0]["embedded"], 4);
+    assert_eq!(partial["models"][0]["replacement"]["promoted"], false);
+    assert_eq!(partial["models"][0]["replacement"]["remaining"], 6);
+    assert_eq!(stored(&tree), old, "live vectors untouched while staging");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tree.model_dir().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model_identity"]["document_prefix"], "");
+    // A normal run is refused while the change is half done.
+    tree.cmd(&["embed"]).assert().code(2);
+    // Finishing promotes everything in one step.
+    let done = embed_json(&tree, &["--reembed"]);
+    assert_eq!(done["models"][0]["embedded"], 6);
+    assert_eq!(done["models"][0]["replacement"]["promoted"], true);
+    let new = stored(&tree);
+    assert_eq!(new.len(), a.len() + b.len());
+    for (id, row) in &new {
+        assert_ne!(row.2, old[id].2, "{id} has the new model's vector");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tree.model_dir().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model_identity"]["document_prefix"], "passage: ");
+    assert_eq!(manifest["total_rows"], 10);
+    assert!(!tree.model_dir().join(".reembed").exists());
+    let kept = done["models"][0]["replacement"]["old_vectors"].as_str().unwrap();
+    let kept_files: Vec<_> = std::fs::read_dir(tree.path(kept)).unwrap().collect();
+    assert_eq!(kept_files.len(), 2, "the old year files are kept, not deleted");
+    assert_eq!(embed_json(&tree, &[])["models"][0]["embedded"], 0);
 }

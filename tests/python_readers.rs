@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{vector, Tree};
+use common::{Tree, vector};
 use papersys::store::year_file;
 
 fn python() -> String {
@@ -29,7 +29,11 @@ fn year_files_manifest_and_backlog_read_in_pyarrow_and_polars() {
     let tree = Tree::new();
     tree.csv(
         "metadata/metadata-2024.csv",
-        &[("2401.10000", "T", "A"), ("2401.00002", "T", "A"), ("2401.00003", "T", "A")],
+        &[
+            ("2401.10000", "T", "A"),
+            ("2401.00002", "T", "A"),
+            ("2401.00003", "T", "A"),
+        ],
     );
     tree.csv("metadata/metadata-2023.csv", &[("2301.00001", "T", "A")]);
     std::fs::create_dir_all(tree.model_dir()).unwrap();

@@ -235,6 +235,26 @@ pub fn embed(out: &mut impl Write, report: &EmbedReport) -> io::Result<()> {
             let verb = if model.dry_run { "would change" } else { "wrote" };
             writeln!(out, "  {verb}: {}", model.files.join(", "))?;
         }
+        if let Some(replacement) = &model.replacement {
+            if replacement.promoted {
+                writeln!(
+                    out,
+                    "  every vector is now {}'s; the old {} vectors are kept in {} (delete them when no longer needed)",
+                    replacement.to,
+                    replacement.from,
+                    replacement.old_vectors.as_deref().unwrap_or("?")
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "  replacing {} by {}: {} papers left; readers keep the old vectors until all are done \
+                     (rerun with --reembed to continue)",
+                    replacement.from,
+                    replacement.to,
+                    thousands(replacement.remaining)
+                )?;
+            }
+        }
         if !model.dry_run && model.waiting_after > 0 {
             writeln!(
                 out,

@@ -80,6 +80,8 @@ pub struct ModelRun {
     pub model: Option<ModelIdentity>,
     /// The first backend errors, when some batches failed.
     pub errors: Vec<String>,
+    /// Set when the run replaces the vectors of another model.
+    pub replacement: Option<Replacement>,
 }
 
 /// Output of `papersys embed`.
@@ -317,44 +319,42 @@ fn plan_model(
         papers_per_s: 0.0,
         model: recorded,
         errors: Vec::new(),
+        replacement: None,
     })
 }
 
-/// Refuses to write vectors of `current` beside vectors of another model.
-fn check_identity(model: &ModelConfig, writer: &StoreWriter, current: &ModelIdentity) -> Result<(), Error> {
+/// How the configured model relates to the vectors on disk.
+fn recorded_mismatch(
+    writer: &StoreWriter,
+    current: &ModelIdentity,
+) -> Result<Option<(ModelIdentity, String)>, Error> {
     let recorded = writer
         .manifest()?
         .and_then(|m| m.model_identity)
         .or_else(|| pending::recorded_identity(&writer.dir));
     let Some(recorded) = recorded else {
-        return Ok(());
+        return Ok(None);
     };
     let mismatches = current.mismatches(&recorded);
     if mismatches.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let details: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
-    Err(Error::Usage(format!(
-        "model `{alias}`: the configured model would make different vectors than the ones on disk \
-         ({}). Vectors of two models must never mix under one alias. Either put the previous model \
-         back in the config, give the new model its own alias, or replace every vector of `{alias}` \
-         with `papersys embed --model {alias} --reembed` (all years)",
-        details.join("; "),
-        alias = model.alias
-    )))
+    Ok(Some((recorded, details.join("; "))))
 }
 
-fn run_model(
-    config: &Config,
-    model: &ModelConfig,
-    writer: &StoreWriter,
-    discovery: &Discovery,
-    options: &EmbedOptions,
-    issues: &mut Vec<crate::metadata::InputIssue>,
-) -> Result<ModelRun, Error> {
-    let work = select_work(model, Access::Write(writer), config, discovery, options, issues)?;
-    let mut years = planned_years(&work.items, options.reembed);
-    let mut report = ModelRun {
+fn refuse_mix(model: &ModelConfig, details: &str) -> Error {
+    Error::Usage(format!(
+        "model `{alias}`: the configured model would make different vectors than the ones on disk \
+         ({details}). Vectors of two models must never mix under one alias. Either put the previous model \
+         back in the config, give the new model its own alias, or replace every vector of `{alias}` \
+         with `papersys embed --model {alias} --reembed` (all years, no --years)",
+        alias = model.alias
+    ))
+}
+
+fn empty_report(model: &ModelConfig, work: &Work, recorded: Option<ModelIdentity>) -> ModelRun {
+    ModelRun {
         alias: model.alias.to_string(),
         dry_run: false,
         planned: work.items.len() as u64,
@@ -367,22 +367,103 @@ fn run_model(
         files: Vec::new(),
         elapsed_s: 0.0,
         papers_per_s: 0.0,
-        model: writer.manifest()?.and_then(|m| m.model_identity),
+        model: recorded,
         errors: Vec::new(),
-    };
+        replacement: None,
+    }
+}
+
+fn load(model: &ModelConfig) -> Result<Box<dyn papersys_backend_core::Embedder>, Error> {
+    tracing::info!("{}: loading {}", model.alias, model.name);
+    backend::build(model)
+}
+
+fn run_model(
+    config: &Config,
+    model: &ModelConfig,
+    writer: &StoreWriter,
+    discovery: &Discovery,
+    options: &EmbedOptions,
+    issues: &mut Vec<crate::metadata::InputIssue>,
+) -> Result<ModelRun, Error> {
+    let recorded = writer.manifest()?.and_then(|m| m.model_identity);
+    if options.reembed && options.years.is_none() {
+        // Every vector is replaced: a changed model is allowed, through staging.
+        let embedder = load(model)?;
+        if let Some((old, _)) = recorded_mismatch(writer, embedder.identity())? {
+            return replace_model(
+                config,
+                model,
+                writer,
+                discovery,
+                options,
+                embedder.as_ref(),
+                &old,
+                issues,
+            );
+        }
+        let work = select_work(model, Access::Write(writer), config, discovery, options, issues)?;
+        return execute(
+            config,
+            model,
+            writer,
+            discovery,
+            options,
+            &work,
+            embedder.as_ref(),
+        );
+    }
+    let work = select_work(model, Access::Write(writer), config, discovery, options, issues)?;
     if work.items.is_empty() {
         tracing::info!("{}: nothing to embed", model.alias);
+        let mut report = empty_report(model, &work, recorded);
         report.waiting_after = backlog::read(&writer.dir).map(|r| r.len() as u64).unwrap_or(0);
         return Ok(report);
     }
-    tracing::info!("{}: loading {}", model.alias, model.name);
-    let embedder = backend::build(model)?;
+    let embedder = load(model)?;
+    if let Some((_, details)) = recorded_mismatch(writer, embedder.identity())? {
+        return Err(refuse_mix(model, &details));
+    }
+    if writer.has_staging() {
+        return Err(Error::Usage(format!(
+            "model `{alias}`: a replacement of every vector by this model is half done in {}; \
+             finish it with `papersys embed --model {alias} --reembed`",
+            writer.staging().dir.display(),
+            alias = model.alias
+        )));
+    }
+    execute(
+        config,
+        model,
+        writer,
+        discovery,
+        options,
+        &work,
+        embedder.as_ref(),
+    )
+}
+
+/// Runs the pipeline over `work` into `writer`'s store, refreshes its
+/// backlog and reports.
+fn execute(
+    config: &Config,
+    model: &ModelConfig,
+    writer: &StoreWriter,
+    discovery: &Discovery,
+    options: &EmbedOptions,
+    work: &Work,
+    embedder: &dyn papersys_backend_core::Embedder,
+) -> Result<ModelRun, Error> {
     let identity = embedder.identity().clone();
-    check_identity(model, writer, &identity)?;
+    let mut report = empty_report(model, work, Some(identity.clone()));
+    let mut years = planned_years(&work.items, options.reembed);
+    if work.items.is_empty() {
+        return Ok(report);
+    }
     tracing::info!("{}: embedding {} papers", model.alias, work.items.len());
     let outcome = pipeline::run(
         writer,
-        embedder.as_ref(),
+        embedder,
         discovery,
         &work.items,
         &work.years_with_repeats,
@@ -391,14 +472,12 @@ fn run_model(
             progress: options.progress,
         },
     )?;
-    drop(embedder);
     // The backlog is made true again; papers that failed wait with their reason.
-    let prefix = identity.document_prefix.clone();
     let after = plan::refresh(
         writer,
         PlanInputs {
             discovery,
-            prefix: &prefix,
+            prefix: &identity.document_prefix,
             options: RefreshOptions::default(),
             failed: &outcome.failed_ids,
         },
@@ -416,12 +495,126 @@ fn run_model(
     report.embedded = outcome.embedded();
     report.failed = outcome.failed();
     report.not_found = years.values().map(|y| y.not_found).sum();
-    report.waiting_after = after.rows.len() as u64;
+    report.waiting_after = after.rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64;
     report.years = years.into_values().collect();
     report.elapsed_s = outcome.elapsed.as_secs_f64();
     report.papers_per_s = report.embedded as f64 / report.elapsed_s.max(1e-9);
-    report.model = Some(identity);
     report.errors = outcome.errors;
+    Ok(report)
+}
+
+/// Progress of replacing every vector of an alias with a new model's.
+#[derive(Clone, Debug, Serialize)]
+pub struct Replacement {
+    /// The model whose vectors are being replaced.
+    pub from: String,
+    /// The model replacing them.
+    pub to: String,
+    /// Whether the new vectors are now the live ones.
+    pub promoted: bool,
+    /// Where the old year files were moved (kept until the user deletes them).
+    pub old_vectors: Option<String>,
+    /// Papers still to embed before the switch.
+    pub remaining: u64,
+}
+
+/// `--reembed` over all years under a changed model: embed into the staged
+/// store, and promote it once every paper has its new vector.
+#[allow(clippy::too_many_arguments)]
+fn replace_model(
+    config: &Config,
+    model: &ModelConfig,
+    writer: &StoreWriter,
+    discovery: &Discovery,
+    options: &EmbedOptions,
+    embedder: &dyn papersys_backend_core::Embedder,
+    old: &ModelIdentity,
+    issues: &mut Vec<crate::metadata::InputIssue>,
+) -> Result<ModelRun, Error> {
+    let identity = embedder.identity().clone();
+    let staging = writer.staging().open_writer()?;
+    if let Some(staged) = staging.manifest()?.and_then(|m| m.model_identity)
+        && !identity.mismatches(&staged).is_empty()
+    {
+        return Err(Error::Usage(format!(
+            "model `{}`: {} holds vectors of yet another model ({}); delete that directory to replace the \
+             vectors with {} instead",
+            model.alias,
+            staging.dir.display(),
+            staged.name,
+            identity.name
+        )));
+    }
+    tracing::warn!(
+        "{}: replacing every vector made by {} with {}; new vectors are staged in {} and replace the old \
+         ones in one step once every paper has one",
+        model.alias,
+        old.name,
+        identity.name,
+        staging.dir.display()
+    );
+    // Relative to the staged store, "missing" is exactly what is left to do.
+    let staged_options = EmbedOptions {
+        reembed: false,
+        ..options.clone()
+    };
+    let work = select_work(
+        model,
+        Access::Write(&staging),
+        config,
+        discovery,
+        &staged_options,
+        issues,
+    )?;
+    let mut report = execute(
+        config,
+        model,
+        &staging,
+        discovery,
+        &staged_options,
+        &work,
+        embedder,
+    )?;
+    let remaining = backlog::read(&staging.dir)
+        .map(|rows| rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64)
+        .unwrap_or(u64::MAX);
+    let mut replacement = Replacement {
+        from: old.name.clone(),
+        to: identity.name.clone(),
+        promoted: false,
+        old_vectors: None,
+        remaining,
+    };
+    if remaining == 0 && report.failed == 0 {
+        drop(staging);
+        let moved = writer.promote_staging(&identity)?;
+        let no_failures = BTreeSet::new();
+        let after = plan::refresh(
+            writer,
+            PlanInputs {
+                discovery,
+                prefix: &identity.document_prefix,
+                options: RefreshOptions::default(),
+                failed: &no_failures,
+            },
+        )?;
+        report.waiting_after = after.rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64;
+        replacement.promoted = true;
+        replacement.old_vectors = Some(origin_of(&moved, &config.data_root));
+        let years: BTreeMap<Year, YearRun> = report
+            .years
+            .iter()
+            .filter_map(|y| Year::parse(&y.year).map(|k| (k, y.clone())))
+            .collect();
+        report.files = files_touched(config, writer, &years);
+        tracing::info!(
+            "{}: every vector is now {}'s; the old ones are in {} (delete them when no longer needed)",
+            model.alias,
+            identity.name,
+            moved.display()
+        );
+    }
+    report.replacement = Some(replacement);
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod lock;
 pub mod manifest;
 pub mod pending;
+pub mod staging;
 pub mod year_file;
 
 use std::path::{Path, PathBuf};
@@ -153,6 +154,14 @@ impl ModelStore {
             store: self.clone(),
             _lock: lock,
         };
+        let replaced = writer.finish_promotion(None)?;
+        if !replaced.as_os_str().is_empty() {
+            tracing::warn!(
+                "{}: finished replacing the vectors with the new model's (interrupted before); the old ones are in {}",
+                self.dir.display(),
+                replaced.display()
+            );
+        }
         let recovered = writer.fold_all()?;
         if recovered > 0 {
             tracing::info!(

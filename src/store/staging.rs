@@ -1,0 +1,125 @@
+//! Replacing every vector of an alias with a new model's, without ever
+//! showing readers a mix of the two.
+//!
+//! `papersys embed --reembed` under a changed model writes the new vectors
+//! into `<alias>/.reembed/`, a complete store of its own (year files,
+//! manifest, checkpoints), hidden from readers and resumable across runs.
+//! When it holds a vector for every paper, it is promoted: the intent is
+//! recorded first, then the old year files are moved to
+//! `<alias>/.replaced-<time>/` (kept, never deleted: the user decides), the
+//! new ones moved in, and the manifest rewritten with the new model. A
+//! crash during promotion is finished by the next writer from the recorded
+//! intent, so the directory never stays mixed.
+
+use std::path::{Path, PathBuf};
+
+use papersys_backend_core::ModelIdentity;
+use serde::{Deserialize, Serialize};
+
+use super::atomic::{rename_durably, write_bytes_atomic};
+use super::manifest::{Manifest, year_files};
+use super::{ModelStore, StoreError, StoreWriter};
+
+/// Directory of the staged store inside a model directory.
+pub const STAGING_DIR: &str = ".reembed";
+
+/// The promotion intent, written before anything moves.
+const INTENT_FILE: &str = "promote.json";
+
+#[derive(Serialize, Deserialize)]
+struct Intent {
+    /// Where the old year files go, relative to the model directory.
+    replaced_dir: String,
+}
+
+impl ModelStore {
+    /// The staged store of a model change (it may not exist yet).
+    pub fn staging(&self) -> ModelStore {
+        ModelStore {
+            dir: self.dir.join(STAGING_DIR),
+            ..self.clone()
+        }
+    }
+
+    /// Whether a model change is being staged.
+    pub fn has_staging(&self) -> bool {
+        self.dir.join(STAGING_DIR).is_dir()
+    }
+}
+
+impl StoreWriter {
+    /// Promotes the staged store: the old year files move to a
+    /// `.replaced-<time>` directory, the staged ones take their place, and
+    /// the manifest records `identity`. Returns where the old files went.
+    pub fn promote_staging(&self, identity: &ModelIdentity) -> Result<PathBuf, StoreError> {
+        let staging = self.dir.join(STAGING_DIR);
+        let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
+        let intent = Intent {
+            replaced_dir: format!(".replaced-{stamp}"),
+        };
+        let path = staging.join(INTENT_FILE);
+        let json = serde_json::to_vec_pretty(&intent)
+            .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
+        write_bytes_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+        self.finish_promotion(Some(identity))
+    }
+
+    /// Completes a promotion whose intent is recorded (after a crash, or
+    /// right after [`StoreWriter::promote_staging`] wrote it). Does nothing
+    /// when none is pending.
+    pub fn finish_promotion(&self, identity: Option<&ModelIdentity>) -> Result<PathBuf, StoreError> {
+        let staging = self.dir.join(STAGING_DIR);
+        let intent_path = staging.join(INTENT_FILE);
+        let Ok(bytes) = std::fs::read(&intent_path) else {
+            return Ok(PathBuf::new());
+        };
+        let intent: Intent = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::io(
+                &intent_path,
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })?;
+        let identity = match identity {
+            Some(identity) => identity.clone(),
+            None => Manifest::read(&staging)?
+                .and_then(|m| m.model_identity)
+                .ok_or_else(|| {
+                    StoreError::io(
+                        &staging,
+                        std::io::Error::other(
+                            "the staged store records no model; cannot finish replacing vectors",
+                        ),
+                    )
+                })?,
+        };
+        // Readers first lose the old files (never a mix), then gain the new.
+        let previous = Manifest::read(&self.dir).ok().flatten();
+        let mut emptied =
+            Manifest::from_disk(&self.dir, self.alias.as_str(), self.dimension, previous.as_ref())?;
+        emptied.years.clear();
+        emptied.files.clear();
+        emptied.total_rows = 0;
+        emptied.model_identity = Some(identity.clone());
+        emptied.write(&self.dir)?;
+        let replaced = self.dir.join(&intent.replaced_dir);
+        let old = year_files(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        if !old.is_empty() {
+            std::fs::create_dir_all(&replaced).map_err(|e| StoreError::io(&replaced, e))?;
+        }
+        for (_, path) in old {
+            move_into(&path, &replaced)?;
+        }
+        for (_, path) in year_files(&staging).map_err(|e| StoreError::io(&staging, e))? {
+            move_into(&path, &self.dir)?;
+        }
+        self.sync_manifest(Some(&identity))?;
+        std::fs::remove_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
+        super::atomic::sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        Ok(replaced)
+    }
+}
+
+fn move_into(path: &Path, dir: &Path) -> Result<(), StoreError> {
+    let name = path.file_name().unwrap_or_default();
+    rename_durably(path, &dir.join(name)).map_err(|e| StoreError::io(path, e))
+}
