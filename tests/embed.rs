@@ -23,6 +23,9 @@ dimension = 384
 batch_size = 16
 "#;
 
+/// Rows of a metadata CSV as (id, title, abstract).
+type Rows = Vec<(String, String, String)>;
+
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples/data/metadata")
