@@ -53,11 +53,7 @@ fn write_rows(tree: &Tree, rel: &str, rows: &[(String, String, String)]) {
 }
 
 /// A tree with `n2025` papers of 2025 and `n2010` of 2010.
-fn tree_with(
-    checkpoint: usize,
-    n2025: usize,
-    n2010: usize,
-) -> (Tree, Vec<(String, String, String)>, Vec<(String, String, String)>) {
+fn tree_with(checkpoint: usize, n2025: usize, n2010: usize) -> (Tree, Rows, Rows) {
     let tree = Tree::with_config(&MODEL_CONFIG.replace("CHECKPOINT", &checkpoint.to_string()));
     let a: Vec<_> = sample_rows("metadata-2025.csv").into_iter().take(n2025).collect();
     let b: Vec<_> = sample_rows("metadata-2010.csv").into_iter().take(n2010).collect();
