@@ -166,6 +166,7 @@ impl HiArgs {
                         .transpose()
                         .map_err(Error::Usage)?,
                     reembed: args.reembed,
+                    origins: None,
                     progress: if low.quiet || low.json {
                         ProgressMode::Quiet
                     } else {

@@ -30,6 +30,9 @@ pub struct EmbedOptions {
     pub years: Option<BTreeSet<Year>>,
     /// Give every selected paper a fresh vector.
     pub reembed: bool,
+    /// Only papers from these metadata files (origins relative to the data
+    /// root); the sample runner uses it to embed from one CSV.
+    pub origins: Option<BTreeSet<String>>,
     /// How progress is shown.
     pub progress: ProgressMode,
 }
@@ -230,6 +233,9 @@ fn select_work(
             })
             .collect()
     };
+    if let Some(origins) = &options.origins {
+        items.retain(|item| origins.contains(&item.origin));
+    }
     prioritise(&mut items, config.backlog_priority);
     if let Some(limit) = options.limit {
         items.truncate(limit);
