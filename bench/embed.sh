@@ -106,7 +106,7 @@ if [ "$part" = e2e ] || [ "$part" = all ]; then
   for round in $(seq "$rounds"); do
     raw=$(target/release/examples/embed_bench --texts "$work/e2e/metadata/metadata-2024.csv.jsonl" \
           --threads "$(nproc)" --batch-size 32 --runs 1 --warmup 64 2>/dev/null \
-          | python3 -c 'import json,sys; print(f"{json.load(sys.stdin)[\"texts_per_s_best\"]:.1f}")')
+          | python3 -c 'import json, sys; print("%.1f" % json.load(sys.stdin)["texts_per_s_best"])')
     rm -rf "$work/e2e/embeddings"
     read -r wall peak written embedded pipeline <<<"$(run_embed "$work/e2e")"
     whole=$(awk "BEGIN{printf \"%.1f\", $embedded/$wall}")

@@ -745,4 +745,41 @@ mod tests {
         let ids = read_ids(&path, 4).unwrap().ids;
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Merging is idempotent and order-free: merging the same rows again
+        /// changes nothing, and one merge of a batch equals merging its
+        /// halves one after the other.
+        #[test]
+        fn merge_is_idempotent_and_order_free(
+            batch in proptest::collection::vec((0u32..40, 0u8..3, -1.0f32..1.0), 1..60),
+            split in 0usize..60,
+        ) {
+            let times = ["2025-01-01T00:00:00.000000+00:00", "2025-03-01T00:00:00.000000+00:00", "2025-06-01T00:00:00+00:00"];
+            let rows: Vec<VectorRow> = batch
+                .iter()
+                .map(|&(id, t, v)| row(&format!("2401.{id:05}"), v, times[t as usize]))
+                .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let once = dir.path().join("once.parquet");
+            merge(&once, rows.clone(), 4).unwrap();
+            let first = read_rows(&once, 4).unwrap();
+            merge(&once, rows.clone(), 4).unwrap();
+            proptest::prop_assert_eq!(&read_rows(&once, 4).unwrap(), &first);
+
+            let halves = dir.path().join("halves.parquet");
+            let split = split.min(rows.len());
+            merge(&halves, rows[split..].to_vec(), 4).unwrap();
+            merge(&halves, rows[..split].to_vec(), 4).unwrap();
+            let merged = read_rows(&halves, 4).unwrap();
+            // Same papers, each with a row of its newest time.
+            let ids = |rows: &[VectorRow]| rows.iter().map(|r| r.paper_id.clone()).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(ids(&merged), ids(&first));
+            for (a, b) in merged.iter().zip(&first) {
+                proptest::prop_assert_eq!(parse_time(&a.generated_at), parse_time(&b.generated_at));
+            }
+        }
+    }
 }
