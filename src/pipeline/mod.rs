@@ -235,12 +235,24 @@ fn embed_batches(
             return;
         }
         let attempt = || -> Result<Embeddings, EmbedError> {
-            let vectors = embedder.embed(&batch.prepared)?;
+            // A backend bug on one odd batch must cost that batch, not the run.
+            let vectors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| embedder.embed(&batch.prepared)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(EmbedError::Inference(format!("the backend panicked: {what}")))
+                })?;
             vectors.validate(batch.items.len(), dimension)?;
             Ok(vectors)
         };
         let event = match attempt() {
-            Ok(vectors) => Event::Embedded(batch.items, vectors),
+            Ok(vectors) => {
+                crate::fault::point("embed.after_batch");
+                Event::Embedded(batch.items, vectors)
+            }
             Err(first) => {
                 tracing::warn!(
                     "a batch of {} papers failed ({first}); retrying once",
@@ -292,6 +304,7 @@ impl Committer<'_> {
             self.deltas += 1;
             let tag = format!("{}-{:06}", self.run_tag, self.deltas);
             self.writer.write_delta(year, &tag, rows, self.identity)?;
+            crate::fault::point("checkpoint.after_delta");
         }
         Ok(())
     }
