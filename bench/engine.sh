@@ -5,7 +5,7 @@
 # of the fp32 GEMM bound (FLOPs per text from the token counts, GEMM rate
 # measured now) and peak memory.
 #
-#   scripts/bench-engine.sh [--texts FILE.jsonl] [--n 512] [--threads 2] [--batch-size 32] [--rounds 3]
+#   bench/engine.sh [--texts FILE.jsonl] [--n 512] [--threads 2] [--batch-size 32] [--rounds 3]
 #
 # Default texts: the first N records of ../shared/data/arxiv-real/records.jsonl
 # (real abstracts, prepared as title + "\n\n" + abstract), else the texts of
@@ -68,11 +68,11 @@ results="$work/results.jsonl"
 for r in $(seq 1 "$rounds"); do
   # The GEMM rate is measured every round too: the best one bounds both sides.
   "$bench" --gemm --threads "$threads" >>"$results"
-  "$py" "$repo/scripts/bench-engine-st.py" --gemm --threads "$threads" >>"$results"
+  "$py" "$repo/bench/engine_st.py" --gemm --threads "$threads" >>"$results"
   echo "round $r/$rounds: papersys" >&2
   "$bench" --texts "$texts" --threads "$threads" --batch-size "$batch" --runs 1 --max-length 256 >>"$results"
   echo "round $r/$rounds: sentence-transformers" >&2
-  "$py" "$repo/scripts/bench-engine-st.py" --model "$model_dir" --texts "$texts" --threads "$threads" \
+  "$py" "$repo/bench/engine_st.py" --model "$model_dir" --texts "$texts" --threads "$threads" \
     --batch-size "$batch" --runs 1 --max-seq-length 256 2>/dev/null >>"$results"
 done
 

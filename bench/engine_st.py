@@ -1,8 +1,8 @@
-"""sentence-transformers side of scripts/bench-engine.sh: texts/s on a texts
+"""sentence-transformers side of bench/engine.sh: texts/s on a texts
 file (JSONL, {"text": ...} per line) with PyTorch on the CPU, as JSON.
 
-    python scripts/bench-engine-st.py --model DIR --texts F --threads 2 --batch-size 32 --runs 1
-    python scripts/bench-engine-st.py --gemm --threads 2     # torch fp32 GEMM rate at the model's shape
+    python bench/engine_st.py --model DIR --texts F --threads 2 --batch-size 32 --runs 1
+    python bench/engine_st.py --gemm --threads 2     # torch fp32 GEMM rate at the model's shape
 """
 
 from __future__ import annotations
