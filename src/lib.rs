@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod fault;
 pub mod metadata;
 pub mod pipeline;
 pub mod plan;

@@ -11,6 +11,9 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// Prefix of temporary files, so leftovers from a crash are recognised.
+/// The writer's pid follows it (`.tmp-<pid>-<random>`), so that in a
+/// directory shared by several writers a leftover can be told from a live
+/// write.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// Writes `path` atomically: `fill` receives a buffered writer for the new
@@ -21,7 +24,8 @@ pub fn write_atomic<T>(
 ) -> io::Result<T> {
     let dir = parent_dir(path);
     let mut builder = tempfile::Builder::new();
-    builder.prefix(TEMP_PREFIX);
+    let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
+    builder.prefix(&prefix);
     // Readers may run as other users (a recommender service): create files
     // like any other program would, 0666 minus the umask, not tempfile's 0600.
     #[cfg(unix)]
@@ -31,8 +35,11 @@ pub fn write_atomic<T>(
     let mut writer = BufWriter::with_capacity(1 << 20, file);
     let value = fill(&mut writer)?;
     let file = writer.into_inner().map_err(|e| e.into_error())?;
+    crate::fault::charge_write(&file)?;
     file.sync_all()?;
+    crate::fault::write_point(path, "before_rename");
     temp_path.persist(path).map_err(|e| e.error)?;
+    crate::fault::write_point(path, "after_rename");
     sync_dir(&dir)?;
     Ok(value)
 }
@@ -62,18 +69,76 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Deletes temporary files a crashed writer left in `dir`. Only called by
-/// the holder of the directory's writer lock, so no live write is touched.
+/// Deletes temporary files (and directories) a crashed writer left in
+/// `dir`. Only called by the holder of the directory's writer lock, so no
+/// live write is touched. A missing `dir` has none.
 pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
+    remove_temporaries(dir, |_| true)
+}
+
+/// Deletes the temporary files in `dir`, a directory several writers share
+/// (the metadata index), whose writing process is gone. Where that cannot
+/// be known (no `/proc`), nothing is removed.
+pub fn remove_orphaned_temporaries(dir: &Path) -> io::Result<usize> {
+    if !Path::new("/proc/self").exists() {
+        return Ok(0);
+    }
+    remove_temporaries(dir, |name| {
+        let pid = name[TEMP_PREFIX.len()..].split('-').next().unwrap_or("");
+        !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) && !Path::new("/proc").join(pid).exists()
+    })
+}
+
+fn remove_temporaries(dir: &Path, stale: impl Fn(&str) -> bool) -> io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
     let mut removed = 0;
-    for entry in std::fs::read_dir(dir)? {
+    for entry in entries {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && entry.file_type()?.is_file() {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(TEMP_PREFIX) || !stale(&name) {
+            continue;
         }
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        sync_dir(dir)?;
     }
     Ok(removed)
+}
+
+/// Makes `dir` exist as a real directory (its parent must exist). A
+/// symbolic link there is refused, not followed: papersys never writes
+/// through a link, which could lead out of the data root.
+pub fn create_owned_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is a symbolic link; papersys does not write through links (they could lead outside the data root) — replace it with a directory",
+                dir.display()
+            ),
+        )),
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", dir.display()),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        },
+        Err(e) => Err(e),
+    }
 }
 
 fn parent_dir(path: &Path) -> PathBuf {
@@ -130,8 +195,36 @@ mod tests {
     fn stale_temporaries_are_cleaned() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(".tmp-abc"), b"x").unwrap();
+        std::fs::create_dir(dir.path().join(".tmp-reembed-1")).unwrap();
+        std::fs::write(dir.path().join(".tmp-reembed-1/2024.parquet"), b"x").unwrap();
         std::fs::write(dir.path().join("2024.parquet"), b"x").unwrap();
-        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
+        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 2);
         assert!(dir.path().join("2024.parquet").exists());
+        assert_eq!(remove_stale_temporaries(&dir.path().join("absent")).unwrap(), 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_temporaries_of_dead_processes_are_orphans() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = format!(".tmp-{}-abc", std::process::id());
+        std::fs::write(dir.path().join(&live), b"x").unwrap();
+        // Pids are below 2^22 on Linux.
+        std::fs::write(dir.path().join(".tmp-99999999-abc"), b"x").unwrap();
+        assert_eq!(remove_orphaned_temporaries(dir.path()).unwrap(), 1);
+        assert!(dir.path().join(live).exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn owned_directories_refuse_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(".pending")).unwrap();
+        let err = create_owned_dir(&dir.path().join(".pending")).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        create_owned_dir(&dir.path().join(".cache")).unwrap();
+        create_owned_dir(&dir.path().join(".cache")).unwrap();
+        assert!(dir.path().join(".cache").is_dir());
     }
 }
