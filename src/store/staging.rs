@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use papersys_backend_core::ModelIdentity;
 use serde::{Deserialize, Serialize};
 
-use super::atomic::{rename_durably, write_bytes_atomic};
+use super::atomic::{TEMP_PREFIX, create_owned_dir, rename_durably, write_bytes_atomic};
 use super::manifest::{Manifest, year_files};
 use super::{ModelStore, StoreError, StoreWriter};
 
@@ -30,6 +30,11 @@ const INTENT_FILE: &str = "promote.json";
 struct Intent {
     /// Where the old year files go, relative to the model directory.
     replaced_dir: String,
+    /// Set once every old year file is in `replaced_dir`: from then on the
+    /// year files in the model directory are the new model's, and a resumed
+    /// promotion must not move them.
+    #[serde(default)]
+    old_moved: bool,
 }
 
 impl ModelStore {
@@ -56,11 +61,10 @@ impl StoreWriter {
         let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
         let intent = Intent {
             replaced_dir: format!(".replaced-{stamp}"),
+            old_moved: false,
         };
-        let path = staging.join(INTENT_FILE);
-        let json = serde_json::to_vec_pretty(&intent)
-            .map_err(|e| StoreError::io(&path, std::io::Error::other(e)))?;
-        write_bytes_atomic(&path, &json).map_err(|e| StoreError::io(&path, e))?;
+        write_intent(&staging.join(INTENT_FILE), &intent)?;
+        crate::fault::point("promote.after_intent");
         self.finish_promotion(Some(identity))
     }
 
@@ -73,7 +77,7 @@ impl StoreWriter {
         let Ok(bytes) = std::fs::read(&intent_path) else {
             return Ok(PathBuf::new());
         };
-        let intent: Intent = serde_json::from_slice(&bytes).map_err(|e| {
+        let mut intent: Intent = serde_json::from_slice(&bytes).map_err(|e| {
             StoreError::io(
                 &intent_path,
                 std::io::Error::new(std::io::ErrorKind::InvalidData, e),
@@ -93,33 +97,68 @@ impl StoreWriter {
                 })?,
         };
         // Readers first lose the old files (never a mix), then gain the new.
-        let previous = Manifest::read(&self.dir).ok().flatten();
-        let mut emptied =
-            Manifest::from_disk(&self.dir, self.alias.as_str(), self.dimension, previous.as_ref())?;
-        emptied.years.clear();
-        emptied.files.clear();
-        emptied.total_rows = 0;
-        emptied.model_identity = Some(identity.clone());
-        emptied.write(&self.dir)?;
+        // Each step can be interrupted and resumed: the intent records when
+        // the old files are all gone, so a resumed run never takes the new
+        // files it already moved in for old ones.
         let replaced = self.dir.join(&intent.replaced_dir);
-        let old = year_files(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
-        if !old.is_empty() {
-            std::fs::create_dir_all(&replaced).map_err(|e| StoreError::io(&replaced, e))?;
-        }
-        for (_, path) in old {
-            move_into(&path, &replaced)?;
+        if !intent.old_moved {
+            let previous = Manifest::read(&self.dir).ok().flatten();
+            let mut emptied =
+                Manifest::from_disk(&self.dir, self.alias.as_str(), self.dimension, previous.as_ref())?;
+            emptied.years.clear();
+            emptied.files.clear();
+            emptied.total_rows = 0;
+            emptied.model_identity = Some(identity.clone());
+            emptied.write(&self.dir)?;
+            let old = year_files(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+            if !old.is_empty() {
+                create_owned_dir(&replaced).map_err(|e| StoreError::io(&replaced, e))?;
+            }
+            for (_, path) in old {
+                move_into(&path, &replaced)?;
+                crate::fault::point("promote.move_old");
+            }
+            intent.old_moved = true;
+            write_intent(&intent_path, &intent)?;
         }
         for (_, path) in year_files(&staging).map_err(|e| StoreError::io(&staging, e))? {
             move_into(&path, &self.dir)?;
+            crate::fault::point("promote.move_new");
         }
         self.sync_manifest(Some(&identity))?;
-        std::fs::remove_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
+        crate::fault::point("promote.before_cleanup");
+        // One rename retires the staged store; what is left of it is a
+        // temporary the next writer removes should this removal be cut short.
+        let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ").to_string();
+        let retired = self
+            .dir
+            .join(format!("{TEMP_PREFIX}reembed-{}", stamp.replace('.', "")));
+        rename_durably(&staging, &retired).map_err(|e| StoreError::io(&staging, e))?;
+        std::fs::remove_dir_all(&retired).map_err(|e| StoreError::io(&retired, e))?;
         super::atomic::sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
         Ok(replaced)
     }
 }
 
+fn write_intent(path: &Path, intent: &Intent) -> Result<(), StoreError> {
+    let json =
+        serde_json::to_vec_pretty(intent).map_err(|e| StoreError::io(path, std::io::Error::other(e)))?;
+    write_bytes_atomic(path, &json).map_err(|e| StoreError::io(path, e))
+}
+
+/// Moves `path` into `dir` under its own name, never over a file already
+/// there (that one is kept, and the moved file gets a suffix).
 fn move_into(path: &Path, dir: &Path) -> Result<(), StoreError> {
-    let name = path.file_name().unwrap_or_default();
-    rename_durably(path, &dir.join(name)).map_err(|e| StoreError::io(path, e))
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let mut target = dir.join(&name);
+    let mut n = 1;
+    while std::fs::symlink_metadata(&target).is_ok() {
+        target = dir.join(format!("{name}.{n}"));
+        n += 1;
+    }
+    rename_durably(path, &target).map_err(|e| StoreError::io(path, e))
 }
