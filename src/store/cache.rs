@@ -22,7 +22,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::atomic::write_bytes_atomic;
+use super::atomic::{create_owned_dir, write_bytes_atomic};
 use crate::text::TextHash;
 
 /// Directory of the caches inside a model directory.
@@ -103,6 +103,11 @@ struct IndexHeader {
     issues: Vec<CachedIssue>,
 }
 
+/// The directory of the metadata index, shared by every model.
+pub fn index_dir(embeddings_dir: &Path) -> PathBuf {
+    embeddings_dir.join(CACHE_DIR).join("metadata-index")
+}
+
 /// Hash identifying a document prefix in cache keys.
 pub fn prefix_hash(prefix: &str) -> u64 {
     xxh3_64(prefix.as_bytes())
@@ -112,13 +117,10 @@ pub fn prefix_hash(prefix: &str) -> u64 {
 /// models (under the embeddings directory), so a second model with the same
 /// prefix reuses the first one's read of the metadata.
 fn index_path(embeddings_dir: &Path, origin: &str, prefix_hash: u64) -> PathBuf {
-    embeddings_dir
-        .join(CACHE_DIR)
-        .join("metadata-index")
-        .join(format!(
-            "{:016x}-{prefix_hash:016x}.idx",
-            xxh3_64(origin.as_bytes())
-        ))
+    index_dir(embeddings_dir).join(format!(
+        "{:016x}-{prefix_hash:016x}.idx",
+        xxh3_64(origin.as_bytes())
+    ))
 }
 
 impl FileIndex {
@@ -138,9 +140,8 @@ impl FileIndex {
     /// Saves the index (atomically; failures only cost a re-read later).
     pub fn save(&self, embeddings_dir: &Path) -> std::io::Result<()> {
         let path = index_path(embeddings_dir, &self.origin, self.prefix_hash);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
+        create_owned_dir(&embeddings_dir.join(CACHE_DIR))?;
+        create_owned_dir(&index_dir(embeddings_dir))?;
         write_bytes_atomic(&path, &self.encode())
     }
 
@@ -295,9 +296,7 @@ impl RefreshState {
     /// Saves the state atomically.
     pub fn save(&self, model_dir: &Path) -> std::io::Result<()> {
         let path = state_path(model_dir);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
+        create_owned_dir(&model_dir.join(CACHE_DIR))?;
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         write_bytes_atomic(&path, &bytes)
     }
