@@ -142,8 +142,18 @@ impl ModelStore {
         std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
         self.check_inside(&self.dir, &root)?;
         let lock = WriterLock::acquire(&self.dir)?;
-        let removed =
-            atomic::remove_stale_temporaries(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        let mut removed = 0;
+        for dir in [
+            self.dir.clone(),
+            self.dir.join(pending::PENDING_DIR),
+            self.dir.join(cache::CACHE_DIR),
+        ] {
+            removed += atomic::remove_stale_temporaries(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        }
+        // The metadata index is shared by every model's writer: only the
+        // leftovers of dead processes go.
+        let index = cache::index_dir(&self.embeddings_dir);
+        removed += atomic::remove_orphaned_temporaries(&index).unwrap_or(0);
         if removed > 0 {
             tracing::info!(
                 "{}: removed {removed} temporary file(s) left by an interrupted run",
@@ -168,6 +178,11 @@ impl ModelStore {
                 "{}: recovered {recovered} vectors checkpointed by an interrupted run",
                 self.dir.display()
             );
+        }
+        // A manifest damaged between runs is moved aside and rebuilt now, so
+        // that nothing after this point stumbles over it.
+        if let Err(ManifestError::Damaged { .. }) = Manifest::read(&self.dir) {
+            writer.sync_manifest(None)?;
         }
         Ok(writer)
     }
@@ -197,7 +212,13 @@ impl StoreWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let target = path.with_file_name(format!("{name}.damaged-{stamp}"));
+        // Never over an earlier damaged copy moved aside in the same second.
+        let mut target = path.with_file_name(format!("{name}.damaged-{stamp}"));
+        let mut n = 1;
+        while std::fs::symlink_metadata(&target).is_ok() {
+            target = path.with_file_name(format!("{name}.damaged-{stamp}-{n}"));
+            n += 1;
+        }
         atomic::rename_durably(path, &target).map_err(|e| StoreError::io(path, e))?;
         Ok(target)
     }
@@ -206,9 +227,11 @@ impl StoreWriter {
     /// record `identity` (when given), rewriting it only if that changes
     /// anything. A damaged manifest is moved aside and rebuilt.
     pub fn sync_manifest(&self, identity: Option<&ModelIdentity>) -> Result<Manifest, StoreError> {
+        let mut damaged = false;
         let previous = match Manifest::read(&self.dir) {
             Ok(previous) => previous,
             Err(ManifestError::Damaged { path, message }) => {
+                damaged = true;
                 let moved = self.quarantine(&path)?;
                 tracing::warn!(
                     "{} was damaged ({message}); moved to {} and rebuilt from the year files. \
@@ -222,6 +245,31 @@ impl StoreWriter {
         };
         let mut manifest =
             Manifest::from_disk(&self.dir, self.alias.as_str(), self.dimension, previous.as_ref())?;
+        match &previous {
+            Some(previous) => {
+                for file in previous.files.iter().filter(|f| !manifest.files.contains(f)) {
+                    let rows = file
+                        .strip_suffix(".parquet")
+                        .and_then(|year| previous.years.get(year))
+                        .copied()
+                        .unwrap_or(0);
+                    tracing::warn!(
+                        "{} listed {file} ({rows} vectors) but it is no longer in {}; its papers wait in the backlog again",
+                        self.dir.join(manifest::MANIFEST_FILE).display(),
+                        self.dir.display()
+                    );
+                }
+            }
+            None if !manifest.files.is_empty() && !damaged => {
+                tracing::warn!(
+                    "{} was missing; rebuilt from the year files ({}). The record of which model made the \
+                     vectors was in it: check the config's model for this alias",
+                    self.dir.join(manifest::MANIFEST_FILE).display(),
+                    manifest.files.join(", ")
+                );
+            }
+            None => {}
+        }
         if let Some(identity) = identity {
             manifest.model_identity = Some(identity.clone());
         }

@@ -80,7 +80,7 @@ impl StoreWriter {
         identity: &ModelIdentity,
     ) -> Result<PathBuf, StoreError> {
         let dir = self.dir.join(PENDING_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        super::atomic::create_owned_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let identity_path = dir.join(IDENTITY_FILE);
         if !identity_path.exists() {
             let json = serde_json::to_vec_pretty(identity)
@@ -123,8 +123,26 @@ impl StoreWriter {
                 Err(e) => return Err(e.into()),
             }
         }
-        let outcome = year_file::merge(&self.year_path(year), rows, self.dimension)?;
+        let year_path = self.year_path(year);
+        // A year file damaged after it was written (by hand, a failing disk)
+        // is kept aside and the checkpointed vectors go into a new one; the
+        // refresh puts the rest of its papers back in the backlog.
+        if year_path.exists()
+            && let Err(YearFileError::Damaged { message, .. }) =
+                year_file::read_ids(&year_path, self.dimension)
+        {
+            let moved = self.quarantine(&year_path)?;
+            tracing::warn!(
+                "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
+                 Nothing was deleted: if the file can be repaired, move it back before the next embed run",
+                year_path.display(),
+                moved.display()
+            );
+        }
+        let outcome = year_file::merge(&year_path, rows, self.dimension)?;
+        crate::fault::point("fold.after_merge");
         self.sync_manifest(identity)?;
+        crate::fault::point("fold.before_remove_deltas");
         for path in &deltas {
             remove_durably(path).map_err(|e| StoreError::io(path, e))?;
         }
