@@ -36,6 +36,37 @@ pub enum Error {
 }
 
 impl Error {
+    /// What to do about an error whose cause is the machine rather than the
+    /// data: a full disk or a read-only filesystem, wherever in the chain of
+    /// causes the OS said so.
+    pub fn hint(&self) -> Option<&'static str> {
+        let text = self.to_string();
+        let mut full = text.contains("No space left on device");
+        let mut read_only = text.contains("Read-only file system");
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            if let Some(io) = error.downcast_ref::<std::io::Error>() {
+                full |= io.kind() == std::io::ErrorKind::StorageFull;
+                read_only |= io.kind() == std::io::ErrorKind::ReadOnlyFilesystem;
+            }
+            cause = error.source();
+        }
+        if full {
+            Some(
+                "the disk holding the data root is full. Everything committed before this error is kept \
+                 (checkpoints included) and no file was left half-written; free some space and run the same \
+                 command again to resume",
+            )
+        } else if read_only {
+            Some(
+                "the data root is on a read-only filesystem and papersys writes only there; remount it \
+                 read-write or point data_root elsewhere (`papersys status` and `embed --dry-run` work read-only)",
+            )
+        } else {
+            None
+        }
+    }
+
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
