@@ -336,15 +336,27 @@ fn read_rows_in_chunks(
             )));
         }
         Next::Record { .. } => {
+            if reader.buf[reader.record.clone()].contains(&0) {
+                return Err(file_issue(
+                    "the header row holds NUL bytes: this is a binary or UTF-16 file, not UTF-8 CSV text; \
+                     file skipped (save it as UTF-8)"
+                        .into(),
+                ));
+            }
             let names: Vec<String> = (0..reader.fields.len())
                 .map(|i| String::from_utf8_lossy(reader.raw_field(i)).trim().to_string())
                 .collect();
-            find_columns(&names).map_err(file_issue)?
+            let columns = find_columns(&names).map_err(file_issue)?;
+            (columns, names)
         }
     };
+    let (columns, header_names) = columns;
 
     let mut summary = FileSummary::default();
     let mut unescaped: [Vec<u8>; 3] = Default::default();
+    // Rows kept although a column papersys does not use is not UTF-8:
+    // (first line, column, count), reported once per file.
+    let mut foreign: Option<(u64, usize, u64)> = None;
     loop {
         let line = match reader.next_record() {
             Ok(Next::Record { line }) => line,
@@ -361,6 +373,10 @@ fn read_rows_in_chunks(
         };
         match check_row(&reader, &columns, &mut unescaped) {
             Ok((paper_id, title, abstract_text)) => {
+                if let Some(column) = non_utf8_field(&reader) {
+                    let entry = foreign.get_or_insert((line, column, 0));
+                    entry.2 += 1;
+                }
                 summary.rows += 1;
                 on_row(Row {
                     line,
@@ -374,6 +390,16 @@ fn read_rows_in_chunks(
                 issues.push(row_issue(line, format!("{message}; row skipped")));
             }
         }
+    }
+    if let Some((line, column, rows)) = foreign {
+        let name = header_names.get(column).map_or("?", String::as_str);
+        issues.push(row_issue(
+            line,
+            format!(
+                "invalid UTF-8 in column `{name}` (the file must be UTF-8; Latin-1?); {rows} row(s) have such a \
+                 column — papersys does not use it, so they are kept"
+            ),
+        ));
     }
     if summary.rows == 0 && summary.skipped == 0 {
         issues.push(file_issue("header only, no rows".into()));
@@ -398,9 +424,35 @@ fn find_columns(names: &[String]) -> Result<Columns, String> {
         _ => Err(format!(
             "missing required column(s) {} (header has: {}); file skipped",
             missing.join(", "),
-            names.join(", ")
+            shorten(&names.join(", "), 200)
         )),
     }
+}
+
+/// `text` cut to about `max` bytes, control characters escaped, for
+/// messages quoting input that may be binary garbage.
+fn shorten(text: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() >= max {
+            out.push_str(&format!("... ({} bytes in all)", text.len()));
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The first field of the last record that is not UTF-8, if any.
+fn non_utf8_field(reader: &RecordReader) -> Option<usize> {
+    if std::str::from_utf8(&reader.buf[reader.record.clone()]).is_ok() {
+        return None;
+    }
+    (0..reader.fields.len()).find(|&i| std::str::from_utf8(reader.raw_field(i)).is_err())
 }
 
 fn check_row<'r>(
@@ -444,6 +496,13 @@ fn check_row<'r>(
     let paper_id = field(columns.paper_id, "paper_id", id_buf)?;
     let title = field(columns.title, "title", title_buf)?;
     let abstract_text = field(columns.abstract_text, "abstract", abstract_buf)?;
+    for (name, value) in [("title", title), ("abstract", abstract_text)] {
+        if let Some(at) = memchr::memchr(0, value.as_bytes()) {
+            return Err(format!(
+                "NUL byte in `{name}` at byte {at} of the field (binary data in a text file)"
+            ));
+        }
+    }
     if paper_id.is_empty() {
         return Err("empty `paper_id`".into());
     }
@@ -579,6 +638,49 @@ mod tests {
         let ids: Vec<_> = rows.iter().map(|r| r.1.as_str()).collect();
         assert_eq!(ids, ["2", "3"]);
         assert_eq!(issues.len(), 1, "{issues:?}");
+    }
+
+    #[test]
+    fn nul_bytes_skip_the_row_or_the_file() {
+        let (rows, issues, _) = read(b"paper_id,title,abstract\n1,t,a\0b\n2,t,a\n");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            issues,
+            [
+                "Some(2): NUL byte in `abstract` at byte 1 of the field (binary data in a text file); row skipped"
+            ]
+        );
+        let utf16: Vec<u8> = "paper_id,title,abstract\n1,t,a\n"
+            .encode_utf16()
+            .flat_map(|u| u.to_le_bytes())
+            .collect();
+        let message = read(&utf16).2.unwrap_err();
+        assert!(message.contains("UTF-16"), "{message}");
+    }
+
+    #[test]
+    fn latin1_in_an_unused_column_keeps_the_rows_and_says_so_once() {
+        let csv = b"paper_id,title,abstract,journal_ref\n1,t,a,\xc9pijournal\n2,t,a,ok\n3,t,a,G\xe9om\n";
+        let (rows, issues, _) = read(csv);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert!(
+            issues[0].starts_with("Some(2): invalid UTF-8 in column `journal_ref`")
+                && issues[0].contains("2 row(s)"),
+            "{issues:?}"
+        );
+    }
+
+    #[test]
+    fn a_binary_header_is_quoted_short_and_escaped() {
+        let mut garbage = vec![0x1bu8; 5000];
+        garbage.extend_from_slice(b"\n1,2\n");
+        let message = read(&garbage).2.unwrap_err();
+        assert!(message.len() < 600, "{message}");
+        assert!(
+            message.contains("\\u{1b}") && message.contains("bytes in all"),
+            "{message}"
+        );
     }
 
     #[test]
