@@ -707,6 +707,19 @@ impl Resolver<'_> {
                 );
             }
         }
+        if let Some(key) = &raw.api_key
+            && let Some(var) = key.get_ref().strip_prefix("env:")
+        {
+            let var = var.trim();
+            if var.is_empty() || var.contains(['=', '\0']) {
+                return self.invalid(
+                    key.span().start,
+                    format!(
+                        "model `{alias}`: `api_key` = \"env:{var}\" does not name an environment variable; write api_key = \"env:NAME\""
+                    ),
+                );
+            }
+        }
         let request_batch_size = match &raw.request_batch_size {
             Some(n) => self.positive("request_batch_size", n)?,
             None => batch_size,
