@@ -18,7 +18,7 @@ use papersys::commands::{select_models, store_prefix};
 use papersys::config::{Config, DEFAULT_CONFIG_PATHS};
 use papersys::metadata::discover;
 use papersys::pipeline::ProgressMode;
-use papersys::plan::{self, PlanInputs, RefreshOptions};
+use papersys::plan::{self, PlanInputs};
 use papersys::store::ModelStore;
 
 #[global_allocator]
@@ -89,13 +89,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let origins: BTreeSet<String> = if args.backlog {
         let store = ModelStore::new(&config, model);
         let prefix = store_prefix(model, store.manifest()?.as_ref());
-        let no_failures = BTreeSet::new();
-        let inputs = PlanInputs {
-            discovery: &discovery,
-            prefix: &prefix,
-            options: RefreshOptions::default(),
-            failed: &no_failures,
-        };
+        let inputs = PlanInputs::new(&discovery, &prefix);
         let (waiting, _) = plan::compute(plan::Access::ReadOnly(&store), inputs)?;
         waiting
             .rows

@@ -276,6 +276,21 @@ pub struct PlanInputs<'a> {
     pub failed: &'a BTreeSet<String>,
 }
 
+/// No failures: the default of [`PlanInputs::failed`].
+static NO_FAILURES: BTreeSet<String> = BTreeSet::new();
+
+impl<'a> PlanInputs<'a> {
+    /// Inputs with default options and no failures of the current run.
+    pub fn new(discovery: &'a Discovery, prefix: &'a str) -> Self {
+        PlanInputs {
+            discovery,
+            prefix,
+            options: RefreshOptions::default(),
+            failed: &NO_FAILURES,
+        }
+    }
+}
+
 /// Computes every waiting paper without writing the backlog. With
 /// [`Access::Write`], damaged year files are moved aside and the metadata
 /// index is saved; with [`Access::ReadOnly`] nothing on disk changes.

@@ -1,6 +1,6 @@
 //! `papersys backlog`: refresh the backlog of the chosen models.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -65,14 +65,11 @@ pub fn run(
         let writer = store.open_writer()?;
         let prefix = store_prefix(model, writer.manifest()?.as_ref());
         tracing::info!("refreshing the backlog of `{}`", model.alias);
-        let failed = BTreeSet::new();
         let plan = refresh(
             &writer,
             PlanInputs {
-                discovery: &discovery,
-                prefix: &prefix,
                 options,
-                failed: &failed,
+                ..PlanInputs::new(&discovery, &prefix)
             },
         )?;
         for year in plan.years.iter().filter(|y| y.duplicates > 0) {

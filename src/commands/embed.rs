@@ -11,7 +11,7 @@ use crate::config::{BacklogPriority, Config, ModelConfig};
 use crate::error::Error;
 use crate::metadata::{Discovery, Year, discover, origin_of};
 use crate::pipeline::{self, ProgressMode, RunOptions, WorkItem};
-use crate::plan::{self, Access, PlanInputs, RefreshOptions};
+use crate::plan::{self, Access, PlanInputs};
 use crate::store::backlog::{self, BACKLOG_FILE, BacklogRow, MissingReason};
 use crate::store::cache::RefreshState;
 use crate::store::manifest::MANIFEST_FILE;
@@ -189,13 +189,7 @@ fn select_work(
     };
     let manifest = store.manifest().ok().flatten();
     let prefix = store_prefix(model, manifest.as_ref());
-    let no_failures = BTreeSet::new();
-    let inputs = PlanInputs {
-        discovery,
-        prefix: &prefix,
-        options: RefreshOptions::default(),
-        failed: &no_failures,
-    };
+    let inputs = PlanInputs::new(discovery, &prefix);
     let rows: Vec<BacklogRow> = if options.from_backlog && plan::is_current(store, discovery) {
         backlog::read(&store.dir).map_err(crate::store::StoreError::from)?
     } else {
@@ -482,10 +476,8 @@ fn execute(
     let after = plan::refresh(
         writer,
         PlanInputs {
-            discovery,
-            prefix: &identity.document_prefix,
-            options: RefreshOptions::default(),
             failed: &outcome.failed_ids,
+            ..PlanInputs::new(discovery, &identity.document_prefix)
         },
     )?;
     for (year, result) in &outcome.years {
@@ -594,16 +586,7 @@ fn replace_model(
     if remaining == 0 && report.failed == 0 {
         drop(staging);
         let moved = writer.promote_staging(&identity)?;
-        let no_failures = BTreeSet::new();
-        let after = plan::refresh(
-            writer,
-            PlanInputs {
-                discovery,
-                prefix: &identity.document_prefix,
-                options: RefreshOptions::default(),
-                failed: &no_failures,
-            },
-        )?;
+        let after = plan::refresh(writer, PlanInputs::new(discovery, &identity.document_prefix))?;
         report.waiting_after = after.rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64;
         replacement.promoted = true;
         replacement.old_vectors = Some(origin_of(&moved, &config.data_root));
