@@ -243,8 +243,21 @@ impl StoreWriter {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut manifest =
-            Manifest::from_disk(&self.dir, self.alias.as_str(), self.dimension, previous.as_ref())?;
+        let mut manifest = loop {
+            match Manifest::from_disk(&self.dir, self.alias.as_str(), self.dimension, previous.as_ref()) {
+                // A year file damaged on disk: aside, like the refresh does.
+                Err(YearFileError::Damaged { path, message }) => {
+                    let moved = self.quarantine(&path)?;
+                    tracing::warn!(
+                        "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
+                         Nothing was deleted: if the file can be repaired, move it back before the next embed run",
+                        path.display(),
+                        moved.display()
+                    );
+                }
+                other => break other?,
+            }
+        };
         match &previous {
             Some(previous) => {
                 for file in previous.files.iter().filter(|f| !manifest.files.contains(f)) {
