@@ -18,12 +18,17 @@ use rayon::prelude::*;
 use crate::metadata::{Discovery, InputIssue, MetadataFile, Year, read_rows};
 use crate::store::backlog::{self, BacklogRow, MissingReason};
 use crate::store::cache::{
-    CachedIssue, FileIndex, FileStamp, IndexEntry, RefreshState, YearInputs, YearSummary, prefix_hash,
+    CachedIssue, FileIndex, FileStamp, IndexEntry, RefreshState, YearInputs, YearIssue, YearSummary,
+    prefix_hash,
 };
 use crate::store::manifest::now_iso;
 use crate::store::year_file::{self, YearFileError, YearIds};
 use crate::store::{ModelStore, StoreError, StoreWriter, pending};
 use crate::text::{TextHash, is_empty_text};
+
+/// Input problems of a year kept in the refresh state, to report them again
+/// when the year is not read again.
+const MAX_REMEMBERED_ISSUES: usize = 1000;
 
 /// Options of a refresh.
 #[derive(Clone, Copy, Debug, Default)]
@@ -365,7 +370,15 @@ pub fn compute(
                     },
                     summary: summary.clone(),
                     rows,
-                    issues: Vec::new(),
+                    issues: summary
+                        .issues
+                        .iter()
+                        .map(|i| InputIssue {
+                            path: i.path.clone(),
+                            line: i.line,
+                            message: i.message.clone(),
+                        })
+                        .collect(),
                     quarantined: None,
                 });
             }
@@ -494,6 +507,16 @@ fn compute_year(
         waiting: waiting
             .iter()
             .map(|(r, n)| (r.as_str().to_string(), *n))
+            .collect(),
+        // Bounded: a file of garbage must not make the state huge.
+        issues: issues
+            .iter()
+            .take(MAX_REMEMBERED_ISSUES)
+            .map(|i| YearIssue {
+                path: i.path.clone(),
+                line: i.line,
+                message: i.message.clone(),
+            })
             .collect(),
     };
     Ok(YearOutcome {

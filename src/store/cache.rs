@@ -253,6 +253,21 @@ pub struct YearSummary {
     pub rows: u64,
     /// Waiting papers per reason.
     pub waiting: BTreeMap<String, u64>,
+    /// Problems found in the year's input, reported again whenever the
+    /// summary is reused (a bad row must not go quiet after the first run).
+    #[serde(default)]
+    pub issues: Vec<YearIssue>,
+}
+
+/// An input problem remembered in the refresh state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct YearIssue {
+    /// File the problem is in.
+    pub path: PathBuf,
+    /// Line, when the problem is a row.
+    pub line: Option<u64>,
+    /// What is wrong.
+    pub message: String,
 }
 
 /// The refresh state of a model: per-year summaries and the backlog file
@@ -378,6 +393,11 @@ mod tests {
                 papers: 3,
                 rows: 3,
                 waiting: BTreeMap::from([("missing_embedding_file".into(), 3)]),
+                issues: vec![YearIssue {
+                    path: "metadata/metadata-2024.csv".into(),
+                    line: Some(3),
+                    message: "bad".into(),
+                }],
             },
         );
         state.save(dir.path()).unwrap();
