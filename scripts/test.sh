@@ -16,5 +16,8 @@ scripts/python-env.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# SIGKILL at chosen points and a full disk, through the test-only fault hooks
+# (a representative subset; scripts/torture.sh runs the full set).
+cargo test --features fault-injection --locked --test faults
 # The candle engine (what `--features cuda` builds on), exercised on the CPU.
 cargo test -p papersys-backend-native --features candle --locked
