@@ -62,9 +62,13 @@ pub(crate) enum DecodeErrorKind {
     /// Not JSON, not the expected shape, wrong count or indices: possibly a
     /// transient fault of the server or something in between.
     Malformed,
-    /// Base64 that does not decode to `dimension` floats (the server may
-    /// encode something else, or not support base64 properly).
+    /// Base64 that does not decode to whole `f32`s (the server may encode
+    /// something else, or not support base64 properly).
     Base64,
+    /// Base64 of whole `f32`s, but not `dimension` of them: a wrong
+    /// dimension from a server that takes base64, or (while base64 is on
+    /// trial) one that encodes something else, such as `f64`.
+    Base64Dimension,
     /// Vectors of another length than configured: a configuration error.
     Dimension,
     /// NaN or infinity: the model itself misbehaves on this input.
@@ -189,6 +193,16 @@ pub(crate) fn decode_response(body: &[u8], texts: usize, dimension: usize) -> Re
                             format!("returned a vector that is not valid base64 ({e})"),
                         )
                     })?;
+                if bytes.len() != dimension * 4 && bytes.len() % 4 == 0 {
+                    return Err(DecodeError::new(
+                        Base64Dimension,
+                        format!(
+                            "returned base64 vectors of dimension {}, expected {dimension}: check the model's \
+                             `dimension` (and `dimensions`, if set) against what the served model produces",
+                            bytes.len() / 4
+                        ),
+                    ));
+                }
                 if bytes.len() != dimension * 4 {
                     return Err(DecodeError::new(
                         Base64,
@@ -328,7 +342,9 @@ mod tests {
             NonFinite
         );
         let short = format!(r#"{{"data":[{{"index":0,"embedding":"{}"}}]}}"#, b64(&[1.0]));
-        assert_eq!(kind(&short, 1, 2), Base64);
+        assert_eq!(kind(&short, 1, 2), Base64Dimension);
+        let ragged = r#"{"data":[{"index":0,"embedding":"AAAAAAA="}]}"#;
+        assert_eq!(kind(ragged, 1, 2), Base64);
         let nan = format!(
             r#"{{"data":[{{"index":0,"embedding":"{}"}}]}}"#,
             b64(&[1.0, f32::NAN])

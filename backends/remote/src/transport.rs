@@ -93,9 +93,13 @@ fn exchange_inner(agent: &ureq::Agent, server: &ServerUrl, call: &Call<'_>) -> R
             .map_err(|e| transport_failure(e, call))?;
         return protocol::decode_response(&body, call.texts, call.dimension).map_err(|e| {
             let kind = match e.kind {
-                DecodeErrorKind::Base64 if call.base64_trial => FailureKind::EncodingRejected,
+                DecodeErrorKind::Base64 | DecodeErrorKind::Base64Dimension if call.base64_trial => {
+                    FailureKind::EncodingRejected
+                }
                 DecodeErrorKind::Malformed | DecodeErrorKind::Base64 => FailureKind::Transient,
-                DecodeErrorKind::Dimension | DecodeErrorKind::NonFinite => FailureKind::Fatal,
+                DecodeErrorKind::Dimension
+                | DecodeErrorKind::Base64Dimension
+                | DecodeErrorKind::NonFinite => FailureKind::Fatal,
             };
             Failure::new(kind, e.message)
         });

@@ -261,6 +261,31 @@ fn wrong_dimension_and_non_finite_values_fail_at_once() {
 }
 
 #[test]
+fn a_wrong_dimension_in_base64_from_a_server_trusted_with_it_fails_at_once() {
+    let server = always(|r| {
+        let items: Vec<_> = r
+            .inputs()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i, fake_vector(t, DIM + 1)))
+            .collect();
+        Reply::bytes(200, embeddings_body(&items, r.wants_base64()))
+    });
+    let mut o = options(&[&server.url]);
+    o.encoding = Encoding::Base64;
+    let embedder = RemoteEmbedder::new(o).unwrap();
+    let message = embed(&embedder, &texts(3, "b64dim")).unwrap_err().to_string();
+    assert!(message.contains("dimension 9, expected 8"), "{message}");
+    assert_eq!(server.requests(), 1, "not retried");
+    // On trial, the same answer first sends the client to float, which then fails for good.
+    let embedder = RemoteEmbedder::new(options(&[&server.url])).unwrap();
+    let message = embed(&embedder, &texts(3, "b64dim")).unwrap_err().to_string();
+    assert!(message.contains("dimension 9, expected 8"), "{message}");
+    assert_eq!(server.requests(), 3);
+    assert_eq!(embedder.server_stats()[0].base64, Some(false));
+}
+
+#[test]
 fn a_huge_body_is_cut_off_without_reading_it() {
     let server = always(|_| Reply::Huge { bytes: 2 << 30 });
     let embedder = RemoteEmbedder::new(options(&[&server.url])).unwrap();
