@@ -125,6 +125,23 @@ impl TestServer {
         handler: impl Fn(&Request, usize) -> Reply + Send + Sync + 'static,
     ) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        Self::serve_on(listener, record, handler)
+    }
+
+    /// Serves on loopback port `port` without recording requests (benchmarks).
+    pub fn start_on(
+        port: u16,
+        handler: impl Fn(&Request, usize) -> Reply + Send + Sync + 'static,
+    ) -> TestServer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the loopback port");
+        Self::serve_on(listener, false, handler)
+    }
+
+    fn serve_on(
+        listener: TcpListener,
+        record: bool,
+        handler: impl Fn(&Request, usize) -> Reply + Send + Sync + 'static,
+    ) -> TestServer {
         let port = listener.local_addr().expect("local address").port();
         let shared = Arc::new(Shared::default());
         let handler: Arc<Handler> = Arc::new(handler);
