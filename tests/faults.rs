@@ -540,20 +540,21 @@ fn torture() {
         ("backlog.before_rename", 1, 10),
     ];
     for (point, max_n, done_first) in points {
-        for _ in 0..3 {
+        for _ in 0..4 {
             let n = 1 + next(max_n) as u32;
             trial(point, n, done_first);
             *counts.entry(point).or_default() += 1;
         }
     }
-    for point in [
-        "promote.after_intent",
-        "promote.move_old",
-        "promote.move_new",
-        "promote.before_cleanup",
+    // Reached once per promotion, or once per year file (two years).
+    for (point, max_n) in [
+        ("promote.after_intent", 1),
+        ("promote.move_old", 2),
+        ("promote.move_new", 2),
+        ("promote.before_cleanup", 1),
     ] {
         promotion_trial(point, 1);
-        promotion_trial(point, 1 + next(2) as u32);
+        promotion_trial(point, 1 + next(max_n) as u32);
         *counts.entry(point).or_default() += 2;
     }
     // Any point at all, wherever the count falls.
@@ -583,10 +584,10 @@ fn torture() {
             .or_default() += 1;
     }
     // SIGKILL from outside at random times, against a slowish server.
-    let slow = TestServer::start(|request, _| ok_reply(request, DIM).after(Duration::from_millis(20)));
+    let slow = TestServer::start(|request, _| ok_reply(request, DIM).after(Duration::from_millis(80)));
     for _ in 0..12 {
         let (tree, expected) = store_with(&slow, 4, 5);
-        let delay = Duration::from_millis(50 + next(900));
+        let delay = Duration::from_millis(30 + next(500));
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("papersys"))
             .arg("--config")
             .arg(tree.path("papersys.toml"))
