@@ -123,7 +123,7 @@ fn a_read_only_data_root_is_a_clear_error_and_reading_commands_still_work() {
 #[test]
 fn a_second_run_refuses_at_once_naming_the_first_and_a_killed_runs_lock_is_taken_over() {
     // Slow replies keep the first run going.
-    let slow = TestServer::start(|request, _| ok_reply(request, DIM).after(Duration::from_millis(150)));
+    let slow = TestServer::start(|request, _| ok_reply(request, DIM).after(Duration::from_millis(400)));
     let tree = Tree::with_config(&remote_config(&slow.url, 4, ""));
     let mut expected = papers(&tree, 2024, 60);
     expected.extend(papers(&tree, 2023, 4));
