@@ -16,8 +16,9 @@ scripts/python-env.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
-# SIGKILL at chosen points and a full disk, through the test-only fault hooks
-# (a representative subset; scripts/torture.sh runs the full set).
-cargo test --features fault-injection --locked --test faults
+# SIGKILL at chosen points and a full disk, through the test-only fault hooks:
+# ~100 kill trials with the fake server and the real model (about a minute;
+# scripts/torture.sh reruns them with other random counts and times).
+cargo test --features fault-injection --locked --test faults -- --include-ignored
 # The candle engine (what `--features cuda` builds on), exercised on the CPU.
 cargo test -p papersys-backend-native --features candle --locked

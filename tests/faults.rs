@@ -4,8 +4,9 @@
 //! After each, nothing committed is lost and the next run completes.
 //!
 //!   cargo test --test faults                              # everything but the kill points
-//!   cargo test --features fault-injection --test faults   # with ~12 kill-point trials
-//!   scripts/torture.sh                                    # the full set (>= 50 trials, opt-in)
+//!   cargo test --features fault-injection --test faults   # with 13 kill-point trials
+//!   ... -- --include-ignored     # + the torture set, ~90 more trials (CI runs this)
+//!   PAPERSYS_TORTURE_SEED=7 scripts/torture.sh   # other random kill counts and times
 
 mod common;
 mod harness;
@@ -505,11 +506,11 @@ mod kill_points {
     }
 }
 
-/// The opt-in torture run (`scripts/torture.sh`): many kill points, random
+/// The torture run (CI, and `scripts/torture.sh` with other seeds): many kill points, random
 /// `n`, random-time SIGKILLs from outside, and trials with the real model.
 #[cfg(feature = "fault-injection")]
 #[test]
-#[ignore = "opt-in: scripts/torture.sh"]
+#[ignore = "about a minute: scripts/test.sh and scripts/torture.sh run it"]
 fn torture() {
     use kill_points::{promotion_trial, trial};
     let python = python();
@@ -622,10 +623,10 @@ fn torture() {
     }
 }
 
-/// Kill points with the real all-MiniLM-L6-v2 (slower: opt-in).
+/// Kill points with the real all-MiniLM-L6-v2.
 #[cfg(feature = "fault-injection")]
 #[test]
-#[ignore = "opt-in: scripts/torture.sh"]
+#[ignore = "about a minute: scripts/test.sh and scripts/torture.sh run it"]
 fn torture_native_model() {
     let started = Instant::now();
     let config = r#"
