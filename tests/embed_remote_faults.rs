@@ -168,6 +168,12 @@ fn settled(tree: &Tree, texts: &BTreeMap<String, String>) -> (BTreeSet<String>, 
     (stored, waiting)
 }
 
+/// The health check, one request per batch, and one more per injected fault:
+/// each fault was met and retried, nothing else was resent.
+fn retried_each_fault(server: &TestServer, faults: usize) {
+    assert_eq!(server.requests(), 1 + PAPERS / 4 + faults);
+}
+
 /// Everything was embedded and nothing waits.
 fn all_done(tree: &Tree, texts: &BTreeMap<String, String>) {
     let (code, report, stderr) = embed(tree);
@@ -205,6 +211,7 @@ fn rate_limits_without_retry_after_are_retried_to_completion() {
     let tree = Tree::with_config(&config(&[&server.url], ""));
     let texts = papers(&tree, &[]);
     all_done(&tree, &texts);
+    retried_each_fault(&server, 3);
 }
 
 /// When a request came, its texts, and whether it was answered 429.
@@ -247,6 +254,7 @@ fn server_errors_that_recover_lose_nothing() {
     let tree = Tree::with_config(&config(&[&server.url], ""));
     let texts = papers(&tree, &[]);
     all_done(&tree, &texts);
+    retried_each_fault(&server, 3);
 }
 
 #[test]
@@ -257,6 +265,7 @@ fn a_request_that_times_out_is_sent_again() {
     let tree = Tree::with_config(&config(&[&server.url], "timeout_s = 0.4"));
     let texts = papers(&tree, &[]);
     all_done(&tree, &texts);
+    retried_each_fault(&server, 2);
 }
 
 #[test]
@@ -265,6 +274,7 @@ fn a_dropped_connection_is_sent_again() {
     let tree = Tree::with_config(&config(&[&server.url], ""));
     let texts = papers(&tree, &[]);
     all_done(&tree, &texts);
+    retried_each_fault(&server, 2);
 }
 
 fn short_by_one(request: &Request) -> Reply {
@@ -284,6 +294,7 @@ fn a_wrong_vector_count_is_retried_and_if_it_persists_the_batch_waits() {
     let tree = Tree::with_config(&config(&[&server.url], ""));
     let texts = papers(&tree, &[]);
     all_done(&tree, &texts);
+    retried_each_fault(&server, 2);
 
     let server = poisoned(short_by_one);
     let tree = Tree::with_config(&config(&[&server.url], "max_retries = 1"));
@@ -366,6 +377,7 @@ fn a_body_that_is_not_json_is_retried_and_if_it_persists_the_batch_waits() {
     let tree = Tree::with_config(&config(&[&server.url], ""));
     let texts = papers(&tree, &[]);
     all_done(&tree, &texts);
+    retried_each_fault(&server, 2);
 
     let server = poisoned(move |_| html());
     let tree = Tree::with_config(&config(&[&server.url], "max_retries = 1"));
