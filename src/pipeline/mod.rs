@@ -236,15 +236,16 @@ fn embed_batches(
         }
         let attempt = || -> Result<Embeddings, EmbedError> {
             // A backend bug on one odd batch must cost that batch, not the run.
-            let vectors = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| embedder.embed(&batch.prepared)))
-                .unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    Err(EmbedError::Inference(format!("the backend panicked: {what}")))
-                })?;
+            let vectors =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| embedder.embed(&batch.prepared)))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        Err(EmbedError::Inference(format!("the backend panicked: {what}")))
+                    })?;
             vectors.validate(batch.items.len(), dimension)?;
             Ok(vectors)
         };
