@@ -4,6 +4,7 @@
 #
 #   bench/embed.sh [--part e2e|daily|backfill|all] [--papers 2000] [--corpus 100000]
 #                  [--new 500] [--backfill 100000] [--rounds 2]
+#                  [--engine native|instant]
 #
 #   e2e       `papersys embed` over N new real papers, against the engine's raw
 #             throughput on the same texts (embed_bench: same batch, threads,
@@ -11,15 +12,19 @@
 #   daily     a corpus of CORPUS embedded papers plus NEW new ones, against
 #             embedding the NEW alone on an empty tree; goal: within 10%.
 #   backfill  peak memory (and bytes written) while backfilling BACKFILL papers
-#             with the native engine, at three sizes; goal: < 1 GB and flat.
-#             Slow (about 25 min for 100,000 on 2 cores): not part of "all".
+#             at three sizes; goal: < 1 GB and flat. With --engine native
+#             (the default) the real model embeds them: slow (about an hour
+#             for 100,000 on 2 cores), so not part of "all". With --engine
+#             instant a loopback server in its own process answers at once
+#             (backends/remote/examples/instant_server): the same pipeline,
+#             store and checkpoints, in a minute, without the model's memory.
 #
 # Texts are real arXiv records: ../shared/data/arxiv-real/records.jsonl when
 # present (2,694), else the bundled examples/data (400), repeated under new
 # ids when more are needed.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-part=all papers=2000 corpus=100000 new=500 backfill=100000 rounds=2
+part=all papers=2000 corpus=100000 new=500 backfill=100000 rounds=2 engine=native
 while [ $# -gt 0 ]; do
   case "$1" in
     --part) part="$2"; shift 2 ;;
@@ -28,6 +33,7 @@ while [ $# -gt 0 ]; do
     --new) new="$2"; shift 2 ;;
     --backfill) backfill="$2"; shift 2 ;;
     --rounds) rounds="$2"; shift 2 ;;
+    --engine) engine="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -35,9 +41,11 @@ cd "$repo"
 scripts/fetch-model.sh
 cargo build --release --locked -q --bin papersys --example make_big_tree
 cargo build --release --locked -q -p papersys-backend-native --example embed_bench
+cargo build --release --locked -q -p papersys-backend-remote --example instant_server
 bin="$repo/target/release/papersys"
 work="$(mktemp -d /tmp/papersys-bench-embed.XXXXXX)"
-trap 'rm -rf "$work"' EXIT
+server_pid=""
+trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EXIT
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # real_papers OUT_CSV N [ID_PREFIX]: N real records as a metadata CSV (and
@@ -73,7 +81,7 @@ with open(out + ".jsonl", "w", encoding="utf-8") as fh:
 PY
 }
 
-config() {  # config DIR CHECKPOINT
+config() {  # config DIR CHECKPOINT [BASE_URL]: BASE_URL makes it a remote model
   cat > "$1/papersys.toml" <<EOF
 [embedding]
 checkpoint_interval = $2
@@ -83,6 +91,10 @@ name = "sentence-transformers/all-MiniLM-L6-v2"
 dimension = 384
 batch_size = 32
 EOF
+  if [ -n "${3:-}" ]; then
+    printf 'backend = "openai"\nbase_url = "%s"\nrequest_batch_size = 128\nmax_concurrency = 8\n' "$3" \
+      >> "$1/papersys.toml"
+  fi
 }
 
 # run_embed DIR -> "wall_s peak_MB written_MB embedded pipeline_s"
@@ -145,12 +157,19 @@ fi
 
 if [ "$part" = backfill ]; then
   echo
-  echo "== backfill: peak memory and bytes written by papersys embed (native engine) =="
+  echo "== backfill: peak memory and bytes written by papersys embed ($engine engine) =="
+  url=""
+  if [ "$engine" = instant ]; then
+    "$repo/target/release/examples/instant_server" --dim 384 --batch 128 >"$work/url" &
+    server_pid=$!
+    for _ in $(seq 1 50); do [ -s "$work/url" ] && break; sleep 0.1; done
+    url="$(head -n 1 "$work/url")"
+  fi
   for n in $((backfill / 10)) $((backfill / 3)) "$backfill"; do
     dir="$work/backfill-$n"
     mkdir -p "$dir/metadata"
     real_papers "$dir/metadata/metadata-2024.csv" "$n"
-    config "$dir" 1000
+    config "$dir" 1000 "$url"
     read -r wall peak written embedded _ <<<"$(run_embed "$dir")"
     final=$(du -cb "$dir"/embeddings/jasper_v1/*.parquet | tail -1 | cut -f1)
     echo "$n papers: ${wall} s, $embedded embedded, peak ${peak} MB, wrote ${written} MB for $(awk "BEGIN{printf \"%.1f\", $final/1e6}") MB of year files ($(awk "BEGIN{printf \"%.2f\", $written*1e6/$final}")x)"
