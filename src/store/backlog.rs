@@ -5,7 +5,6 @@
 //! and written with fixed writer settings, so two refreshes of the same
 //! state give the same bytes apart from `queued_at`.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::atomic::{remove_durably, write_atomic};
+use super::parquet_input::ParquetInput;
 use crate::metadata::Year;
 
 /// File name of the backlog.
@@ -189,7 +189,7 @@ pub fn read(dir: &Path) -> Result<Vec<BacklogRow>, BacklogError> {
         path: path.clone(),
         message,
     };
-    let file = match File::open(&path) {
+    let file = match ParquetInput::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(BacklogError::Io { path, source }),

@@ -10,6 +10,7 @@ pub mod backlog;
 pub mod cache;
 pub mod lock;
 pub mod manifest;
+pub mod parquet_input;
 pub mod pending;
 pub mod staging;
 pub mod year_file;

@@ -26,6 +26,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::types::ColumnPath;
 
 use super::atomic::write_atomic;
+use super::parquet_input::ParquetInput;
 use crate::text::TextHash;
 
 /// Value of the `source` column for rows papersys writes.
@@ -139,7 +140,7 @@ fn writer_properties() -> WriterProperties {
 
 /// Number of rows, from the Parquet footer alone.
 pub fn row_count(path: &Path) -> Result<u64, YearFileError> {
-    let file = File::open(path).map_err(|e| YearFileError::io(path, e))?;
+    let file = ParquetInput::open(path).map_err(|e| YearFileError::io(path, e))?;
     let reader = SerializedFileReader::new(file).map_err(|e| YearFileError::damaged(path, e))?;
     let rows = reader.metadata().file_metadata().num_rows();
     u64::try_from(rows).map_err(|_| YearFileError::damaged(path, format!("negative row count {rows}")))
@@ -289,7 +290,7 @@ impl ColumnReader {
 }
 
 fn open_columns(path: &Path, wanted: &[&'static str], ids_only: bool) -> Result<ColumnReader, YearFileError> {
-    let file = File::open(path).map_err(|e| YearFileError::io(path, e))?;
+    let file = ParquetInput::open(path).map_err(|e| YearFileError::io(path, e))?;
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| YearFileError::damaged(path, e))?;
     let file_schema = builder.schema().clone();
@@ -603,6 +604,20 @@ mod tests {
 
     const T1: &str = "2025-01-01T00:00:00.000000+00:00";
     const T2: &str = "2025-06-01T00:00:00.000000+00:00";
+
+    /// Found by the `year_file` fuzz target: a page header declaring a huge
+    /// list made the parquet crate read the file's end billions of times
+    /// (without `ParquetInput`'s guard this test does not return).
+    #[test]
+    fn a_page_header_that_runs_past_the_end_is_damage_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2024.parquet");
+        std::fs::write(&path, include_bytes!("testdata/page-header-spin.parquet")).unwrap();
+        let error = read_ids(&path, 4).unwrap_err();
+        assert!(matches!(error, YearFileError::Damaged { .. }), "{error}");
+        assert!(error.to_string().contains("2024.parquet"), "{error}");
+        assert!(read_rows(&path, 4).is_err());
+    }
 
     #[test]
     fn write_then_read_keeps_schema_order_and_values() {
