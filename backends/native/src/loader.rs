@@ -10,9 +10,12 @@ use crate::NativeOptions;
 /// Files every model directory must hold.
 const REQUIRED: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 /// Files read when present; fetched from the hub when downloading.
-const OPTIONAL: [&str; 4] = [
+/// `tokenizer_config.json` matters: its `model_max_length` is the truncation
+/// of models whose `sentence_bert_config.json` sets none.
+const OPTIONAL: [&str; 5] = [
     "modules.json",
     "sentence_bert_config.json",
+    "tokenizer_config.json",
     "config_sentence_transformers.json",
     "1_Pooling/config.json",
 ];
