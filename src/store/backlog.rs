@@ -13,12 +13,11 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::atomic::{remove_durably, write_atomic};
-use super::parquet_input::ParquetInput;
+use super::parquet_input::{self, OpenError};
 use crate::metadata::Year;
 
 /// File name of the backlog.
@@ -189,13 +188,15 @@ pub fn read(dir: &Path) -> Result<Vec<BacklogRow>, BacklogError> {
         path: path.clone(),
         message,
     };
-    let file = match ParquetInput::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(BacklogError::Io { path, source }),
+    let builder = match parquet_input::open_arrow(&path) {
+        Ok(builder) => builder,
+        Err(OpenError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(OpenError::Io(source)) => return Err(BacklogError::Io { path, source }),
+        Err(OpenError::Damaged(message)) => return Err(damaged(message)),
     };
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.with_batch_size(64 * 1024).build())
+    let reader = builder
+        .with_batch_size(64 * 1024)
+        .build()
         .map_err(|e| damaged(e.to_string()))?;
     let mut rows = Vec::new();
     for batch in reader {

@@ -1,20 +1,71 @@
-//! A Parquet input file that cannot make a reader spin at its end.
+//! Parquet input that damaged files cannot hang or crash.
 //!
-//! The parquet crate skips unknown Thrift fields of a page header with
-//! `io::copy(reader.take(n), sink)`, which treats end of file as success. A
-//! damaged header that declares a list of two billion doubles therefore asks
-//! the file for more bytes two billion times, one `read` syscall each: a
-//! hang, found by `fuzz/fuzz_targets/year_file.rs`. Every reader handed out
-//! here allows a few reads at the end of the file (as correct decoding may
-//! make) and then fails with an error, so a damaged file is reported as
-//! damaged instead.
+//! Two defences against faults of the parquet crate on damaged files, both
+//! found by the fuzz targets (`fuzz/fuzz_targets/year_file.rs`, `backlog.rs`):
+//!
+//! * [`open_arrow`] checks every column chunk's byte range against the file
+//!   before any page is read: the crate panics on a negative offset or size.
+//! * The crate skips unknown Thrift fields of a page header with
+//!   `io::copy(reader.take(n), sink)`, which treats end of file as success.
+//!   A damaged header declaring a list of two billion doubles therefore asks
+//!   the file for more bytes two billion times, one `read` syscall each: a
+//!   hang. Every reader handed out here allows a few reads at the end of the
+//!   file (as correct decoding may make) and then fails, so a damaged file
+//!   is reported as damaged instead.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{ChunkReader, Length};
+
+/// Why a Parquet file could not be opened for reading.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The OS refused.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The footer is unreadable or describes data the file cannot hold.
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// Opens `path` for Arrow reading: footer read and every column chunk's byte
+/// range checked, so that no page read can panic on it.
+pub fn open_arrow(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<ParquetInput>, OpenError> {
+    let input = ParquetInput::open(path)?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(input).map_err(|e| OpenError::Damaged(e.to_string()))?;
+    let file_len = std::fs::metadata(path)?.len();
+    check_column_chunks(builder.metadata(), file_len).map_err(OpenError::Damaged)?;
+    Ok(builder)
+}
+
+/// Every column chunk starts at a non-negative offset and ends inside the file.
+fn check_column_chunks(metadata: &ParquetMetaData, file_len: u64) -> Result<(), String> {
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for column in group.columns() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or(column.data_page_offset());
+            let len = column.compressed_size();
+            let end = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(start, len)| start.checked_add(len));
+            if end.is_none_or(|end| end > file_len) {
+                return Err(format!(
+                    "row group {g}, column {}: chunk at offset {start}, {len} bytes, outside the file's {file_len} bytes",
+                    column.column_path()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Reads at the end of the file one reader may make before it fails; far
 /// more than decoding a sound file makes, far fewer than a spin.
@@ -79,6 +130,18 @@ impl Read for EofGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_footer_whose_chunk_lies_outside_the_file_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2024.parquet");
+        std::fs::write(&path, include_bytes!("testdata/negative-chunk-offset.parquet")).unwrap();
+        match open_arrow(&path) {
+            Err(OpenError::Damaged(message)) => assert!(message.contains("outside the file"), "{message}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a chunk outside the file was accepted"),
+        }
+    }
 
     #[test]
     fn a_reader_kept_at_the_end_fails_instead_of_spinning() {

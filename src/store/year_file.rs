@@ -18,7 +18,6 @@ use arrow_array::types::{Float32Type, UInt32Type};
 use arrow_array::{Array, ArrayRef, Float32Array, ListArray, RecordBatch, StringArray, UInt32Array};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -26,7 +25,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::types::ColumnPath;
 
 use super::atomic::write_atomic;
-use super::parquet_input::ParquetInput;
+use super::parquet_input::{self, OpenError, ParquetInput};
 use crate::text::TextHash;
 
 /// Value of the `source` column for rows papersys writes.
@@ -290,9 +289,10 @@ impl ColumnReader {
 }
 
 fn open_columns(path: &Path, wanted: &[&'static str], ids_only: bool) -> Result<ColumnReader, YearFileError> {
-    let file = ParquetInput::open(path).map_err(|e| YearFileError::io(path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| YearFileError::damaged(path, e))?;
+    let builder = parquet_input::open_arrow(path).map_err(|e| match e {
+        OpenError::Io(e) => YearFileError::io(path, e),
+        OpenError::Damaged(message) => YearFileError::damaged(path, message),
+    })?;
     let file_schema = builder.schema().clone();
     for required in ["paper_id", "embedding"] {
         if file_schema.index_of(required).is_err() {
@@ -630,7 +630,7 @@ mod tests {
         )
         .unwrap();
         let file = File::open(&path).unwrap();
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
         let names: Vec<_> = builder
             .schema()
             .fields()
