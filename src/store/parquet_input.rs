@@ -4,7 +4,8 @@
 //! found by the fuzz targets (`fuzz/fuzz_targets/year_file.rs`, `backlog.rs`):
 //!
 //! * [`open_arrow`] checks every column chunk's byte range against the file
-//!   before any page is read: the crate panics on a negative offset or size.
+//!   before any page is read: the crate panics on a negative offset or size
+//!   (apache/arrow-rs#6255; the check is the one Arrow C++ makes).
 //! * The crate skips unknown Thrift fields of a page header with
 //!   `io::copy(reader.take(n), sink)`, which treats end of file as success.
 //!   A damaged header declaring a list of two billion doubles therefore asks
