@@ -17,3 +17,13 @@ pub mod pipeline;
 pub mod plan;
 pub mod store;
 pub mod text;
+
+/// The message of a caught panic (`panic!` with a literal or a formatted
+/// string); empty for any other payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}

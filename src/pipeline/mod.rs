@@ -239,11 +239,7 @@ fn embed_batches(
             let vectors =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| embedder.embed(&batch.prepared)))
                     .unwrap_or_else(|panic| {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
+                        let what = crate::panic_message(panic.as_ref());
                         Err(EmbedError::Inference(format!("the backend panicked: {what}")))
                     })?;
             vectors.validate(batch.items.len(), dimension)?;

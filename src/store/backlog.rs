@@ -17,8 +17,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use super::atomic::{remove_durably, write_atomic};
-use super::parquet_input::{self, OpenError};
+use super::parquet_input::{self, OpenError, ParquetInput};
 use crate::metadata::Year;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// File name of the backlog.
 pub const BACKLOG_FILE: &str = "backlog.parquet";
@@ -194,6 +195,15 @@ pub fn read(dir: &Path) -> Result<Vec<BacklogRow>, BacklogError> {
         Err(OpenError::Io(source)) => return Err(BacklogError::Io { path, source }),
         Err(OpenError::Damaged(message)) => return Err(damaged(message)),
     };
+    parquet_input::catch_decoder_panic(|| decode_rows(builder, &damaged)).map_err(&damaged)?
+}
+
+/// The rows of an opened backlog file; `damaged` makes the error for a file
+/// that is not a backlog.
+fn decode_rows(
+    builder: ParquetRecordBatchReaderBuilder<ParquetInput>,
+    damaged: &dyn Fn(String) -> BacklogError,
+) -> Result<Vec<BacklogRow>, BacklogError> {
     let reader = builder
         .with_batch_size(64 * 1024)
         .build()
@@ -244,6 +254,21 @@ pub fn read(dir: &Path) -> Result<Vec<BacklogRow>, BacklogError> {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the `backlog` fuzz target: the parquet crate divided by
+    /// zero while decoding this file.
+    #[test]
+    fn a_decoder_panic_is_a_damaged_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(BACKLOG_FILE),
+            include_bytes!("testdata/decoder-panic-backlog.parquet"),
+        )
+        .unwrap();
+        let error = super::read(dir.path()).unwrap_err();
+        assert!(matches!(error, BacklogError::Damaged { .. }), "{error}");
+        assert!(error.to_string().contains("backlog.parquet"), "{error}");
+    }
+
     use super::*;
 
     fn row(id: &str, reason: MissingReason, year: &str) -> BacklogRow {

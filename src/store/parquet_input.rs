@@ -13,10 +13,19 @@
 //!   hang. Every reader handed out here allows a few reads at the end of the
 //!   file (as correct decoding may make) and then fails, so a damaged file
 //!   is reported as damaged instead.
+//!
+//! Beyond those two, the decoders have more panics on hostile input than a
+//! list of checks can keep up with (fuzzing also found a division by zero
+//! and an out-of-bounds bit offset). [`catch_decoder_panic`] runs decoding
+//! so that a panic becomes "this file is damaged", which the store handles
+//! like any damaged file (reported, moved aside, its papers re-embedded).
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::Once;
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -38,11 +47,50 @@ pub enum OpenError {
 /// range checked, so that no page read can panic on it.
 pub fn open_arrow(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<ParquetInput>, OpenError> {
     let input = ParquetInput::open(path)?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(input).map_err(|e| OpenError::Damaged(e.to_string()))?;
+    let builder = catch_decoder_panic(|| ParquetRecordBatchReaderBuilder::try_new(input))
+        .map_err(OpenError::Damaged)?
+        .map_err(|e| OpenError::Damaged(e.to_string()))?;
     let file_len = std::fs::metadata(path)?.len();
     check_column_chunks(builder.metadata(), file_len).map_err(OpenError::Damaged)?;
     Ok(builder)
+}
+
+thread_local! {
+    /// Set while this thread decodes under [`catch_decoder_panic`].
+    static DECODING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `decode` (Parquet/Arrow decoding of a file that may be damaged) and
+/// turns a panic inside it into an error message. The panic is not printed:
+/// the caller reports the file as damaged, which is what it is. A reader the
+/// panic went through must not be used again.
+pub fn catch_decoder_panic<T>(decode: impl FnOnce() -> T) -> Result<T, String> {
+    install_quiet_panic_hook();
+    let outer = DECODING.replace(true);
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(decode));
+    DECODING.set(outer);
+    outcome.map_err(|payload| {
+        format!(
+            "the Parquet decoder failed on it ({})",
+            crate::panic_message(payload.as_ref())
+        )
+    })
+}
+
+/// Keeps panics caught by [`catch_decoder_panic`] off stderr (as a debug log
+/// instead); every other panic goes to the hook that was there before.
+fn install_quiet_panic_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if DECODING.get() {
+                tracing::debug!("Parquet decoder panic, reported as a damaged file: {info}");
+            } else {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Every column chunk starts at a non-negative offset and ends inside the file.
@@ -142,6 +190,19 @@ mod tests {
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("a chunk outside the file was accepted"),
         }
+    }
+
+    #[test]
+    fn a_decoder_panic_becomes_an_error_and_other_panics_still_panic() {
+        let caught = catch_decoder_panic(|| -> u32 { panic!("divide by zero") });
+        assert_eq!(
+            caught.unwrap_err(),
+            "the Parquet decoder failed on it (divide by zero)"
+        );
+        assert_eq!(catch_decoder_panic(|| 7), Ok(7));
+        assert!(!DECODING.get());
+        let outside = std::panic::catch_unwind(|| panic!("a bug elsewhere"));
+        assert!(outside.is_err());
     }
 
     #[test]

@@ -140,7 +140,9 @@ fn writer_properties() -> WriterProperties {
 /// Number of rows, from the Parquet footer alone.
 pub fn row_count(path: &Path) -> Result<u64, YearFileError> {
     let file = ParquetInput::open(path).map_err(|e| YearFileError::io(path, e))?;
-    let reader = SerializedFileReader::new(file).map_err(|e| YearFileError::damaged(path, e))?;
+    let reader = parquet_input::catch_decoder_panic(|| SerializedFileReader::new(file))
+        .map_err(|message| YearFileError::damaged(path, message))?
+        .map_err(|e| YearFileError::damaged(path, e))?;
     let rows = reader.metadata().file_metadata().num_rows();
     u64::try_from(rows).map_err(|_| YearFileError::damaged(path, format!("negative row count {rows}")))
 }
@@ -251,17 +253,32 @@ struct ColumnReader {
     /// For each wanted column, its position in the projected batch.
     positions: Vec<Option<usize>>,
     wanted: Vec<&'static str>,
+    /// Set once the decoder panicked: the reader is not used again.
+    failed: bool,
 }
 
 impl ColumnReader {
     fn batches(&mut self) -> impl Iterator<Item = Result<RecordBatch, YearFileError>> + '_ {
         std::iter::from_fn(move || {
-            let batch = self.inner.next()?;
-            Some(
-                batch
-                    .map_err(|e| YearFileError::damaged(&self.path, e))
-                    .and_then(|b| self.normalize(b)),
-            )
+            if self.failed {
+                return None;
+            }
+            let next = parquet_input::catch_decoder_panic(|| {
+                let batch = self.inner.next()?;
+                Some(
+                    batch
+                        .map_err(|e| YearFileError::damaged(&self.path, e))
+                        .and_then(|b| self.normalize(b)),
+                )
+            });
+            match next {
+                Ok(next) => next,
+                Err(message) => {
+                    // The reader's state is unknown after a panic: stop here.
+                    self.failed = true;
+                    Some(Err(YearFileError::damaged(&self.path, message)))
+                }
+            }
         })
     }
 
@@ -325,6 +342,7 @@ fn open_columns(path: &Path, wanted: &[&'static str], ids_only: bool) -> Result<
         inner,
         positions,
         wanted: wanted.to_vec(),
+        failed: false,
     })
 }
 
@@ -617,6 +635,19 @@ mod tests {
         assert!(matches!(error, YearFileError::Damaged { .. }), "{error}");
         assert!(error.to_string().contains("2024.parquet"), "{error}");
         assert!(read_rows(&path, 4).is_err());
+    }
+
+    /// Found by the `year_file` fuzz target: arrow-buffer panicked on a bit
+    /// offset out of bounds while decoding this file's pages.
+    #[test]
+    fn a_decoder_panic_on_a_damaged_page_is_reported_as_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2024.parquet");
+        std::fs::write(&path, include_bytes!("testdata/decoder-panic-year.parquet")).unwrap();
+        let error = read_rows(&path, 4).unwrap_err();
+        assert!(matches!(error, YearFileError::Damaged { .. }), "{error}");
+        assert!(error.to_string().contains("2024.parquet"), "{error}");
+        assert!(read_ids(&path, 4).is_err());
     }
 
     #[test]
