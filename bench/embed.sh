@@ -81,6 +81,22 @@ with open(out + ".jsonl", "w", encoding="utf-8") as fh:
 PY
 }
 
+# append_in_layout NEW_CSV CSV: appends NEW_CSV's rows (paper_id, title,
+# abstract) to CSV in CSV's own columns, the others left empty.
+append_in_layout() {
+  python3 - "$1" "$2" <<'PY'
+import csv, sys
+new, target = sys.argv[1], sys.argv[2]
+with open(target, newline="", encoding="utf-8") as fh:
+    header = next(csv.reader(fh))
+with open(new, newline="", encoding="utf-8") as fh:
+    rows = list(csv.DictReader(fh))
+with open(target, "a", newline="", encoding="utf-8") as fh:
+    w = csv.DictWriter(fh, fieldnames=header, restval="")
+    w.writerows(rows)
+PY
+}
+
 config() {  # config DIR CHECKPOINT [BASE_URL]: BASE_URL makes it a remote model
   cat > "$1/papersys.toml" <<EOF
 [embedding]
@@ -142,7 +158,7 @@ if [ "$part" = daily ] || [ "$part" = all ]; then
   for round in $(seq "$rounds"); do
     # The corpus tree: restore its year file and CSV, then append the new papers.
     cp "$work/newest.orig" "$newest"
-    tail -n +2 "$work/new.csv" >> "$newest"
+    append_in_layout "$work/new.csv" "$newest"
     rm -rf "$work/alone/embeddings"
     cp "$work/new.csv" "$work/alone/metadata/metadata-$year.csv"
     read -r a_wall a_peak _ a_n _ <<<"$(run_embed "$work/alone")"

@@ -22,6 +22,12 @@ use crate::metadata::Year;
 /// Directory of checkpoint deltas inside a model directory.
 pub const PENDING_DIR: &str = ".pending";
 
+/// New vectors a fold holds in memory at most (about 1.6 KB each at 384
+/// dimensions, so some 200 MB): a year with more pending is merged in
+/// several passes, which keeps a backfill's memory bounded whatever its
+/// size, at the cost of one more rewrite of that year file per pass.
+const FOLD_ROWS_IN_MEMORY: usize = 131_072;
+
 /// The model that made the pending vectors, for a recovery that runs before
 /// any model is loaded.
 const IDENTITY_FILE: &str = "identity.json";
@@ -103,26 +109,21 @@ impl StoreWriter {
         year: Year,
         identity: Option<&ModelIdentity>,
     ) -> Result<Option<MergeOutcome>, StoreError> {
+        self.fold_year_within(year, identity, FOLD_ROWS_IN_MEMORY)
+    }
+
+    /// [`Self::fold_year`], holding at most about `max_rows` new vectors in
+    /// memory: deltas are merged in groups, oldest first, each group
+    /// committed (year file, manifest, deltas removed) before the next.
+    fn fold_year_within(
+        &self,
+        year: Year,
+        identity: Option<&ModelIdentity>,
+        max_rows: usize,
+    ) -> Result<Option<MergeOutcome>, StoreError> {
         let Some(deltas) = list(&self.dir)?.remove(&year) else {
             return Ok(None);
         };
-        let mut rows = Vec::new();
-        for path in &deltas {
-            match year_file::read_rows(path, self.dimension) {
-                Ok(delta) => rows.extend(delta),
-                // A delta is only ever renamed into place whole, so a damaged
-                // one was damaged on disk after the fact: keep it aside.
-                Err(YearFileError::Damaged { message, .. }) => {
-                    let moved = self.quarantine(path)?;
-                    tracing::warn!(
-                        "checkpoint {} is damaged ({message}); moved to {}, its papers will be embedded again",
-                        path.display(),
-                        moved.display()
-                    );
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
         let year_path = self.year_path(year);
         // A year file damaged after it was written (by hand, a failing disk)
         // is kept aside and the checkpointed vectors go into a new one; the
@@ -139,14 +140,57 @@ impl StoreWriter {
                 moved.display()
             );
         }
-        let outcome = year_file::merge(&year_path, rows, self.dimension)?;
+        let mut total = MergeOutcome::default();
+        let mut rows: Vec<VectorRow> = Vec::new();
+        let mut group: Vec<&PathBuf> = Vec::new();
+        for path in &deltas {
+            match year_file::read_rows(path, self.dimension) {
+                Ok(delta) => {
+                    rows.extend(delta);
+                    group.push(path);
+                }
+                // A delta is only ever renamed into place whole, so a damaged
+                // one was damaged on disk after the fact: keep it aside.
+                Err(YearFileError::Damaged { message, .. }) => {
+                    let moved = self.quarantine(path)?;
+                    tracing::warn!(
+                        "checkpoint {} is damaged ({message}); moved to {}, its papers will be embedded again",
+                        path.display(),
+                        moved.display()
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if rows.len() >= max_rows {
+                let outcome = self.commit_group(&year_path, std::mem::take(&mut rows), &group, identity)?;
+                total.add(outcome);
+                group.clear();
+            }
+        }
+        if !group.is_empty() {
+            total.add(self.commit_group(&year_path, rows, &group, identity)?);
+        }
+        Ok(Some(total))
+    }
+
+    /// Merges one group's rows into the year file, then makes the manifest
+    /// true and removes the group's deltas. A crash in between leaves
+    /// deltas that are folded again, harmlessly.
+    fn commit_group(
+        &self,
+        year_path: &Path,
+        rows: Vec<VectorRow>,
+        group: &[&PathBuf],
+        identity: Option<&ModelIdentity>,
+    ) -> Result<MergeOutcome, StoreError> {
+        let outcome = year_file::merge(year_path, rows, self.dimension)?;
         crate::fault::point("fold.after_merge");
         self.sync_manifest(identity)?;
         crate::fault::point("fold.before_remove_deltas");
-        for path in &deltas {
+        for path in group {
             remove_durably(path).map_err(|e| StoreError::io(path, e))?;
         }
-        Ok(Some(outcome))
+        Ok(outcome)
     }
 
     /// Folds the deltas of every year: recovery after an interrupted run,
@@ -175,6 +219,96 @@ impl StoreWriter {
             Ok(()) => sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e)),
             // Something else was put there by hand: leave it.
             Err(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::ModelStore;
+    use papersys_backend_core::Pooling;
+
+    fn row(id: &str, value: f32, at: &str) -> VectorRow {
+        VectorRow {
+            paper_id: id.into(),
+            embedding: vec![value; 4],
+            generated_at: at.into(),
+            source: "test".into(),
+            text_hash: None,
+        }
+    }
+
+    /// A store of `dir` with three deltas for 2024, the later ones re-embedding
+    /// papers of the earlier ones.
+    fn store_with_deltas(dir: &Path) -> StoreWriter {
+        let text = "[embedding]\n[[embedding.models]]\nalias = \"m\"\nname = \"m\"\ndimension = 4\n";
+        let config = Config::parse(text, &dir.join("papersys.toml")).unwrap();
+        let writer = ModelStore::new(&config, &config.models[0]).open_writer().unwrap();
+        let identity = ModelIdentity {
+            name: "m".into(),
+            revision: None,
+            weights_sha256: None,
+            dimension: 4,
+            max_tokens: 0,
+            pooling: Pooling::Mean,
+            normalize: true,
+            document_prefix: String::new(),
+            backend: "test".into(),
+        };
+        let (t1, t2, t3) = (
+            "2025-01-01T00:00:00.000000+00:00",
+            "2025-01-02T00:00:00.000000+00:00",
+            "2025-01-03T00:00:00.000000+00:00",
+        );
+        let year = Year::parse("2024").unwrap();
+        let deltas = [
+            vec![row("2401.00003", 1.0, t1), row("2401.00001", 1.0, t1)],
+            vec![row("2401.00002", 2.0, t2), row("2401.00003", 2.0, t2)],
+            vec![row("2401.00001", 3.0, t3), row("2401.00004", 3.0, t3)],
+        ];
+        for (n, rows) in deltas.into_iter().enumerate() {
+            writer
+                .write_delta(year, &format!("run-{n:06}"), rows, &identity)
+                .unwrap();
+        }
+        writer
+    }
+
+    #[test]
+    fn a_fold_in_small_groups_writes_what_one_fold_writes_and_leaves_no_delta() {
+        let whole = tempfile::tempdir().unwrap();
+        let writer = store_with_deltas(whole.path());
+        let year = Year::parse("2024").unwrap();
+        let once = writer.fold_year(year, None).unwrap().unwrap();
+        let expected = year_file::read_rows(&writer.year_path(year), 4).unwrap();
+        assert_eq!((once.rows, once.added), (4, 4));
+        assert_eq!(
+            expected
+                .iter()
+                .map(|r| (r.paper_id.as_str(), r.embedding[0]))
+                .collect::<Vec<_>>(),
+            [
+                ("2401.00001", 3.0),
+                ("2401.00002", 2.0),
+                ("2401.00003", 2.0),
+                ("2401.00004", 3.0)
+            ]
+        );
+        for max_rows in [1, 2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let writer = store_with_deltas(dir.path());
+            let grouped = writer.fold_year_within(year, None, max_rows).unwrap().unwrap();
+            assert_eq!(grouped.rows, 4, "max_rows {max_rows}");
+            // Each paper is new once; re-embedded ones replace across groups.
+            assert_eq!(grouped.added, 4, "max_rows {max_rows}");
+            assert_eq!(
+                year_file::read_rows(&writer.year_path(year), 4).unwrap(),
+                expected,
+                "max_rows {max_rows}"
+            );
+            assert!(list(&writer.dir).unwrap().is_empty(), "max_rows {max_rows}");
         }
     }
 }

@@ -512,6 +512,15 @@ pub struct MergeOutcome {
     pub replaced: u64,
 }
 
+impl MergeOutcome {
+    /// Adds a later merge into the same file: counts summed, `rows` as it now is.
+    pub fn add(&mut self, later: MergeOutcome) {
+        self.added += later.added;
+        self.replaced += later.replaced;
+        self.rows = later.rows;
+    }
+}
+
 /// Merges `new_rows` into the year file at `path` (created when absent) and
 /// replaces it atomically: one row per paper, the newest `generated_at`
 /// winning, sorted by `paper_id`. A sorted, unique existing file is streamed
