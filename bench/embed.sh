@@ -13,8 +13,8 @@
 #             embedding the NEW alone on an empty tree; goal: within 10%.
 #   backfill  peak memory (and bytes written) while backfilling BACKFILL papers
 #             at three sizes; goal: < 1 GB and flat. With --engine native
-#             (the default) the real model embeds them: slow (about an hour
-#             for 100,000 on 2 cores), so not part of "all". With --engine
+#             (the default) the real model embeds them: slow (about 25 min
+#             for the three sizes up to 100,000 on 2 cores), so not part of "all". With --engine
 #             instant a loopback server in its own process answers at once
 #             (backends/remote/examples/instant_server): the same pipeline,
 #             store and checkpoints, in a minute, without the model's memory.
