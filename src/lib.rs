@@ -6,6 +6,8 @@
 //! [`store`] (Parquet year files, manifest, backlog). The `papersys` binary
 //! is a thin shell over this library.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod cli;
 pub mod commands;

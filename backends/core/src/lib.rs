@@ -6,6 +6,8 @@
 //! expensive one: [`Embedder::prepare`] (tokenisation, run on a producer
 //! thread) and [`Embedder::embed`] (inference).
 
+#![warn(missing_docs)]
+
 mod batch;
 mod error;
 mod identity;
