@@ -33,11 +33,20 @@ pub enum CandleDevice {
 const MASK_BIAS: f64 = -1e4;
 
 fn err(e: candle_core::Error) -> EmbedError {
-    EmbedError::Inference(format!("candle: {e}"))
+    EmbedError::Inference(format!("candle: {}", without_backtrace(e)))
 }
 
 fn load_err(e: candle_core::Error) -> EmbedError {
-    EmbedError::Load(format!("candle: {e}"))
+    EmbedError::Load(format!("candle: {}", without_backtrace(e)))
+}
+
+/// candle appends a captured backtrace to its message when `RUST_BACKTRACE`
+/// is set: a user needs the error, not candle's stack.
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+        other => other,
+    }
 }
 
 struct Norm {
@@ -114,8 +123,13 @@ impl CandleEngine {
         };
         let device = match device {
             CandleDevice::Cpu => Device::Cpu,
-            CandleDevice::Cuda(ordinal) => Device::new_cuda(ordinal)
-                .map_err(|e| EmbedError::Load(format!("cannot open CUDA device {ordinal}: {e}")))?,
+            CandleDevice::Cuda(ordinal) => Device::new_cuda(ordinal).map_err(|e| {
+                EmbedError::Load(format!(
+                    "cannot open CUDA device {ordinal}: {}; check that the GPU is visible to this \
+                     process (`nvidia-smi`, CUDA_VISIBLE_DEVICES), or set device = \"cpu\"",
+                    without_backtrace(e)
+                ))
+            })?,
         };
         let dtype = match precision {
             Precision::F32 => DType::F32,
