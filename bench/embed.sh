@@ -69,7 +69,9 @@ i = 0
 while len(out_rows) < n:
     pid, title, abstract = rows[i % len(rows)]
     lap = i // len(rows)
-    out_rows.append((f"{prefix}{pid}" + (f"v{lap}" if lap else ""), title, abstract))
+    # Repeats get a distinct title, so their vectors differ as real ones do
+    # (identical vectors would compress away and flatter the bytes figures).
+    out_rows.append((f"{prefix}{pid}" + (f"v{lap}" if lap else ""), title + (f" ({lap})" if lap else ""), abstract))
     i += 1
 with open(out, "w", newline="", encoding="utf-8") as fh:
     w = csv.writer(fh)
