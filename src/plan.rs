@@ -461,13 +461,7 @@ fn compute_year(
             Err(YearFileError::Damaged { message, .. }) => {
                 match access {
                     Access::Write(writer) => {
-                        let to = writer.quarantine(&year_path)?;
-                        tracing::warn!(
-                            "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
-                             Nothing was deleted: if the file can be repaired, move it back before the next embed run",
-                            year_path.display(),
-                            to.display()
-                        );
+                        let to = writer.set_aside_damaged_year(&year_path, &message)?;
                         quarantined = Some(Quarantined {
                             from: year_path.clone(),
                             to,

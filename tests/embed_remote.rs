@@ -11,29 +11,10 @@ use common::{Tree, backlog_rows};
 use predicates::str::contains;
 use support::{Reply, TestServer, dead_url, embeddings_body, fake_vector, ok_reply};
 
-const DIM: usize = 8;
+const DIM: usize = common::REMOTE_DIM;
 
 fn config(urls: &[&str], extra: &str) -> String {
-    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
-    format!(
-        r#"
-[embedding]
-checkpoint_interval = 7
-
-[[embedding.models]]
-alias = "remote_v1"
-name = "fake-model"
-dimension = {DIM}
-backend = "openai"
-base_urls = [{}]
-request_batch_size = 4
-max_concurrency = 2
-timeout_s = 5
-max_retries = 1
-{extra}
-"#,
-        urls.join(", ")
-    )
+    common::remote_config(urls, 7, extra)
 }
 
 fn papers(tree: &Tree, n: usize, poison: &[usize]) -> Vec<String> {

@@ -23,42 +23,18 @@ use std::time::{Duration, Instant};
 use common::{Tree, backlog_rows};
 use support::{Reply, Request, TestServer, embeddings_body, fake_vector, ok_reply};
 
-const DIM: usize = 8;
+const DIM: usize = common::REMOTE_DIM;
 const PAPERS: usize = 24;
 
-/// A config for the servers at `urls`; each `key = value` line of
-/// `overrides` replaces the default of that key.
+/// A config for the servers at `urls`, allowing 3 retries; each `key = value`
+/// line of `overrides` replaces the default of that key.
 fn config(urls: &[&str], overrides: &str) -> String {
-    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
-    let defaults = [
-        "request_batch_size = 4",
-        "max_concurrency = 2",
-        "timeout_s = 5",
-        "max_retries = 3",
-    ];
-    let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_string();
-    let overridden: Vec<String> = overrides.lines().map(key).collect();
-    let mut lines: Vec<&str> = defaults
-        .into_iter()
-        .filter(|line| !overridden.contains(&key(line)))
-        .collect();
-    lines.extend(overrides.lines());
-    format!(
-        r#"
-[embedding]
-checkpoint_interval = 7
-
-[[embedding.models]]
-alias = "remote_v1"
-name = "fake-model"
-dimension = {DIM}
-backend = "openai"
-base_urls = [{}]
-{}
-"#,
-        urls.join(", "),
-        lines.join("\n")
-    )
+    let retries = if overrides.contains("max_retries") {
+        ""
+    } else {
+        "max_retries = 3\n"
+    };
+    common::remote_config(urls, 7, &format!("{retries}{overrides}"))
 }
 
 /// Writes `PAPERS` papers of 2024 (those in `poison` get "POISON" in their

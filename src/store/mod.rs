@@ -224,6 +224,20 @@ impl StoreWriter {
         Ok(target)
     }
 
+    /// Moves a year file that cannot be read aside (see [`Self::quarantine`])
+    /// and warns, saying its papers are back in the backlog and that nothing
+    /// was deleted. Returns where it went.
+    pub fn set_aside_damaged_year(&self, path: &Path, message: &str) -> Result<PathBuf, StoreError> {
+        let moved = self.quarantine(path)?;
+        tracing::warn!(
+            "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
+             Nothing was deleted: if the file can be repaired, move it back before the next embed run",
+            path.display(),
+            moved.display()
+        );
+        Ok(moved)
+    }
+
     /// Makes `manifest.json` describe exactly the year files on disk and
     /// record `identity` (when given), rewriting it only if that changes
     /// anything. A damaged manifest is moved aside and rebuilt.
@@ -248,13 +262,7 @@ impl StoreWriter {
             match Manifest::from_disk(&self.dir, self.alias.as_str(), self.dimension, previous.as_ref()) {
                 // A year file damaged on disk: aside, like the refresh does.
                 Err(YearFileError::Damaged { path, message }) => {
-                    let moved = self.quarantine(&path)?;
-                    tracing::warn!(
-                        "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
-                         Nothing was deleted: if the file can be repaired, move it back before the next embed run",
-                        path.display(),
-                        moved.display()
-                    );
+                    self.set_aside_damaged_year(&path, &message)?;
                 }
                 other => break other?,
             }

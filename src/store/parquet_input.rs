@@ -47,10 +47,10 @@ pub enum OpenError {
 /// range checked, so that no page read can panic on it.
 pub fn open_arrow(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<ParquetInput>, OpenError> {
     let input = ParquetInput::open(path)?;
+    let file_len = input.file.metadata()?.len();
     let builder = catch_decoder_panic(|| ParquetRecordBatchReaderBuilder::try_new(input))
         .map_err(OpenError::Damaged)?
         .map_err(|e| OpenError::Damaged(e.to_string()))?;
-    let file_len = std::fs::metadata(path)?.len();
     check_column_chunks(builder.metadata(), file_len).map_err(OpenError::Damaged)?;
     Ok(builder)
 }

@@ -134,13 +134,7 @@ impl StoreWriter {
             && let Err(YearFileError::Damaged { message, .. }) =
                 year_file::read_ids(&year_path, self.dimension)
         {
-            let moved = self.quarantine(&year_path)?;
-            tracing::warn!(
-                "{} could not be read ({message}); moved to {} — its papers are back in the backlog. \
-                 Nothing was deleted: if the file can be repaired, move it back before the next embed run",
-                year_path.display(),
-                moved.display()
-            );
+            self.set_aside_damaged_year(&year_path, &message)?;
         }
         let mut total = MergeOutcome::default();
         let mut rows: Vec<VectorRow> = Vec::new();

@@ -6,6 +6,48 @@ use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+/// Vector length of the fake OpenAI-compatible servers the tests run.
+pub const REMOTE_DIM: usize = 8;
+/// Alias of the model in [`remote_config`].
+pub const REMOTE_ALIAS: &str = "remote_v1";
+
+/// A config with one remote model served at `urls`, checkpoints every
+/// `checkpoint` papers. Each `key = value` line of `overrides` replaces the
+/// default of that key (request_batch_size 4, max_concurrency 2, timeout_s
+/// 5, max_retries 1) or adds a key.
+pub fn remote_config(urls: &[&str], checkpoint: usize, overrides: &str) -> String {
+    let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    let defaults = [
+        "request_batch_size = 4",
+        "max_concurrency = 2",
+        "timeout_s = 5",
+        "max_retries = 1",
+    ];
+    let key = |line: &str| line.split('=').next().unwrap_or_default().trim().to_string();
+    let overridden: Vec<String> = overrides.lines().map(key).collect();
+    let mut lines: Vec<&str> = defaults
+        .into_iter()
+        .filter(|line| !overridden.contains(&key(line)))
+        .collect();
+    lines.extend(overrides.lines());
+    format!(
+        r#"
+[embedding]
+checkpoint_interval = {checkpoint}
+
+[[embedding.models]]
+alias = "{REMOTE_ALIAS}"
+name = "fake-model"
+dimension = {REMOTE_DIM}
+backend = "openai"
+base_urls = [{}]
+{}
+"#,
+        urls.join(", "),
+        lines.join("\n")
+    )
+}
+
 /// A temporary data root with `papersys.toml` in it.
 pub struct Tree {
     pub dir: tempfile::TempDir,

@@ -13,30 +13,13 @@ use papersys::store::{manifest, year_file};
 use crate::common::Tree;
 
 /// Dimension of the fake server's vectors.
-pub const DIM: usize = 8;
+pub const DIM: usize = crate::common::REMOTE_DIM;
 /// Alias of the remote model in [`remote_config`].
-pub const ALIAS: &str = "remote_v1";
+pub const ALIAS: &str = crate::common::REMOTE_ALIAS;
 
-/// A config for the fake server at `url`.
+/// A config for the fake server at `url` (see [`crate::common::remote_config`]).
 pub fn remote_config(url: &str, checkpoint: usize, extra: &str) -> String {
-    format!(
-        r#"
-[embedding]
-checkpoint_interval = {checkpoint}
-
-[[embedding.models]]
-alias = "{ALIAS}"
-name = "fake-model"
-dimension = {DIM}
-backend = "openai"
-base_url = "{url}"
-request_batch_size = 4
-max_concurrency = 2
-timeout_s = 5
-max_retries = 1
-{extra}
-"#
-    )
+    crate::common::remote_config(&[url], checkpoint, extra)
 }
 
 /// Writes `n` papers of `year` (ids `YYMM.000NN` made unique by year);
