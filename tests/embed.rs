@@ -286,16 +286,8 @@ fn stored_vectors_are_the_engines_and_python_reads_them() {
 #[test]
 fn sigkill_mid_run_then_rerun_embeds_every_paper_exactly_once() {
     let (tree, a, b) = tree_with(8, 60, 40);
-    let bin = assert_cmd::cargo::cargo_bin("papersys");
     for (trial, delay_ms) in [700u64, 1500, 2600].into_iter().enumerate() {
-        let mut child = std::process::Command::new(&bin)
-            .arg("--config")
-            .arg(tree.path("papersys.toml"))
-            .args(["embed", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = tree.spawn_embed();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();

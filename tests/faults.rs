@@ -128,14 +128,7 @@ fn a_second_run_refuses_at_once_naming_the_first_and_a_killed_runs_lock_is_taken
     let tree = Tree::with_config(&remote_config(&slow.url, 4, ""));
     let mut expected = papers(&tree, 2024, 60);
     expected.extend(papers(&tree, 2023, 4));
-    let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("papersys"))
-        .arg("--config")
-        .arg(tree.path("papersys.toml"))
-        .args(["embed", "-q"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = tree.spawn_embed();
     let lock = model_dir(&tree).join(".papersys.lock");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&lock).unwrap_or_default().trim() != format!("pid {}", first.id()) {
@@ -591,14 +584,7 @@ fn torture() {
     for _ in 0..12 {
         let (tree, expected) = store_with(&slow, 4, 5);
         let delay = Duration::from_millis(30 + next(500));
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("papersys"))
-            .arg("--config")
-            .arg(tree.path("papersys.toml"))
-            .args(["embed", "-q"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = tree.spawn_embed();
         std::thread::sleep(delay);
         let _ = child.kill();
         let status = child.wait().unwrap();

@@ -112,6 +112,19 @@ impl Tree {
         cmd
     }
 
+    /// Starts `papersys embed -q` in the background, output discarded, for
+    /// tests that kill it or race it.
+    pub fn spawn_embed(&self) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("papersys"))
+            .arg("--config")
+            .arg(self.path("papersys.toml"))
+            .args(["embed", "-q"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs a command expected to succeed with `--json`; returns the document.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut full = args.to_vec();
