@@ -387,8 +387,9 @@ fn run_model(
     issues: &mut Vec<crate::metadata::InputIssue>,
 ) -> Result<ModelRun, Error> {
     let recorded = writer.manifest()?.and_then(|m| m.model_identity);
-    if options.reembed && options.years.is_none() {
-        // Every vector is replaced: a changed model is allowed, through staging.
+    // Replacing every vector loads the model first: a changed model is then
+    // allowed, through staging. Otherwise nothing is loaded unless work waits.
+    let loaded = if options.reembed && options.years.is_none() {
         let embedder = load(model)?;
         if let Some((old, _)) = recorded_mismatch(writer, embedder.identity())? {
             return replace_model(
@@ -402,36 +403,35 @@ fn run_model(
                 issues,
             );
         }
-        let work = select_work(model, Access::Write(writer), config, discovery, options, issues)?;
-        return execute(
-            config,
-            model,
-            writer,
-            discovery,
-            options,
-            &work,
-            embedder.as_ref(),
-        );
-    }
+        Some(embedder)
+    } else {
+        None
+    };
     let work = select_work(model, Access::Write(writer), config, discovery, options, issues)?;
-    if work.items.is_empty() {
-        tracing::info!("{}: nothing to embed", model.alias);
-        let mut report = empty_report(model, &work, recorded);
-        report.waiting_after = backlog::read(&writer.dir).map(|r| r.len() as u64).unwrap_or(0);
-        return Ok(report);
-    }
-    let embedder = load(model)?;
-    if let Some((_, details)) = recorded_mismatch(writer, embedder.identity())? {
-        return Err(refuse_mix(model, &details));
-    }
-    if writer.has_staging() {
-        return Err(Error::Usage(format!(
-            "model `{alias}`: a replacement of every vector by this model is half done in {}; \
-             finish it with `papersys embed --model {alias} --reembed`",
-            writer.staging().dir.display(),
-            alias = model.alias
-        )));
-    }
+    let embedder = match loaded {
+        Some(embedder) => embedder,
+        None => {
+            if work.items.is_empty() {
+                tracing::info!("{}: nothing to embed", model.alias);
+                let mut report = empty_report(model, &work, recorded);
+                report.waiting_after = backlog::read(&writer.dir).map(|r| r.len() as u64).unwrap_or(0);
+                return Ok(report);
+            }
+            let embedder = load(model)?;
+            if let Some((_, details)) = recorded_mismatch(writer, embedder.identity())? {
+                return Err(refuse_mix(model, &details));
+            }
+            if writer.has_staging() {
+                return Err(Error::Usage(format!(
+                    "model `{alias}`: a replacement of every vector by this model is half done in {}; \
+                     finish it with `papersys embed --model {alias} --reembed`",
+                    writer.staging().dir.display(),
+                    alias = model.alias
+                )));
+            }
+            embedder
+        }
+    };
     execute(
         config,
         model,
