@@ -134,27 +134,20 @@ impl HiArgs {
     /// Loads the config and checks the model selection.
     pub fn resolve(low: &LowArgs) -> Result<HiArgs, Error> {
         let config = Config::discover(low.config.as_deref())?;
-        let aliases = |chosen: Vec<&ModelConfig>| chosen.iter().map(|m| m.alias.to_string()).collect();
+        let chosen = |selection: &ModelSelection| -> Result<Vec<String>, Error> {
+            let models = select_models(&config, &selection.models, selection.all_models, false)?;
+            Ok(models.iter().map(|m| m.alias.to_string()).collect())
+        };
         Ok(match &low.command {
             CommandArgs::Backlog(args) => HiArgs::Backlog {
-                models: aliases(select_models(
-                    &config,
-                    &args.models.models,
-                    args.models.all_models,
-                    false,
-                )?),
+                models: chosen(&args.models)?,
                 options: RefreshOptions {
                     no_cache: args.no_cache,
                 },
                 config,
             },
             CommandArgs::Embed(args) => HiArgs::Embed {
-                models: aliases(select_models(
-                    &config,
-                    &args.models.models,
-                    args.models.all_models,
-                    false,
-                )?),
+                models: chosen(&args.models)?,
                 options: EmbedOptions {
                     limit: args.limit,
                     from_backlog: args.backlog,
@@ -176,7 +169,10 @@ impl HiArgs {
                 config,
             },
             CommandArgs::Status(args) => HiArgs::Status {
-                models: aliases(select_models(&config, &args.models, false, true)?),
+                models: select_models(&config, &args.models, false, true)?
+                    .iter()
+                    .map(|m| m.alias.to_string())
+                    .collect(),
                 config,
             },
         })
