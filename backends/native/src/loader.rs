@@ -128,9 +128,12 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 /// Downloads the model's files into the cache with `hf-hub`.
 fn download(cache: &Path, name: &str) -> Result<(), String> {
+    use std::io::IsTerminal;
+    tracing::info!("downloading {name} from the Hugging Face hub into {}", cache.display());
+    // A bar per file on a terminal: a large model takes minutes.
     let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
         .with_cache_dir(cache.to_path_buf())
-        .with_progress(false);
+        .with_progress(std::io::stderr().is_terminal());
     if let Ok(token) = std::env::var("HF_TOKEN") {
         builder = builder.with_token(Some(token));
     }
