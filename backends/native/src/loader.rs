@@ -129,7 +129,10 @@ fn is_hex(s: &str, len: usize) -> bool {
 /// Downloads the model's files into the cache with `hf-hub`.
 fn download(cache: &Path, name: &str) -> Result<(), String> {
     use std::io::IsTerminal;
-    tracing::info!("downloading {name} from the Hugging Face hub into {}", cache.display());
+    tracing::info!(
+        "downloading {name} from the Hugging Face hub into {}",
+        cache.display()
+    );
     // A bar per file on a terminal: a large model takes minutes.
     let mut builder = hf_hub::api::sync::ApiBuilder::from_env()
         .with_cache_dir(cache.to_path_buf())
