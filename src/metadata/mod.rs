@@ -7,11 +7,13 @@
 //! papers, and no problem is ever swallowed silently.
 
 mod reader;
+pub mod record;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use reader::{FileSummary, REQUIRED_COLUMNS, Row, read_rows};
+pub use record::{PaperRecord, read_records, write_records};
 
 /// A four-digit year, the unit of the store (one Parquet file per year).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
