@@ -276,6 +276,10 @@ pub struct Config {
     pub checkpoint_interval: usize,
     /// Models in config order; the first is the default.
     pub models: Vec<ModelConfig>,
+    /// The whole file as read: the stages that own other sections
+    /// (`[ingestion]`, `[recommend_pipeline]`) parse theirs from it, with
+    /// spans for their messages.
+    pub text: String,
 }
 
 impl Config {
@@ -315,6 +319,17 @@ impl Config {
     /// The model with this alias.
     pub fn model(&self, alias: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.alias.as_str() == alias)
+    }
+
+    /// A [`ConfigError::Invalid`] for the value at byte `offset` of
+    /// [`Config::text`] (a `toml::Spanned` span start): the stages that
+    /// parse their own sections report `file:line: message` like this one.
+    pub fn invalid_at(&self, offset: usize, message: String) -> ConfigError {
+        Resolver {
+            path: &self.path,
+            text: &self.text,
+        }
+        .error_at(offset, message)
     }
 
     /// The store directory of a model: `<embeddings_dir>/<alias>`.
@@ -422,12 +437,16 @@ impl Resolver<'_> {
             + 1
     }
 
-    fn invalid<T>(&self, offset: usize, message: String) -> Result<T, ConfigError> {
-        Err(ConfigError::Invalid {
+    fn error_at(&self, offset: usize, message: String) -> ConfigError {
+        ConfigError::Invalid {
             path: self.path.to_path_buf(),
             line: self.line_of(offset),
             message,
-        })
+        }
+    }
+
+    fn invalid<T>(&self, offset: usize, message: String) -> Result<T, ConfigError> {
+        Err(self.error_at(offset, message))
     }
 
     fn positive(&self, key: &str, value: &Spanned<i64>) -> Result<usize, ConfigError> {
@@ -530,6 +549,7 @@ impl Resolver<'_> {
             backlog_priority,
             checkpoint_interval,
             models,
+            text: self.text.to_string(),
         })
     }
 
