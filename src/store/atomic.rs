@@ -58,15 +58,75 @@ pub fn remove_durably(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Renames `from` to `to` in the same directory durably.
+/// Renames `from` to `to` durably: the directory gaining the entry is
+/// flushed, and so is the one losing it when they differ (a move across
+/// directories touches both; after a power cut neither may show the file
+/// in both places or in none).
 pub fn rename_durably(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
-    sync_dir(&parent_dir(to))
+    let (source, target) = (parent_dir(from), parent_dir(to));
+    sync_dir(&target)?;
+    if source != target {
+        sync_dir(&source)?;
+    }
+    Ok(())
 }
 
 /// Flushes a directory's entries (new, renamed or removed files) to disk.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(test)]
+    synced::record(dir);
     File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing parents, flushing each new directory's
+/// parent so that the new entries survive a power cut (a directory whose
+/// own entry was never flushed can vanish with everything in it).
+pub fn create_dir_all_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut current = dir;
+    while std::fs::symlink_metadata(current).is_err() {
+        missing.push(current.to_path_buf());
+        match current.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => current = parent,
+            _ => break,
+        }
+    }
+    for new in missing.iter().rev() {
+        match std::fs::create_dir(new) {
+            Ok(()) => sync_dir(&parent_dir(new))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if std::fs::metadata(dir)?.is_dir() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", dir.display()),
+        ))
+    }
+}
+
+/// Test-only record of the directories [`sync_dir`] flushed on this thread.
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::cell::RefCell;
+    use std::path::{Path, PathBuf};
+
+    thread_local! {
+        static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(crate) fn record(dir: &Path) {
+        SYNCED.with(|s| s.borrow_mut().push(dir.to_path_buf()));
+    }
+
+    /// The directories flushed since the last call, emptied.
+    pub(crate) fn take() -> Vec<PathBuf> {
+        SYNCED.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    }
 }
 
 /// Deletes temporary files (and directories) a crashed writer left in
@@ -135,7 +195,8 @@ pub fn create_owned_dir(dir: &Path) -> io::Result<()> {
         )),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(dir) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
+            Err(e) => Err(e),
+            Ok(()) => sync_dir(&parent_dir(dir)),
         },
         Err(e) => Err(e),
     }
@@ -213,6 +274,31 @@ mod tests {
         std::fs::write(dir.path().join(".tmp-99999999-abc"), b"x").unwrap();
         assert_eq!(remove_orphaned_temporaries(dir.path()).unwrap(), 1);
         assert!(dir.path().join(live).exists());
+    }
+
+    #[test]
+    fn new_directories_and_moves_flush_every_directory_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        synced::take();
+        create_owned_dir(&root.join(".pending")).unwrap();
+        assert_eq!(synced::take(), [root.to_path_buf()], "the parent of a new directory is flushed");
+        create_owned_dir(&root.join(".pending")).unwrap();
+        assert!(synced::take().is_empty(), "an existing directory changes nothing");
+
+        create_dir_all_durably(&root.join("a/b")).unwrap();
+        assert_eq!(synced::take(), [root.to_path_buf(), root.join("a")]);
+        assert!(root.join("a/b").is_dir());
+
+        std::fs::write(root.join("a/2024.parquet"), b"x").unwrap();
+        rename_durably(&root.join("a/2024.parquet"), &root.join(".pending/2024.parquet")).unwrap();
+        let flushed = synced::take();
+        assert!(flushed.contains(&root.join(".pending")), "{flushed:?}");
+        assert!(flushed.contains(&root.join("a")), "the directory the file left is flushed too: {flushed:?}");
+
+        std::fs::write(root.join("a/f"), b"x").unwrap();
+        let err = create_dir_all_durably(&root.join("a/f")).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
     #[cfg(unix)]

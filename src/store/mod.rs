@@ -140,7 +140,7 @@ impl ModelStore {
             existing = existing.parent().unwrap_or(Path::new("/"));
         }
         self.check_inside(existing, &root)?;
-        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        atomic::create_dir_all_durably(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
         self.check_inside(&self.dir, &root)?;
         let lock = WriterLock::acquire(&self.dir)?;
         let mut removed = 0;
