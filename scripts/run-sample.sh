@@ -13,10 +13,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/fetch-model.sh
+if [ ! -x target/release/papersys ]; then
+  echo "building papersys (release): the first build compiles ~400 crates, about 20 minutes on 2 cores; later builds take seconds" >&2
+fi
 cargo build --release --locked --bin papersys
 config=examples/papersys.toml
 target/release/papersys --config "$config" embed
 echo
 target/release/papersys --config "$config" status
 echo
-echo "vectors: $(pwd)/examples/data/embeddings/jasper_v1/*.parquet (read them with polars: pl.read_parquet(...))"
+echo "vectors: $(pwd)/examples/data/embeddings/jasper_v1/*.parquet"
+echo "read them from Python with polars or pyarrow (scripts/python-env.sh makes a venv with both): pl.read_parquet(...)"
