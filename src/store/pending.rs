@@ -22,13 +22,27 @@ use crate::metadata::Year;
 /// Directory of checkpoint deltas inside a model directory.
 pub const PENDING_DIR: &str = ".pending";
 
-/// New vectors a fold holds in memory at most (about 1.5 KB each at 384
-/// dimensions, so some 400 MB): a year with more pending is merged in
-/// several passes, which keeps a backfill's memory bounded whatever its
-/// size, at the cost of one more rewrite of that year file per pass. At
-/// this size a year of up to ~500,000 new papers (arXiv's largest is under
-/// 300,000) still costs at most 3x its size in bytes written.
-const FOLD_ROWS_IN_MEMORY: usize = 262_144;
+/// Bytes of new vectors a fold holds in memory at most: a year with more
+/// pending is merged in several passes, which keeps a backfill's memory
+/// bounded whatever its size and dimension, at the cost of one more rewrite
+/// of that year file per pass. At 384 dimensions this is ~260,000 vectors,
+/// so a year of up to ~500,000 new papers (arXiv's largest is under
+/// 300,000) still costs at most 3x its size in bytes written; at 4,096
+/// dimensions it is ~25,000 vectors per pass, still ~400 MB.
+const FOLD_BYTES_IN_MEMORY: usize = 400 * 1024 * 1024;
+
+/// Memory of one new vector row besides its floats: the id, timestamp,
+/// source and hash strings and the row's own allocation, measured at about
+/// 100 bytes for arXiv ids.
+const ROW_OVERHEAD_BYTES: usize = 128;
+
+/// How many new vectors of `dimension` fit in [`FOLD_BYTES_IN_MEMORY`].
+fn fold_rows_in_memory(dimension: usize) -> usize {
+    let per_row = dimension
+        .saturating_mul(std::mem::size_of::<f32>())
+        .saturating_add(ROW_OVERHEAD_BYTES);
+    (FOLD_BYTES_IN_MEMORY / per_row).max(1)
+}
 
 /// The model that made the pending vectors, for a recovery that runs before
 /// any model is loaded.
@@ -111,7 +125,7 @@ impl StoreWriter {
         year: Year,
         identity: Option<&ModelIdentity>,
     ) -> Result<Option<MergeOutcome>, StoreError> {
-        self.fold_year_within(year, identity, FOLD_ROWS_IN_MEMORY)
+        self.fold_year_within(year, identity, fold_rows_in_memory(self.dimension))
     }
 
     /// [`Self::fold_year`], holding at most about `max_rows` new vectors in
@@ -306,5 +320,18 @@ mod tests {
             );
             assert!(list(&writer.dir).unwrap().is_empty(), "max_rows {max_rows}");
         }
+    }
+
+    #[test]
+    fn the_fold_bound_is_in_bytes_whatever_the_dimension() {
+        for dimension in [4, 384, 1024, 4096] {
+            let rows = fold_rows_in_memory(dimension);
+            let bytes = rows * (dimension * 4 + ROW_OVERHEAD_BYTES);
+            assert!(bytes <= FOLD_BYTES_IN_MEMORY, "dimension {dimension}: {bytes} bytes");
+            assert!(bytes > FOLD_BYTES_IN_MEMORY / 2, "dimension {dimension}: only {rows} rows");
+        }
+        assert!(fold_rows_in_memory(384) > 250_000, "arXiv's largest year still folds in one pass");
+        assert!(fold_rows_in_memory(4096) < 30_000);
+        assert_eq!(fold_rows_in_memory(usize::MAX), 1);
     }
 }
