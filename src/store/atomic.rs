@@ -282,7 +282,11 @@ mod tests {
         let root = dir.path();
         synced::take();
         create_owned_dir(&root.join(".pending")).unwrap();
-        assert_eq!(synced::take(), [root.to_path_buf()], "the parent of a new directory is flushed");
+        assert_eq!(
+            synced::take(),
+            [root.to_path_buf()],
+            "the parent of a new directory is flushed"
+        );
         create_owned_dir(&root.join(".pending")).unwrap();
         assert!(synced::take().is_empty(), "an existing directory changes nothing");
 
@@ -294,7 +298,10 @@ mod tests {
         rename_durably(&root.join("a/2024.parquet"), &root.join(".pending/2024.parquet")).unwrap();
         let flushed = synced::take();
         assert!(flushed.contains(&root.join(".pending")), "{flushed:?}");
-        assert!(flushed.contains(&root.join("a")), "the directory the file left is flushed too: {flushed:?}");
+        assert!(
+            flushed.contains(&root.join("a")),
+            "the directory the file left is flushed too: {flushed:?}"
+        );
 
         std::fs::write(root.join("a/f"), b"x").unwrap();
         let err = create_dir_all_durably(&root.join("a/f")).unwrap_err();

@@ -327,10 +327,19 @@ mod tests {
         for dimension in [4, 384, 1024, 4096] {
             let rows = fold_rows_in_memory(dimension);
             let bytes = rows * (dimension * 4 + ROW_OVERHEAD_BYTES);
-            assert!(bytes <= FOLD_BYTES_IN_MEMORY, "dimension {dimension}: {bytes} bytes");
-            assert!(bytes > FOLD_BYTES_IN_MEMORY / 2, "dimension {dimension}: only {rows} rows");
+            assert!(
+                bytes <= FOLD_BYTES_IN_MEMORY,
+                "dimension {dimension}: {bytes} bytes"
+            );
+            assert!(
+                bytes > FOLD_BYTES_IN_MEMORY / 2,
+                "dimension {dimension}: only {rows} rows"
+            );
         }
-        assert!(fold_rows_in_memory(384) > 250_000, "arXiv's largest year still folds in one pass");
+        assert!(
+            fold_rows_in_memory(384) > 250_000,
+            "arXiv's largest year still folds in one pass"
+        );
         assert!(fold_rows_in_memory(4096) < 30_000);
         assert_eq!(fold_rows_in_memory(usize::MAX), 1);
     }
