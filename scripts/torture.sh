@@ -18,7 +18,9 @@
 #
 # The fault-injection feature (src/fault.rs) exists only in test builds:
 # PAPERSYS_FAULT_POINT=<point>:<n> and PAPERSYS_FAULT_WRITE_LIMIT=<bytes>.
-# Mount-based trials need root (they are skipped, with a note, otherwise).
+# Mount-based trials use a tmpfs as root; otherwise a read-only bind mount in a
+# user namespace (`unshare -Urm`) and the write budget stand in. Where neither
+# works they fail; PAPERSYS_SKIP_MOUNT_TESTS=1 skips them knowingly.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

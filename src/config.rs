@@ -8,6 +8,8 @@
 //! flags: `Raw*` structs mirror the TOML with spans, then [`Config`] holds
 //! resolved, checked values the rest of the program can trust.
 
+mod near_miss;
+
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -245,7 +247,7 @@ pub struct ModelConfig {
     pub batch_size: usize,
     /// Truncation limit in tokens (the model's own limit may be lower).
     pub max_length: usize,
-    /// `""` (best available), `cpu`, `cuda`, `cuda:N`.
+    /// `""` or `cpu` (the CPU engine), `cuda`, `cuda:N` (a GPU, in a `cuda` build).
     pub device: String,
     /// Compute precision.
     pub precision: Precision,
@@ -258,7 +260,7 @@ pub struct ModelConfig {
 }
 
 /// The resolved config: absolute paths, checked values.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Config {
     /// The file this came from.
     pub path: PathBuf,
@@ -280,6 +282,23 @@ pub struct Config {
     /// (`[ingestion]`, `[recommend_pipeline]`) parse theirs from it, with
     /// spans for their messages.
     pub text: String,
+}
+
+/// Everything but the file's text, which may hold a literal `api_key`.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("path", &self.path)
+            .field("data_root", &self.data_root)
+            .field("metadata_dir", &self.metadata_dir)
+            .field("embeddings_dir", &self.embeddings_dir)
+            .field("enabled", &self.enabled)
+            .field("backlog_priority", &self.backlog_priority)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("models", &self.models)
+            .field("text", &format_args!("<{} bytes>", self.text.len()))
+            .finish()
+    }
 }
 
 impl Config {
@@ -313,6 +332,12 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        for miss in near_miss::find(text) {
+            match miss.line {
+                Some(line) => tracing::warn!("{}:{line}: {}", path.display(), miss.message),
+                None => tracing::warn!("{}: {}", path.display(), miss.message),
+            }
+        }
         Resolver { path, text }.resolve(raw)
     }
 

@@ -71,6 +71,13 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Usage(_) => EXIT_USAGE,
+            // A metadata directory that does not exist is a config mistake
+            // (data_root or [ingestion].output_dir), not a run-time failure.
+            Error::Discovery(crate::metadata::DiscoveryError::Unreadable { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                EXIT_USAGE
+            }
             _ => EXIT_FAILURE,
         }
     }

@@ -364,7 +364,7 @@ pub fn compute(
                     report: YearReport {
                         year,
                         papers: summary.papers,
-                        duplicates: summary.rows - summary.papers,
+                        duplicates: summary.rows.saturating_sub(summary.papers),
                         waiting: count_reasons(&rows),
                         cached: true,
                     },

@@ -339,9 +339,10 @@ fn an_empty_metadata_directory_is_not_an_error() {
 fn a_missing_metadata_directory_names_the_config_keys() {
     let tree = Tree::new();
     std::fs::remove_dir(tree.path("metadata")).unwrap();
+    // A configuration problem (issue 12 item 19): exit 2.
     tree.cmd(&["backlog"])
         .assert()
-        .code(1)
+        .code(2)
         .stderr(contains("[ingestion].output_dir"));
 }
 

@@ -552,7 +552,7 @@ fn empty_and_missing_metadata_directories_and_a_data_root_that_is_a_file() {
     assert!(stderr(&out).contains("nothing to embed"), "{}", text(&out));
     std::fs::remove_dir(tree.path("metadata")).unwrap();
     let out = run(&tree, &["embed"], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(2), "a config problem: {}", text(&out));
     assert!(stderr(&out).contains("metadata") && stderr(&out).contains("[ingestion].output_dir"));
     let file_root = Tree::with_config(&format!(
         "data_root = \"root-file\"\n{}",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -283,17 +283,51 @@ fn stored_vectors_are_the_engines_and_python_reads_them() {
     assert!(status.success());
 }
 
+/// Checkpoint files in `.pending/` now.
+fn pending_deltas(tree: &Tree) -> BTreeSet<String> {
+    std::fs::read_dir(tree.model_dir().join(".pending"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".parquet"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn sigkill_mid_run_then_rerun_embeds_every_paper_exactly_once() {
     let (tree, a, b) = tree_with(8, 60, 40);
-    for (trial, delay_ms) in [700u64, 1500, 2600].into_iter().enumerate() {
+    // Each run is killed once it has committed this many checkpoints of its
+    // own (8 papers each): after embedding began, long before the end.
+    for (trial, checkpoints) in [1usize, 2, 2].into_iter().enumerate() {
+        let old = pending_deltas(&tree);
         let mut child = tree.spawn_embed();
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        while seen.len() < checkpoints {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "trial {trial}: the run ended before it could be killed mid-run"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "trial {trial}: no checkpoint"
+            );
+            seen.extend(pending_deltas(&tree).difference(&old).cloned());
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "trial {trial}: the kill landed while the run was going"
+        );
         // Whatever survived reads, and no paper has two rows.
         let partial = stored(&tree);
-        assert!(partial.len() <= 100, "trial {trial}");
+        assert!(partial.len() < 100, "trial {trial}: killed before the end");
         tree.cmd(&["status"]).assert().success();
     }
     let rerun = embed_json(&tree, &[]);

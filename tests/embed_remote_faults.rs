@@ -224,6 +224,46 @@ fn retry_after_is_waited_for_before_the_same_batch_is_sent_again() {
     );
 }
 
+/// A server that answers the start-up check with 429 or 503 is busy, not
+/// absent: the check waits as `Retry-After` asks, says so, and the run
+/// completes.
+#[test]
+fn a_busy_server_at_start_up_is_waited_for_and_the_run_completes() {
+    for status in [429u16, 503] {
+        let checks: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let log = checks.clone();
+        let server = TestServer::start(move |request, _| {
+            if is_check(request) {
+                let mut log = log.lock().unwrap();
+                log.push(Instant::now());
+                if log.len() == 1 {
+                    return Reply::text(status, r#"{"error":"busy"}"#).header("Retry-After", "1");
+                }
+            }
+            ok_reply(request, DIM)
+        });
+        let tree = Tree::with_config(&config(&[&server.url], ""));
+        let texts = papers(&tree, &[]);
+        let (code, report, stderr) = embed(&tree);
+        assert_eq!(code, 0, "HTTP {status}: {stderr}");
+        assert!(
+            stderr.contains("is busy") && stderr.contains("waiting 1."),
+            "HTTP {status}: the wait is logged: {stderr}"
+        );
+        assert_eq!(report.unwrap()["models"][0]["embedded"], PAPERS);
+        let checks = checks.lock().unwrap();
+        assert_eq!(checks.len(), 2, "HTTP {status}: one busy answer, one retry");
+        let waited = checks[1] - checks[0];
+        assert!(
+            waited >= Duration::from_millis(900),
+            "HTTP {status}: Retry-After: 1 honoured, waited {waited:?}"
+        );
+        let (stored, waiting) = settled(&tree, &texts);
+        assert_eq!(stored.len(), PAPERS);
+        assert!(waiting.is_empty());
+    }
+}
+
 #[test]
 fn server_errors_that_recover_lose_nothing() {
     let server = first_faulty(3, |_| Reply::text(500, "Internal Server Error"));

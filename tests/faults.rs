@@ -37,16 +37,25 @@ fn store_with(server: &TestServer, checkpoint: usize, done_first: usize) -> (Tre
     (tree, expected)
 }
 
+/// A disk that fills up: a real 1 MB tmpfs where this machine lets the test
+/// mount one (root), else the test-only write budget stands in (with
+/// `--features fault-injection`); otherwise the test fails saying what it
+/// needs (see `harness::unavailable`).
 #[test]
 fn a_data_root_that_fills_up_stops_the_run_with_a_clear_error_and_keeps_what_was_there() {
-    let Some(mount) = Mount::tmpfs("1m") else {
-        eprintln!("skipped: this machine does not allow mounting a tmpfs");
+    let mount = Mount::tmpfs("1m");
+    if mount.is_none() && !cfg!(feature = "fault-injection") {
+        unavailable("a tmpfs to fill (root) or the write budget (--features fault-injection)");
         return;
-    };
+    }
     let server = server();
     let tree = Tree {
-        dir: tempfile::tempdir_in(mount.path()).unwrap(),
+        dir: match &mount {
+            Some(mount) => tempfile::tempdir_in(mount.path()).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        },
     };
+    std::fs::create_dir_all(tree.path("metadata")).unwrap();
     std::fs::write(tree.path("papersys.toml"), remote_config(&server.url, 5, "")).unwrap();
     let mut expected = papers(&tree, 2023, 23);
     expected.extend(papers(&tree, 2024, 400));
@@ -54,11 +63,17 @@ fn a_data_root_that_fills_up_stops_the_run_with_a_clear_error_and_keeps_what_was
     assert!(out.status.success(), "{}", text(&out));
     let dir = model_dir(&tree);
     let before = live_vectors(&dir, "before");
-    // Fill the disk, leaving a few pages.
-    let free = nix_free_bytes(mount.path());
-    let filler = vec![0u8; free.saturating_sub(24 * 1024) as usize];
-    std::fs::write(tree.path("filler"), &filler).unwrap();
-    let out = run(&tree, &["embed"], &[]);
+    let budget = match &mount {
+        Some(mount) => {
+            // Fill the disk, leaving a few pages.
+            let free = nix_free_bytes(mount.path());
+            let filler = vec![0u8; free.saturating_sub(24 * 1024) as usize];
+            std::fs::write(tree.path("filler"), &filler).unwrap();
+            Vec::new()
+        }
+        None => vec![("PAPERSYS_FAULT_WRITE_LIMIT", (24 * 1024).to_string())],
+    };
+    let out = run(&tree, &["embed"], &budget);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("No space left on device"), "{stderr}");
@@ -71,7 +86,9 @@ fn a_data_root_that_fills_up_stops_the_run_with_a_clear_error_and_keeps_what_was
     for (id, vector) in &before {
         assert_eq!(after.get(id), Some(vector), "{id} survived the full disk");
     }
-    std::fs::remove_file(tree.path("filler")).unwrap();
+    if mount.is_some() {
+        std::fs::remove_file(tree.path("filler")).unwrap();
+    }
     let out = run(&tree, &["embed", "-q"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     check_complete(&tree, &expected, "", "after freeing space");
@@ -90,34 +107,51 @@ fn nix_free_bytes(path: &std::path::Path) -> u64 {
         .unwrap()
 }
 
+/// A read-only data root: a tmpfs remounted read-only where this machine
+/// lets the test mount one (root), else a read-only bind mount that only
+/// papersys sees, in a user namespace (unprivileged); otherwise the test
+/// fails saying what it needs.
 #[test]
 fn a_read_only_data_root_is_a_clear_error_and_reading_commands_still_work() {
-    let Some(mount) = Mount::tmpfs("4m") else {
-        eprintln!("skipped: this machine does not allow mounting a tmpfs");
-        return;
-    };
+    let mount = Mount::tmpfs("4m");
     let server = server();
     let tree = Tree {
-        dir: tempfile::tempdir_in(mount.path()).unwrap(),
+        dir: match &mount {
+            Some(mount) => tempfile::tempdir_in(mount.path()).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        },
     };
+    if mount.is_none() && !read_only_namespace_works(tree.root()) {
+        unavailable("a read-only filesystem (a tmpfs mount as root, or `unshare -Urm`)");
+        return;
+    }
+    std::fs::create_dir_all(tree.path("metadata")).unwrap();
     std::fs::write(tree.path("papersys.toml"), remote_config(&server.url, 5, "")).unwrap();
     papers(&tree, 2024, 12);
     let out = run(&tree, &["embed", "--limit", "5", "-q"], &[]);
     assert!(out.status.success(), "{}", text(&out));
     let before = snapshot(tree.root());
-    assert!(mount.remount(true), "remount read-only");
+    let read_only = |args: &[&str]| match &mount {
+        Some(_) => run(&tree, args, &[]),
+        None => run_read_only(&tree, args),
+    };
+    if let Some(mount) = &mount {
+        assert!(mount.remount(true), "remount read-only");
+    }
     for args in [&["embed"][..], &["backlog"]] {
-        let out = run(&tree, args, &[]);
+        let out = read_only(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("Read-only file system"), "{stderr}");
         assert!(stderr.contains("read-only"), "a hint: {stderr}");
     }
-    let out = run(&tree, &["status", "--json"], &[]);
+    let out = read_only(&["status", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = run(&tree, &["embed", "--dry-run"], &[]);
+    let out = read_only(&["embed", "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(mount.remount(false));
+    if let Some(mount) = &mount {
+        assert!(mount.remount(false));
+    }
     assert_eq!(snapshot(tree.root()), before, "nothing changed");
 }
 

@@ -207,6 +207,11 @@ pub fn run(low: LowArgs) -> Result<i32, Error> {
             models,
             options,
         } => {
+            if !options.dry_run
+                && let Err(e) = crate::interrupt::install()
+            {
+                tracing::warn!("Ctrl-C cannot be handled gracefully ({e}); it ends the run at once");
+            }
             let report = commands::embed::run(&config, &models_of(&config, &models), &options)?;
             render::warn_issues(&report.input_issues);
             let written = if json {
@@ -214,6 +219,11 @@ pub fn run(low: LowArgs) -> Result<i32, Error> {
             } else {
                 render::embed(&mut out, &report)
             };
+            if let Some(message) = report.interruption() {
+                let _ = written.and_then(|()| out.flush());
+                eprintln!("{message}");
+                return Ok(crate::interrupt::EXIT_INTERRUPTED);
+            }
             if report.failed() > 0 {
                 let _ = written.and_then(|()| out.flush());
                 return Err(Error::Run(format!(

@@ -124,7 +124,7 @@ pub fn backlog(out: &mut impl Write, report: &BacklogReport) -> io::Result<()> {
             "{}: {} papers wait ({})",
             model.alias,
             thousands(model.waiting),
-            model.backlog_file
+            model.backlog_file.as_deref().unwrap_or("no backlog file")
         )?;
         let reasons: Vec<MissingReason> = MissingReason::ALL
             .into_iter()
@@ -298,10 +298,24 @@ pub fn status(out: &mut impl Write, report: &StatusReport) -> io::Result<()> {
             String::new(),
         ]);
         table.write(out, "  ")?;
+        if let Some(pid) = model.writer_pid {
+            writeln!(
+                out,
+                "  papersys (pid {pid}) is writing to this model now: these numbers are a snapshot"
+            )?;
+        }
+        if model.empty_text > 0 {
+            writeln!(
+                out,
+                "  {} papers have an empty title and abstract and are never embedded",
+                thousands(model.empty_text)
+            )?;
+        }
         if !model.backlog_current {
             writeln!(
                 out,
-                "  the backlog is older than the inputs: `papersys backlog` or `papersys embed` refreshes it"
+                "  backlog.parquet is older than the inputs (the numbers above are current): \
+                 `papersys backlog` or `papersys embed` rewrites it"
             )?;
         }
         for problem in &model.problems {

@@ -30,8 +30,9 @@ pub struct YearBacklog {
 pub struct ModelBacklog {
     /// Model alias.
     pub alias: String,
-    /// The backlog file, relative to the data root (absent when nothing waits).
-    pub backlog_file: String,
+    /// The backlog file, relative to the data root; `None` when nothing
+    /// waits (the file is then removed).
+    pub backlog_file: Option<String>,
     /// Total waiting papers.
     pub waiting: u64,
     /// Waiting papers per reason over all years.
@@ -102,7 +103,9 @@ pub fn run(
             .collect();
         reports.push(ModelBacklog {
             alias: model.alias.to_string(),
-            backlog_file: origin_of(&writer.dir.join(BACKLOG_FILE), &config.data_root),
+            backlog_file: Some(writer.dir.join(BACKLOG_FILE))
+                .filter(|path| path.exists())
+                .map(|path| origin_of(&path, &config.data_root)),
             waiting: plan.rows.len() as u64,
             waiting_by_reason: by_reason,
             years,

@@ -15,7 +15,8 @@ use crate::plan::{self, Access, PlanInputs};
 use crate::store::backlog::{self, BACKLOG_FILE, BacklogRow, MissingReason};
 use crate::store::cache::RefreshState;
 use crate::store::manifest::MANIFEST_FILE;
-use crate::store::{ModelStore, StoreWriter, pending};
+use crate::store::year_file::YearFileError;
+use crate::store::{ModelStore, StoreError, StoreWriter};
 
 /// What to embed and how.
 #[derive(Clone, Debug)]
@@ -85,6 +86,8 @@ pub struct ModelRun {
     pub errors: Vec<String>,
     /// Set when the run replaces the vectors of another model.
     pub replacement: Option<Replacement>,
+    /// Stopped early by Ctrl-C or SIGTERM; what was embedded is saved.
+    pub interrupted: bool,
 }
 
 /// Output of `papersys embed`.
@@ -100,6 +103,19 @@ impl EmbedReport {
     /// Papers that failed over all models.
     pub fn failed(&self) -> u64 {
         self.models.iter().map(|m| m.failed).sum()
+    }
+
+    /// When a signal stopped the run: what to tell the user (vectors saved,
+    /// papers still waiting).
+    pub fn interruption(&self) -> Option<String> {
+        if !self.models.iter().any(|m| m.interrupted) {
+            return None;
+        }
+        let saved: u64 = self.models.iter().map(|m| m.embedded).sum();
+        let waiting: u64 = self.models.iter().map(|m| m.waiting_after).sum();
+        Some(format!(
+            "interrupted: {saved} vectors saved, {waiting} still waiting; run it again to continue"
+        ))
     }
 }
 
@@ -150,9 +166,15 @@ pub fn run(config: &Config, models: &[&ModelConfig], options: &EmbedOptions) -> 
         )));
     }
     let discovery = discover(&config.metadata_dir, &config.data_root)?;
+    if let Some(asked) = &options.years {
+        warn_years_without_metadata(asked, &discovery);
+    }
     let mut issues = discovery.issues.clone();
     let mut reports = Vec::new();
     for model in models {
+        if crate::interrupt::requested() {
+            break;
+        }
         let store = ModelStore::new(config, model);
         let report = if options.dry_run {
             plan_model(config, model, &store, &discovery, options, &mut issues)?
@@ -166,6 +188,41 @@ pub fn run(config: &Config, models: &[&ModelConfig], options: &EmbedOptions) -> 
         models: reports,
         input_issues: unique_issues(issues),
     })
+}
+
+/// Says which of the `--years` asked for no metadata file has, so that
+/// "0 papers" is not mistaken for "all done".
+fn warn_years_without_metadata(asked: &BTreeSet<Year>, discovery: &Discovery) {
+    let present = discovery.years();
+    let absent: Vec<String> = asked
+        .iter()
+        .filter(|y| !present.contains(y))
+        .map(ToString::to_string)
+        .collect();
+    if absent.is_empty() {
+        return;
+    }
+    let have = match (present.first(), present.last()) {
+        (Some(first), Some(last)) if first == last => format!("only {first}"),
+        (Some(first), Some(last)) => format!("{} years from {first} to {last}", present.len()),
+        _ => "no year at all".to_string(),
+    };
+    let (noun, verb) = if absent.len() == 1 {
+        ("year", "has")
+    } else {
+        ("years", "have")
+    };
+    if absent.len() == asked.len() {
+        tracing::warn!(
+            "--years: no metadata has {noun} {}; nothing to embed there (the metadata has {have})",
+            absent.join(", ")
+        );
+    } else {
+        tracing::warn!(
+            "--years: {noun} {} {verb} no metadata (the metadata has {have})",
+            absent.join(", ")
+        );
+    }
 }
 
 /// The work of one model and the plan's waiting rows.
@@ -265,14 +322,22 @@ fn planned_years(items: &[WorkItem], reembed: bool) -> BTreeMap<Year, YearRun> {
     years
 }
 
-fn files_touched(config: &Config, store: &ModelStore, years: &BTreeMap<Year, YearRun>) -> Vec<String> {
-    let mut files: Vec<String> = years
+/// The files a run changes (a plan: would change). After a run only those
+/// that exist are named: a backlog removed because nothing waits, or a year
+/// file an interrupted run left in checkpoints, is not.
+fn files_touched(
+    config: &Config,
+    store: &ModelStore,
+    years: &BTreeMap<Year, YearRun>,
+    existing_only: bool,
+) -> Vec<String> {
+    years
         .keys()
-        .map(|y| origin_of(&store.year_path(*y), &config.data_root))
-        .collect();
-    files.push(origin_of(&store.dir.join(MANIFEST_FILE), &config.data_root));
-    files.push(origin_of(&store.dir.join(BACKLOG_FILE), &config.data_root));
-    files
+        .map(|y| store.year_path(*y))
+        .chain([store.dir.join(MANIFEST_FILE), store.dir.join(BACKLOG_FILE)])
+        .filter(|path| !existing_only || path.exists())
+        .map(|path| origin_of(&path, &config.data_root))
+        .collect()
 }
 
 fn plan_model(
@@ -288,9 +353,9 @@ fn plan_model(
     let files = if work.items.is_empty() {
         Vec::new()
     } else {
-        files_touched(config, store, &years)
+        files_touched(config, store, &years, false)
     };
-    let recorded = store.manifest().ok().flatten().and_then(|m| m.model_identity);
+    let recorded = store.recorded_identity().ok().flatten();
     if let Some(recorded) = &recorded
         && (recorded.name != model.name || recorded.dimension != model.dimension)
     {
@@ -320,6 +385,7 @@ fn plan_model(
         model: recorded,
         errors: Vec::new(),
         replacement: None,
+        interrupted: false,
     })
 }
 
@@ -328,11 +394,7 @@ fn recorded_mismatch(
     writer: &StoreWriter,
     current: &ModelIdentity,
 ) -> Result<Option<(ModelIdentity, String)>, Error> {
-    let recorded = writer
-        .manifest()?
-        .and_then(|m| m.model_identity)
-        .or_else(|| pending::recorded_identity(&writer.dir));
-    let Some(recorded) = recorded else {
+    let Some(recorded) = writer.recorded_identity()? else {
         return Ok(None);
     };
     let mismatches = current.mismatches(&recorded);
@@ -353,6 +415,17 @@ fn refuse_mix(model: &ModelConfig, details: &str) -> Error {
     ))
 }
 
+/// Refuses a run whose model differs from one a year file or checkpoint
+/// records, naming the file.
+fn check_files(model: &ModelConfig, writer: &StoreWriter, current: &ModelIdentity) -> Result<(), Error> {
+    match writer.check_identity(current) {
+        Err(StoreError::YearFile(e @ YearFileError::Model { .. })) => {
+            Err(Error::Usage(format!("model `{}`: {e}", model.alias)))
+        }
+        other => Ok(other?),
+    }
+}
+
 fn empty_report(model: &ModelConfig, work: &Work, recorded: Option<ModelIdentity>) -> ModelRun {
     ModelRun {
         alias: model.alias.to_string(),
@@ -370,6 +443,7 @@ fn empty_report(model: &ModelConfig, work: &Work, recorded: Option<ModelIdentity
         model: recorded,
         errors: Vec::new(),
         replacement: None,
+        interrupted: false,
     }
 }
 
@@ -403,6 +477,7 @@ fn run_model(
                 issues,
             );
         }
+        check_files(model, writer, embedder.identity())?;
         Some(embedder)
     } else {
         None
@@ -418,6 +493,7 @@ fn run_model(
                 return Ok(report);
             }
             let embedder = load(model)?;
+            check_files(model, writer, embedder.identity())?;
             if let Some((_, details)) = recorded_mismatch(writer, embedder.identity())? {
                 return Err(refuse_mix(model, &details));
             }
@@ -460,6 +536,14 @@ fn execute(
     if work.items.is_empty() {
         return Ok(report);
     }
+    if crate::interrupt::requested() {
+        // Stopped while the model loaded: nothing embedded, everything waits.
+        report.interrupted = true;
+        report.waiting_after = backlog::read(&writer.dir)
+            .map(|rows| rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64)
+            .unwrap_or(work.items.len() as u64);
+        return Ok(report);
+    }
     tracing::info!("{}: embedding {} papers", model.alias, work.items.len());
     let outcome = pipeline::run(
         writer,
@@ -489,7 +573,7 @@ fn execute(
         entry.failed = result.failed;
         entry.not_found = result.not_found;
     }
-    report.files = files_touched(config, writer, &years);
+    report.files = files_touched(config, writer, &years, true);
     report.embedded = outcome.embedded();
     report.failed = outcome.failed();
     report.not_found = years.values().map(|y| y.not_found).sum();
@@ -498,6 +582,7 @@ fn execute(
     report.elapsed_s = outcome.elapsed.as_secs_f64();
     report.papers_per_s = report.embedded as f64 / report.elapsed_s.max(1e-9);
     report.errors = outcome.errors;
+    report.interrupted = outcome.interrupted;
     Ok(report)
 }
 
@@ -583,7 +668,8 @@ fn replace_model(
         old_vectors: None,
         remaining,
     };
-    if remaining == 0 && report.failed == 0 {
+    // An interrupted run leaves checkpoints in the staged store: never promote before they are folded.
+    if remaining == 0 && report.failed == 0 && !report.interrupted {
         drop(staging);
         let moved = writer.promote_staging(&identity)?;
         let after = plan::refresh(writer, PlanInputs::new(discovery, &identity.document_prefix))?;
@@ -595,7 +681,7 @@ fn replace_model(
             .iter()
             .filter_map(|y| Year::parse(&y.year).map(|k| (k, y.clone())))
             .collect();
-        report.files = files_touched(config, writer, &years);
+        report.files = files_touched(config, writer, &years, true);
         tracing::info!(
             "{}: every vector is now {}'s; the old ones are in {} (delete them when no longer needed)",
             model.alias,

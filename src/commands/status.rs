@@ -1,6 +1,9 @@
 //! `papersys status`: what is in metadata, on disk and waiting, per model
 //! and year. Read only: takes no lock and writes nothing, so it works while
-//! an embed run is going on.
+//! an embed run is going on (and names that run's pid). What waits is
+//! computed from the metadata and the files as they are now, exactly as
+//! `embed --dry-run` computes it, not read from a backlog file that may be
+//! older.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,8 +14,9 @@ use super::store_prefix;
 use crate::config::{Config, ModelConfig};
 use crate::error::Error;
 use crate::metadata::{Year, discover, origin_of};
-use crate::plan::{is_current, metadata_counts};
-use crate::store::backlog::{self, BACKLOG_FILE};
+use crate::plan::{self, Access, PlanInputs, is_current};
+use crate::store::backlog::{BACKLOG_FILE, MissingReason};
+use crate::store::lock;
 use crate::store::manifest::MANIFEST_FILE;
 use crate::store::{ModelStore, year_file};
 
@@ -25,7 +29,7 @@ pub struct YearStatus {
     pub papers: u64,
     /// Vectors in the year file (0 when there is none).
     pub vectors: u64,
-    /// Papers of the year in the backlog.
+    /// Papers of the year a run would embed now.
     pub waiting: u64,
     /// The year file relative to the data root, if it exists.
     pub file: Option<String>,
@@ -50,8 +54,12 @@ pub struct ModelStatus {
     pub papers: u64,
     /// Sum over years.
     pub vectors: u64,
-    /// Papers in the backlog.
+    /// Papers a run would embed now (what `embed --dry-run` plans).
     pub waiting: u64,
+    /// Papers never embedded because title and abstract are empty.
+    pub empty_text: u64,
+    /// Pid of the papersys process writing to this model now, if any.
+    pub writer_pid: Option<u32>,
     /// Size of the backlog file, when present.
     pub backlog_bytes: Option<u64>,
     /// Whether the backlog was computed from the current inputs; `false`
@@ -87,7 +95,14 @@ pub fn run(config: &Config, models: &[&ModelConfig]) -> Result<StatusReport, Err
             }
         };
         let prefix = store_prefix(model, manifest.as_ref());
-        let papers = metadata_counts(&store, &discovery, &prefix);
+        let plan = match plan::compute(Access::ReadOnly(&store), PlanInputs::new(&discovery, &prefix)) {
+            Ok((plan, _)) => plan,
+            Err(e) => {
+                problems.push(e.to_string());
+                plan::BacklogPlan::default()
+            }
+        };
+        let papers: BTreeMap<Year, u64> = plan.years.iter().map(|y| (y.year, y.papers)).collect();
         let mut vectors: BTreeMap<Year, (u64, String, u64)> = BTreeMap::new();
         for (year, path) in store.year_files()? {
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -98,17 +113,15 @@ pub fn run(config: &Config, models: &[&ModelConfig]) -> Result<StatusReport, Err
                 Err(e) => problems.push(e.to_string()),
             }
         }
-        let waiting_rows = match backlog::read(&store.dir) {
-            Ok(rows) => rows,
-            Err(e) => {
-                problems.push(e.to_string());
-                Vec::new()
-            }
-        };
         let mut waiting: BTreeMap<Year, u64> = BTreeMap::new();
-        for row in &waiting_rows {
+        for row in plan.rows.iter().filter(|r| r.reason.is_embeddable()) {
             *waiting.entry(row.year).or_insert(0) += 1;
         }
+        let empty_text = plan
+            .rows
+            .iter()
+            .filter(|r| r.reason == MissingReason::EmptyText)
+            .count() as u64;
         if let Some(manifest) = &manifest {
             let on_disk: BTreeMap<String, u64> = vectors.iter().map(|(y, v)| (y.to_string(), v.0)).collect();
             if manifest.years != on_disk {
@@ -146,7 +159,9 @@ pub fn run(config: &Config, models: &[&ModelConfig]) -> Result<StatusReport, Err
             directory: origin_of(&store.dir, &config.data_root),
             papers: years.iter().map(|y| y.papers).sum(),
             vectors: years.iter().map(|y| y.vectors).sum(),
-            waiting: waiting_rows.len() as u64,
+            waiting: waiting.values().sum(),
+            empty_text,
+            writer_pid: lock::holder(&store.dir),
             backlog_bytes: std::fs::metadata(&backlog_path).ok().map(|m| m.len()),
             backlog_current: is_current(&store, &discovery),
             recorded_model: manifest.and_then(|m| m.model_identity),

@@ -12,7 +12,7 @@ pub mod record;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use reader::{FileSummary, REQUIRED_COLUMNS, Row, read_rows};
+pub use reader::{FileSummary, REQUIRED_COLUMNS, Row, read_rows, read_rows_while};
 pub use record::{PaperRecord, read_records, write_records};
 
 /// A four-digit year, the unit of the store (one Parquet file per year).
@@ -131,7 +131,10 @@ pub fn year_of(path: &Path) -> Option<Year> {
 /// Lists the input files under `metadata_dir`: the flat layout
 /// (`metadata-*.csv`) when any such file exists, else the nested layout
 /// (`*/*.csv`). `latest.csv` is a convenience view and never an input.
-/// `data_root` anchors the `origin` of each file.
+/// `data_root` anchors the `origin` of each file. CSVs that are not read
+/// (another name at the top, a directory of CSVs beside flat files) are
+/// named in the issues, with what to rename, so no paper is left out
+/// silently.
 pub fn discover(metadata_dir: &Path, data_root: &Path) -> Result<Discovery, DiscoveryError> {
     let unreadable = |source| DiscoveryError::Unreadable {
         path: metadata_dir.to_path_buf(),
@@ -139,6 +142,7 @@ pub fn discover(metadata_dir: &Path, data_root: &Path) -> Result<Discovery, Disc
     };
     let mut flat = Vec::new();
     let mut subdirs = Vec::new();
+    let mut stray = Vec::new();
     for entry in std::fs::read_dir(metadata_dir).map_err(unreadable)? {
         let entry = entry.map_err(unreadable)?;
         let path = entry.path();
@@ -149,6 +153,35 @@ pub fn discover(metadata_dir: &Path, data_root: &Path) -> Result<Discovery, Disc
             subdirs.push(path);
         } else if name.starts_with("metadata-") && name.ends_with(".csv") && name != "latest.csv" {
             flat.push(path);
+        } else if name.ends_with(".csv") && name != "latest.csv" && !name.starts_with('.') {
+            stray.push(path);
+        }
+    }
+    let mut passed_over: Vec<InputIssue> = stray
+        .into_iter()
+        .map(|path| InputIssue {
+            path,
+            line: None,
+            message: "not read: the inputs are metadata-YYYY.csv files (or YYYY/*.csv when there is no \
+                      metadata-*.csv); rename it metadata-YYYY.csv if its papers should be embedded"
+                .into(),
+        })
+        .collect();
+    if !flat.is_empty() {
+        for dir in &subdirs {
+            let hidden = dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if !hidden && holds_csv(dir) {
+                passed_over.push(InputIssue {
+                    path: dir.clone(),
+                    line: None,
+                    message: "directory not read: metadata-*.csv files exist, so the nested layout \
+                              (YYYY/*.csv) is ignored; rename its CSVs to metadata-YYYY.csv files beside \
+                              the others (or remove the metadata-*.csv files to use the nested layout)"
+                        .into(),
+                });
+            }
         }
     }
     let candidates = if flat.is_empty() {
@@ -172,7 +205,10 @@ pub fn discover(metadata_dir: &Path, data_root: &Path) -> Result<Discovery, Disc
         flat
     };
 
-    let mut discovery = Discovery::default();
+    let mut discovery = Discovery {
+        issues: passed_over,
+        ..Discovery::default()
+    };
     for path in candidates {
         match year_of(&path) {
             Some(year) => discovery.files.push(MetadataFile {
@@ -192,6 +228,17 @@ pub fn discover(metadata_dir: &Path, data_root: &Path) -> Result<Discovery, Disc
         .sort_by(|a, b| (a.year, &a.path).cmp(&(b.year, &b.path)));
     discovery.issues.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(discovery)
+}
+
+/// Whether `dir` holds a CSV that could be an input (not `latest.csv`).
+fn holds_csv(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|entry| {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".csv") && name != "latest.csv"
+        })
+    })
 }
 
 /// `path` relative to `root` with `/` separators, or absolute when outside.
@@ -244,8 +291,50 @@ mod tests {
             origins,
             ["metadata/metadata-2023.csv", "metadata/metadata-2024.csv"]
         );
-        assert_eq!(found.issues.len(), 1);
-        assert!(found.issues[0].to_string().contains("metadata-undated.csv"));
+        let named: Vec<String> = found.issues.iter().map(ToString::to_string).collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert!(
+            named[0].contains("metadata/2020: directory not read"),
+            "{named:?}"
+        );
+        assert!(named[1].contains("metadata-undated.csv"), "{named:?}");
+    }
+
+    #[test]
+    fn csvs_that_are_not_inputs_are_named_with_what_to_rename() {
+        let root = tempfile::tempdir().unwrap();
+        let meta = root.path().join("metadata");
+        std::fs::create_dir_all(meta.join("2024")).unwrap();
+        std::fs::create_dir_all(meta.join("empty")).unwrap();
+        for name in [
+            "metadata-2023.csv",
+            "notes.csv",
+            "latest.csv",
+            "README.md",
+            "2024/a.csv",
+        ] {
+            std::fs::write(meta.join(name), "paper_id,title,abstract\n").unwrap();
+        }
+        let found = discover(&meta, root.path()).unwrap();
+        assert_eq!(found.files.len(), 1);
+        let named: Vec<String> = found.issues.iter().map(ToString::to_string).collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert!(
+            named[0].contains("metadata/2024: directory not read") && named[0].contains("metadata-YYYY.csv"),
+            "{named:?}"
+        );
+        assert!(
+            named[1].contains("notes.csv: not read") && named[1].contains("rename it metadata-YYYY.csv"),
+            "{named:?}"
+        );
+
+        // Nested layout: a CSV at the top is not read either.
+        std::fs::remove_file(meta.join("metadata-2023.csv")).unwrap();
+        let found = discover(&meta, root.path()).unwrap();
+        assert_eq!(found.files.len(), 1, "2024/a.csv");
+        let named: Vec<String> = found.issues.iter().map(ToString::to_string).collect();
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert!(named[0].contains("notes.csv: not read"), "{named:?}");
     }
 
     #[test]

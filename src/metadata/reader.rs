@@ -20,7 +20,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::ops::Range;
+use std::ops::{ControlFlow, Range};
 use std::path::Path;
 
 use super::InputIssue;
@@ -294,7 +294,21 @@ impl RecordReader {
 pub fn read_rows(
     path: &Path,
     issues: &mut Vec<InputIssue>,
-    on_row: impl FnMut(Row<'_>),
+    mut on_row: impl FnMut(Row<'_>),
+) -> Result<FileSummary, InputIssue> {
+    read_rows_in_chunks(path, CHUNK_BYTES, issues, |row| {
+        on_row(row);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`read_rows`] that stops reading as soon as `on_row` returns
+/// [`ControlFlow::Break`] (a run that was stopped must not go on parsing a
+/// large file).
+pub fn read_rows_while(
+    path: &Path,
+    issues: &mut Vec<InputIssue>,
+    on_row: impl FnMut(Row<'_>) -> ControlFlow<()>,
 ) -> Result<FileSummary, InputIssue> {
     read_rows_in_chunks(path, CHUNK_BYTES, issues, on_row)
 }
@@ -305,7 +319,7 @@ fn read_rows_in_chunks(
     path: &Path,
     chunk: usize,
     issues: &mut Vec<InputIssue>,
-    mut on_row: impl FnMut(Row<'_>),
+    mut on_row: impl FnMut(Row<'_>) -> ControlFlow<()>,
 ) -> Result<FileSummary, InputIssue> {
     let file_issue = |message: String| InputIssue {
         path: path.to_path_buf(),
@@ -378,16 +392,20 @@ fn read_rows_in_chunks(
                     entry.2 += 1;
                 }
                 summary.rows += 1;
-                on_row(Row {
+                let flow = on_row(Row {
                     line,
                     paper_id,
                     title,
                     abstract_text,
                 });
+                if flow.is_break() {
+                    return Ok(summary);
+                }
             }
             Err(message) => {
                 summary.skipped += 1;
-                issues.push(row_issue(line, format!("{message}; row skipped")));
+                let taken = swallowed(&reader.buf[reader.record.clone()], line);
+                issues.push(row_issue(line, format!("{message}; row skipped{taken}")));
             }
         }
     }
@@ -445,6 +463,44 @@ fn shorten(text: &str, max: usize) -> String {
         }
     }
     out
+}
+
+/// What a skipped record that runs over several lines took with it: a
+/// stray quote makes one record of the lines up to the next quote, and each
+/// of those lines may be a paper of its own. Names the lines and every
+/// paper id they seem to start with; empty for a one-line record.
+fn swallowed(record: &[u8], first_line: u64) -> String {
+    let record = record.strip_suffix(b"\n").unwrap_or(record);
+    let record = record.strip_suffix(b"\r").unwrap_or(record);
+    let lines: Vec<&[u8]> = record.split(|&b| b == b'\n').collect();
+    if lines.len() < 2 {
+        return String::new();
+    }
+    let last = first_line + lines.len() as u64 - 1;
+    let papers: Vec<String> = lines
+        .iter()
+        .zip(first_line..)
+        .filter_map(|(text, line)| {
+            let first = text.split(|&b| b == b',').next().unwrap_or_default();
+            let id = std::str::from_utf8(first).ok()?.trim().trim_matches('"');
+            let plausible = !id.is_empty()
+                && id.len() <= 40
+                && id.bytes().any(|b| b.is_ascii_digit())
+                && !id
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '"');
+            plausible.then(|| format!("{id} (line {line})"))
+        })
+        .collect();
+    if papers.len() < 2 {
+        return format!(" (the record runs over lines {first_line}-{last}; a stray quote?)");
+    }
+    format!(
+        " (the record runs over lines {first_line}-{last}, a stray quote joining what look like {} rows: \
+         papers {} are all skipped; fix the quote to keep them)",
+        papers.len(),
+        papers.join(", ")
+    )
 }
 
 /// The first field of the last record that is not UTF-8, if any.
@@ -546,7 +602,8 @@ mod tests {
         let mut rows = Vec::new();
         let mut issues = Vec::new();
         let result = read_rows_in_chunks(&path, chunk, &mut issues, |r| {
-            rows.push((r.line, r.paper_id.into(), r.title.into(), r.abstract_text.into()))
+            rows.push((r.line, r.paper_id.into(), r.title.into(), r.abstract_text.into()));
+            ControlFlow::Continue(())
         });
         let issues = issues
             .iter()
@@ -697,6 +754,25 @@ mod tests {
         assert_eq!(
             issues,
             ["Some(2): text after the closing quote of field 2; row skipped"]
+        );
+    }
+
+    #[test]
+    fn a_stray_quote_names_every_line_and_paper_it_swallows() {
+        let csv = b"paper_id,title,abstract\n\
+                    2401.00001,\"Stray quote title,abs one\n\
+                    2401.00002,title two,abs two\"\n\
+                    2401.00003,t3,a3\n";
+        let (rows, issues, _) = read(csv);
+        assert_eq!(rows.len(), 1, "{issues:?}");
+        assert_eq!(rows[0].1, "2401.00003");
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        let issue = &issues[0];
+        assert!(issue.starts_with("Some(2): "), "{issue}");
+        assert!(issue.contains("lines 2-3"), "{issue}");
+        assert!(
+            issue.contains("2401.00001 (line 2)") && issue.contains("2401.00002 (line 3)"),
+            "{issue}"
         );
     }
 

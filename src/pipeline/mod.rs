@@ -68,6 +68,9 @@ pub struct RunOutcome {
     pub errors: Vec<String>,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Stopped early by SIGINT/SIGTERM: what was embedded is checkpointed
+    /// (folded into the year files by the next writer), the rest waits.
+    pub interrupted: bool,
 }
 
 impl RunOutcome {
@@ -105,7 +108,9 @@ enum Event {
 ///
 /// Returns once every paper is embedded or failed; a store error (disk
 /// full, permissions) stops the run at once, with everything committed so
-/// far kept.
+/// far kept. After [`crate::interrupt::requested`] no new batch is taken:
+/// the batches in flight finish, everything embedded is checkpointed, and
+/// the outcome says `interrupted`.
 pub fn run(
     writer: &StoreWriter,
     embedder: &dyn Embedder,
@@ -191,7 +196,7 @@ fn produce(
                 Ok(prepared) => batch_tx.send(Batch { items, prepared }).is_ok(),
                 Err(e) => events.send(Event::Failed(items, e.to_string())).is_ok(),
             };
-            if !sent || stop.load(Ordering::Relaxed) {
+            if !sent || stop.load(Ordering::Relaxed) || crate::interrupt::requested() {
                 return;
             }
         }
@@ -200,7 +205,7 @@ fn produce(
         discovery,
         work,
         years_with_repeats,
-        &|| stop.load(Ordering::Relaxed),
+        &|| stop.load(Ordering::Relaxed) || crate::interrupt::requested(),
         |index, text| {
             *queued.borrow_mut().entry(work[index].year).or_insert(0) += 1;
             let mut window = window.borrow_mut();
@@ -231,7 +236,7 @@ fn embed_batches(
 ) {
     let dimension = embedder.identity().dimension;
     for batch in batches.iter() {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) || crate::interrupt::requested() {
             return;
         }
         let attempt = || -> Result<Embeddings, EmbedError> {
@@ -422,12 +427,17 @@ fn commit(
         }
     }
     // Whatever is left (a year whose count never arrived because the
-    // producer stopped early) is committed and folded all the same.
+    // producer stopped early) is committed and folded all the same; after
+    // an interrupt only committed, so that the process ends promptly (the
+    // next writer folds the checkpoints).
     committer.checkpoint(None)?;
-    for year in crate::store::pending::list(&writer.dir)?.into_keys() {
-        writer.fold_year(year, Some(identity))?;
+    committer.outcome.interrupted = crate::interrupt::requested();
+    if !committer.outcome.interrupted {
+        for year in crate::store::pending::list(&writer.dir)?.into_keys() {
+            writer.fold_year(year, Some(identity))?;
+        }
+        writer.clear_pending()?;
     }
-    writer.clear_pending()?;
     progress.finish();
     Ok(committer.outcome)
 }

@@ -9,7 +9,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
-use crate::metadata::{Discovery, InputIssue, Year, read_rows};
+use std::ops::ControlFlow;
+
+use crate::metadata::{Discovery, InputIssue, Year, read_rows_while};
 use crate::store::backlog::MissingReason;
 use crate::text::prepare_text;
 
@@ -29,7 +31,8 @@ pub struct WorkItem {
 /// Calls `emit(index, text)` for every work item whose row is found, file by
 /// file in the order the work first names them; `year_done(year)` after the
 /// last file of each year. Returns the indices of items whose row was not
-/// found (the file changed since planning) and the problems met.
+/// found (the file changed since planning) and the problems met. Once
+/// `stop()` says so, reading stops within a few thousand rows, mid-file.
 pub fn read_texts(
     discovery: &Discovery,
     work: &[WorkItem],
@@ -74,16 +77,17 @@ pub fn read_texts(
         if years_with_repeats.contains(&year) {
             let mut ordinal = 0u64;
             let mut ignored = Vec::new();
-            let _ = read_rows(path, &mut ignored, |row| {
+            let _ = read_rows_while(path, &mut ignored, |row| {
                 if let Some(&index) = wanted.get(row.paper_id) {
                     last_ordinal.insert(index, ordinal);
                 }
                 ordinal += 1;
+                keep_going(ordinal, stop)
             });
         }
         let mut found: BTreeSet<usize> = BTreeSet::new();
         let mut ordinal = 0u64;
-        let result = read_rows(path, &mut issues, |row| {
+        let result = read_rows_while(path, &mut issues, |row| {
             if let Some(&index) = wanted.get(row.paper_id) {
                 let is_last = last_ordinal.get(&index).is_none_or(|&last| last == ordinal);
                 if is_last && found.insert(index) {
@@ -91,15 +95,80 @@ pub fn read_texts(
                 }
             }
             ordinal += 1;
+            keep_going(ordinal, stop)
         });
+        if stop() {
+            // Stopped mid-file: what was not read is neither found nor missing.
+            break;
+        }
         if let Err(issue) = result {
             issues.push(issue);
         }
         missing.extend(wanted.values().copied().filter(|i| !found.contains(i)));
     }
-    if let Some(year) = current_year {
+    if let Some(year) = current_year
+        && !stop()
+    {
         year_done(year);
     }
     missing.sort_unstable();
     (missing, issues)
+}
+
+/// Asks `stop` every 4,096 rows (it may take a lock or read an atomic).
+fn keep_going(ordinal: u64, stop: &dyn Fn() -> bool) -> ControlFlow<()> {
+    if ordinal.is_multiple_of(4096) && stop() {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::metadata::discover;
+
+    /// A stop raised while a large file is read ends the read mid-file: the
+    /// rest of the file is not parsed (a producer whose run failed used to
+    /// parse it to the end).
+    #[test]
+    fn a_stop_ends_reading_in_the_middle_of_a_file() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("metadata")).unwrap();
+        let mut csv = String::from("paper_id,title,abstract\n");
+        let rows = 50_000;
+        for i in 0..rows {
+            csv.push_str(&format!("p{i},t,a\n"));
+        }
+        std::fs::write(root.path().join("metadata/metadata-2024.csv"), csv).unwrap();
+        let discovery = discover(&root.path().join("metadata"), root.path()).unwrap();
+        let work: Vec<WorkItem> = (0..rows)
+            .map(|i| WorkItem {
+                paper_id: format!("p{i}"),
+                year: Year::parse("2024").unwrap(),
+                origin: "metadata/metadata-2024.csv".into(),
+                reason: MissingReason::MissingEmbedding,
+            })
+            .collect();
+        let emitted = Cell::new(0usize);
+        let years_done = Cell::new(0usize);
+        let (missing, _) = read_texts(
+            &discovery,
+            &work,
+            &BTreeSet::new(),
+            &|| emitted.get() >= 100,
+            |_, _| emitted.set(emitted.get() + 1),
+            |_| years_done.set(years_done.get() + 1),
+        );
+        assert!(
+            emitted.get() >= 100 && emitted.get() <= 4096,
+            "{} rows read",
+            emitted.get()
+        );
+        assert!(missing.is_empty(), "rows not read are not reported missing");
+        assert_eq!(years_done.get(), 0, "a stopped year is not done");
+    }
 }

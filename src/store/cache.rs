@@ -285,6 +285,21 @@ pub struct RefreshState {
     pub years: BTreeMap<String, YearSummary>,
 }
 
+/// Start of the refresh state's last line: the XXH3-64 of the JSON before it.
+const STATE_CHECKSUM: &[u8] = b"xxh3_64 ";
+
+/// Splitting a byte slice at its last occurrence of a byte.
+trait RsplitOnceByte {
+    fn rsplit_once_byte(&self, byte: u8) -> Option<(&[u8], &[u8])>;
+}
+
+impl RsplitOnceByte for [u8] {
+    fn rsplit_once_byte(&self, byte: u8) -> Option<(&[u8], &[u8])> {
+        let at = self.iter().rposition(|&b| b == byte)?;
+        Some((&self[..at], &self[at + 1..]))
+    }
+}
+
 fn state_path(model_dir: &Path) -> PathBuf {
     model_dir.join(CACHE_DIR).join("refresh-state.json")
 }
@@ -301,18 +316,29 @@ impl RefreshState {
         }
     }
 
-    /// Loads the state; `None` when absent, damaged or from another version.
+    /// Loads the state; `None` when absent, damaged (its checksum does not
+    /// match, or its counts contradict each other), or from another version.
     pub fn load(model_dir: &Path) -> Option<RefreshState> {
         let bytes = std::fs::read(state_path(model_dir)).ok()?;
-        let state: RefreshState = serde_json::from_slice(&bytes).ok()?;
-        (state.version == CACHE_VERSION).then_some(state)
+        let (body, trailer) = bytes.strip_suffix(b"\n")?.rsplit_once_byte(b'\n')?;
+        let checksum = std::str::from_utf8(trailer.strip_prefix(STATE_CHECKSUM)?).ok()?;
+        if u64::from_str_radix(checksum, 16).ok()? != xxh3_64(body) {
+            return None;
+        }
+        let state: RefreshState = serde_json::from_slice(body).ok()?;
+        let consistent = state.years.values().all(|y| y.rows >= y.papers);
+        (state.version == CACHE_VERSION && consistent).then_some(state)
     }
 
-    /// Saves the state atomically.
+    /// Saves the state atomically, with a checksum line after the JSON.
     pub fn save(&self, model_dir: &Path) -> std::io::Result<()> {
         let path = state_path(model_dir);
         create_owned_dir(&model_dir.join(CACHE_DIR))?;
-        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let checksum = xxh3_64(&bytes);
+        bytes.push(b'\n');
+        bytes.extend_from_slice(STATE_CHECKSUM);
+        bytes.extend_from_slice(format!("{checksum:016x}\n").as_bytes());
         write_bytes_atomic(&path, &bytes)
     }
 }
@@ -401,7 +427,21 @@ mod tests {
             },
         );
         state.save(dir.path()).unwrap();
-        assert_eq!(RefreshState::load(dir.path()), Some(state));
+        assert_eq!(RefreshState::load(dir.path()), Some(state.clone()));
+        // Still valid JSON, but not what was written: the checksum says so.
+        let saved = std::fs::read_to_string(state_path(dir.path())).unwrap();
+        let edited = saved.replacen("\"papers\": 3", "\"papers\": 4", 1);
+        assert_ne!(edited, saved);
+        std::fs::write(state_path(dir.path()), &edited).unwrap();
+        assert_eq!(
+            RefreshState::load(dir.path()),
+            None,
+            "an edited state is not trusted"
+        );
+        // Counts that contradict each other are refused even with a good checksum.
+        state.years.get_mut("2024").unwrap().rows = 2;
+        state.save(dir.path()).unwrap();
+        assert_eq!(RefreshState::load(dir.path()), None, "fewer rows than papers");
         std::fs::write(state_path(dir.path()), b"{").unwrap();
         assert_eq!(RefreshState::load(dir.path()), None);
     }

@@ -107,6 +107,47 @@ impl WriterLock {
     }
 }
 
+/// The pid of the process holding the writer lock of `dir`, if one does,
+/// found without touching the lock: the kernel's list of held locks
+/// (`/proc/locks`) is matched against the lock file's device and inode.
+/// `None` when nobody writes, or where the kernel does not say (not Linux).
+pub fn holder(dir: &Path) -> Option<u32> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(dir.join(LOCK_FILE)).ok()?;
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        holder_in(&locks, meta.dev(), meta.ino())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
+/// The pid holding a lock on the file (`dev`, `ino`) in `/proc/locks` text:
+/// `1: FLOCK  ADVISORY  WRITE 2497 00:2d:1867 0 EOF` (device numbers in
+/// hex, inode in decimal); waiters (`->`) do not hold it.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn holder_in(locks: &str, dev: u64, ino: u64) -> Option<u32> {
+    // glibc's encoding of a dev_t.
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) == Some(&"->") || fields.len() < 6 {
+            return None;
+        }
+        let mut id = fields[5].split(':');
+        let (maj, min, inode) = (id.next()?, id.next()?, id.next()?);
+        let matches = u64::from_str_radix(maj, 16).ok()? == major
+            && u64::from_str_radix(min, 16).ok()? == minor
+            && inode.parse::<u64>().ok()? == ino;
+        if matches { fields[4].parse().ok() } else { None }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +177,28 @@ mod tests {
         let err = WriterLock::acquire(dir.path()).unwrap_err();
         assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn the_holder_is_read_from_the_kernels_lock_list() {
+        let dev = (8u64 << 8) | 1; // 08:01
+        let text = "1: POSIX  ADVISORY  WRITE 11 08:01:99 0 EOF\n\
+                    2: FLOCK  ADVISORY  WRITE 4242 08:01:1867 0 EOF\n\
+                    2: -> FLOCK  ADVISORY  WRITE 77 08:01:1867 0 EOF\n";
+        assert_eq!(holder_in(text, dev, 1867), Some(4242));
+        assert_eq!(holder_in(text, dev, 1868), None);
+        assert_eq!(holder_in(text, dev + 1, 1867), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_held_lock_names_its_holder_and_a_free_one_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(holder(dir.path()), None, "no lock file");
+        let lock = WriterLock::acquire(dir.path()).unwrap();
+        assert_eq!(holder(dir.path()), Some(std::process::id()));
+        drop(lock);
+        assert_eq!(holder(dir.path()), None);
     }
 
     #[test]

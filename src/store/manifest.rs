@@ -2,8 +2,9 @@
 //!
 //! Built from the year files themselves (row counts from Parquet footers),
 //! so it can always be made true again; it also records which model made
-//! the vectors ([`ModelIdentity`]), which is the one thing the files cannot
-//! tell. Keys written by other tools are kept.
+//! the vectors ([`ModelIdentity`]), which papersys' year files record too
+//! (so a lost manifest is rebuilt with it). Keys written by other tools are
+//! kept.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -126,7 +127,9 @@ impl Manifest {
     }
 
     /// A manifest describing exactly the year files now in `dir`, carrying
-    /// over the model identity and unknown keys of `previous`.
+    /// over the model identity and unknown keys of `previous`. Without a
+    /// previous identity, the first year file that records a model supplies
+    /// it.
     pub fn from_disk(
         dir: &Path,
         alias: &str,
@@ -139,9 +142,12 @@ impl Manifest {
             path: dir.to_path_buf(),
             source,
         })?;
+        let mut found = None;
         for (year, path) in listed {
-            years.insert(year.to_string(), year_file::row_count(&path)?);
+            let footer = year_file::footer(&path)?;
+            years.insert(year.to_string(), footer.rows);
             files.push(format!("{year}.parquet"));
+            found = found.or(footer.identity);
         }
         Ok(Manifest {
             model: alias.to_string(),
@@ -151,7 +157,7 @@ impl Manifest {
             files,
             generated_at: now_iso(),
             source: SOURCE.to_string(),
-            model_identity: previous.and_then(|m| m.model_identity.clone()),
+            model_identity: previous.and_then(|m| m.model_identity.clone()).or(found),
             text_hash_algorithm: Some(TEXT_HASH_ALGORITHM.to_string()),
             extra: previous.map(|m| m.extra.clone()).unwrap_or_default(),
         })

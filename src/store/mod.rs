@@ -12,6 +12,7 @@ pub mod lock;
 pub mod manifest;
 pub mod parquet_input;
 pub mod pending;
+pub mod provenance;
 pub mod staging;
 pub mod year_file;
 
@@ -249,8 +250,7 @@ impl StoreWriter {
                 damaged = true;
                 let moved = self.quarantine(&path)?;
                 tracing::warn!(
-                    "{} was damaged ({message}); moved to {} and rebuilt from the year files. \
-                     The record of which model made the vectors was in it: check the config's model for this alias",
+                    "{} was damaged ({message}); moved to {} and rebuilt from the year files",
                     path.display(),
                     moved.display()
                 );
@@ -284,13 +284,27 @@ impl StoreWriter {
             }
             None if !manifest.files.is_empty() && !damaged => {
                 tracing::warn!(
-                    "{} was missing; rebuilt from the year files ({}). The record of which model made the \
-                     vectors was in it: check the config's model for this alias",
+                    "{} was missing; rebuilt from the year files ({})",
                     self.dir.join(manifest::MANIFEST_FILE).display(),
                     manifest.files.join(", ")
                 );
             }
             None => {}
+        }
+        if previous.is_none() && !manifest.files.is_empty() {
+            match &manifest.model_identity {
+                Some(found) => tracing::info!(
+                    "{}: the year files record the model that made them: {}",
+                    self.dir.display(),
+                    found.name
+                ),
+                None if identity.is_none() => tracing::warn!(
+                    "{}: no year file records which model made its vectors (written by another tool); \
+                     the next embed run records the configured model: check it is the one that made them",
+                    self.dir.display()
+                ),
+                None => {}
+            }
         }
         if let Some(identity) = identity {
             manifest.model_identity = Some(identity.clone());

@@ -5,8 +5,9 @@
 //! from then on a crash cannot lose them. Year files are not rewritten per
 //! checkpoint; a year's deltas are folded into its year file once, when the
 //! run is done with the year (or by the next writer after a crash). Folding
-//! is idempotent: the merge keeps one row per paper, the newest winning, so
-//! deltas that survive a crash after their fold are folded again harmlessly.
+//! is idempotent: the merge keeps one row per paper, the one committed last
+//! (delta order, never the clock), so deltas that survive a crash after
+//! their fold are folded again harmlessly.
 //! The directory is hidden, so readers globbing `*.parquet` never see it.
 
 use std::collections::BTreeMap;
@@ -113,7 +114,7 @@ impl StoreWriter {
         let path = dir.join(format!("{year}-{tag}.parquet"));
         let mut rows = rows;
         year_file::sort_and_dedup(&mut rows);
-        year_file::write_rows(&path, rows, self.dimension)?;
+        year_file::write_rows_as(&path, rows, self.dimension, Some(identity))?;
         Ok(path)
     }
 
@@ -131,6 +132,8 @@ impl StoreWriter {
     /// [`Self::fold_year`], holding at most about `max_rows` new vectors in
     /// memory: deltas are merged in groups, oldest first, each group
     /// committed (year file, manifest, deltas removed) before the next.
+    /// A delta made by another model than `identity` (or than the first
+    /// delta, when `identity` is unknown) is refused, naming it.
     fn fold_year_within(
         &self,
         year: Year,
@@ -153,9 +156,16 @@ impl StoreWriter {
         let mut total = MergeOutcome::default();
         let mut rows: Vec<VectorRow> = Vec::new();
         let mut group: Vec<&PathBuf> = Vec::new();
+        let mut identity = identity.cloned();
         for path in &deltas {
             match year_file::read_rows(path, self.dimension) {
                 Ok(delta) => {
+                    if let Some(recorded) = year_file::footer(path)?.identity {
+                        match &identity {
+                            Some(current) => year_file::check_identity(path, current, &recorded)?,
+                            None => identity = Some(recorded),
+                        }
+                    }
                     rows.extend(delta);
                     group.push(path);
                 }
@@ -172,13 +182,14 @@ impl StoreWriter {
                 Err(e) => return Err(e.into()),
             }
             if rows.len() >= max_rows {
-                let outcome = self.commit_group(&year_path, std::mem::take(&mut rows), &group, identity)?;
+                let outcome =
+                    self.commit_group(&year_path, std::mem::take(&mut rows), &group, identity.as_ref())?;
                 total.add(outcome);
                 group.clear();
             }
         }
         if !group.is_empty() {
-            total.add(self.commit_group(&year_path, rows, &group, identity)?);
+            total.add(self.commit_group(&year_path, rows, &group, identity.as_ref())?);
         }
         Ok(Some(total))
     }
@@ -193,7 +204,7 @@ impl StoreWriter {
         group: &[&PathBuf],
         identity: Option<&ModelIdentity>,
     ) -> Result<MergeOutcome, StoreError> {
-        let outcome = year_file::merge(year_path, rows, self.dimension)?;
+        let outcome = year_file::merge_as(year_path, rows, self.dimension, identity)?;
         crate::fault::point("fold.after_merge");
         self.sync_manifest(identity)?;
         crate::fault::point("fold.before_remove_deltas");
@@ -250,14 +261,9 @@ mod tests {
         }
     }
 
-    /// A store of `dir` with three deltas for 2024, the later ones re-embedding
-    /// papers of the earlier ones.
-    fn store_with_deltas(dir: &Path) -> StoreWriter {
-        let text = "[embedding]\n[[embedding.models]]\nalias = \"m\"\nname = \"m\"\ndimension = 4\n";
-        let config = Config::parse(text, &dir.join("papersys.toml")).unwrap();
-        let writer = ModelStore::new(&config, &config.models[0]).open_writer().unwrap();
-        let identity = ModelIdentity {
-            name: "m".into(),
+    fn identity(name: &str) -> ModelIdentity {
+        ModelIdentity {
+            name: name.into(),
             revision: None,
             weights_sha256: None,
             dimension: 4,
@@ -266,7 +272,43 @@ mod tests {
             normalize: true,
             document_prefix: String::new(),
             backend: "test".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_made_by_another_model_is_refused_by_name_and_never_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = store_with_deltas(dir.path());
+        let year = Year::parse("2024").unwrap();
+        let err = writer.fold_year(year, Some(&identity("other"))).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, StoreError::YearFile(YearFileError::Model { .. })),
+            "{message}"
+        );
+        assert!(
+            message.contains(".pending") && message.contains("2024-run-000000"),
+            "{message}"
+        );
+        assert!(!writer.year_path(year).exists(), "nothing folded");
+        assert_eq!(list(&writer.dir).unwrap()[&year].len(), 3, "the deltas are kept");
+        // The recovery, which knows no model, folds them under the one they record.
+        writer.fold_year(year, None).unwrap();
+        let footer = year_file::footer(&writer.year_path(year)).unwrap();
+        assert_eq!(footer.identity.unwrap().name, "m");
+        assert_eq!(
+            writer.manifest().unwrap().unwrap().model_identity.unwrap().name,
+            "m"
+        );
+    }
+
+    /// A store of `dir` with three deltas for 2024, the later ones re-embedding
+    /// papers of the earlier ones.
+    fn store_with_deltas(dir: &Path) -> StoreWriter {
+        let text = "[embedding]\n[[embedding.models]]\nalias = \"m\"\nname = \"m\"\ndimension = 4\n";
+        let config = Config::parse(text, &dir.join("papersys.toml")).unwrap();
+        let writer = ModelStore::new(&config, &config.models[0]).open_writer().unwrap();
+        let identity = identity("m");
         let (t1, t2, t3) = (
             "2025-01-01T00:00:00.000000+00:00",
             "2025-01-02T00:00:00.000000+00:00",

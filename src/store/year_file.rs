@@ -7,6 +7,13 @@
 //! sorted by it. Files written by other tools are read leniently (large or
 //! view strings, float64 or fixed-size lists, no `text_hash`) and rewritten
 //! in the contract's form the next time their year changes.
+//!
+//! **(papersys)** Every file papersys writes (year files and checkpoints)
+//! records the model that made its vectors in its Parquet key-value
+//! metadata under [`IDENTITY_KEY`], so the files alone say which model they
+//! belong to: a merge refuses to mix another model's vectors into a file,
+//! and a lost manifest is rebuilt with the identity. Files without it
+//! (written by the Python original or other tools) are adopted.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -18,8 +25,10 @@ use arrow_array::types::{Float32Type, UInt32Type};
 use arrow_array::{Array, ArrayRef, Float32Array, ListArray, RecordBatch, StringArray, UInt32Array};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use papersys_backend_core::ModelIdentity;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::types::ColumnPath;
@@ -30,6 +39,10 @@ use crate::text::TextHash;
 
 /// Value of the `source` column for rows papersys writes.
 pub const SOURCE: &str = "papersys.embedding";
+
+/// Key of the Parquet key-value metadata entry holding the JSON of the
+/// [`ModelIdentity`] that made the file's vectors.
+pub const IDENTITY_KEY: &str = "papersys.model_identity";
 
 /// Rows per row group: readers get reasonable chunks, and the writer never
 /// buffers more than a few tens of MB.
@@ -87,6 +100,21 @@ pub enum YearFileError {
         /// Configured dimension.
         expected: usize,
     },
+    /// Vectors made by another model than the one writing or configured now.
+    #[error(
+        "{} holds vectors made by another model ({details}); vectors of two models never mix under one \
+         alias, so nothing was written. Put the model that made them back in the config, give the new model \
+         its own alias, or replace every vector with `papersys embed --model ALIAS --reembed`",
+        .path.display()
+    )]
+    Model {
+        /// The year file or checkpoint.
+        path: PathBuf,
+        /// The model recorded in the file.
+        recorded: Box<ModelIdentity>,
+        /// How the models differ (`field: recorded X, configured Y; ...`).
+        details: String,
+    },
 }
 
 impl YearFileError {
@@ -121,7 +149,7 @@ fn list_type() -> DataType {
     DataType::List(Arc::new(Field::new("item", DataType::Float32, true)))
 }
 
-fn writer_properties() -> WriterProperties {
+fn writer_properties(identity: Option<&ModelIdentity>) -> WriterProperties {
     let item = ColumnPath::from(vec![
         "embedding".to_string(),
         "list".to_string(),
@@ -134,17 +162,71 @@ fn writer_properties() -> WriterProperties {
         // Dictionaries and min/max of random floats cost time and space for nothing.
         .set_column_dictionary_enabled(item.clone(), false)
         .set_column_statistics_enabled(item, EnabledStatistics::None)
+        .set_key_value_metadata(identity.map(|identity| {
+            let json = serde_json::to_string(identity).unwrap_or_default();
+            vec![KeyValue::new(IDENTITY_KEY.to_string(), json)]
+        }))
         .build()
 }
 
-/// Number of rows, from the Parquet footer alone.
-pub fn row_count(path: &Path) -> Result<u64, YearFileError> {
+/// What a file's Parquet footer says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Footer {
+    /// Number of rows.
+    pub rows: u64,
+    /// The model recorded under [`IDENTITY_KEY`]; `None` for files written
+    /// by other tools.
+    pub identity: Option<ModelIdentity>,
+}
+
+/// Reads the Parquet footer alone: row count and recorded model.
+pub fn footer(path: &Path) -> Result<Footer, YearFileError> {
     let file = ParquetInput::open(path).map_err(|e| YearFileError::io(path, e))?;
     let reader = parquet_input::catch_decoder_panic(|| SerializedFileReader::new(file))
         .map_err(|message| YearFileError::damaged(path, message))?
         .map_err(|e| YearFileError::damaged(path, e))?;
-    let rows = reader.metadata().file_metadata().num_rows();
-    u64::try_from(rows).map_err(|_| YearFileError::damaged(path, format!("negative row count {rows}")))
+    let metadata = reader.metadata().file_metadata();
+    let rows = metadata.num_rows();
+    let rows = u64::try_from(rows)
+        .map_err(|_| YearFileError::damaged(path, format!("negative row count {rows}")))?;
+    let recorded = metadata
+        .key_value_metadata()
+        .and_then(|pairs| pairs.iter().find(|kv| kv.key == IDENTITY_KEY))
+        .and_then(|kv| kv.value.as_deref());
+    let identity = match recorded {
+        Some(json) => Some(serde_json::from_str(json).map_err(|e| {
+            YearFileError::damaged(
+                path,
+                format!("its `{IDENTITY_KEY}` metadata is not a model identity: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(Footer { rows, identity })
+}
+
+/// Number of rows, from the Parquet footer alone.
+pub fn row_count(path: &Path) -> Result<u64, YearFileError> {
+    footer(path).map(|f| f.rows)
+}
+
+/// Refuses `recorded` (the model a file at `path` records) when `current`
+/// would make different vectors, with an error naming the file.
+pub fn check_identity(
+    path: &Path,
+    current: &ModelIdentity,
+    recorded: &ModelIdentity,
+) -> Result<(), YearFileError> {
+    let mismatches = current.mismatches(recorded);
+    if mismatches.is_empty() {
+        return Ok(());
+    }
+    let details: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+    Err(YearFileError::Model {
+        path: path.to_path_buf(),
+        recorded: Box::new(recorded.clone()),
+        details: details.join("; "),
+    })
 }
 
 /// Ids (and stored text hashes) of a year file, as the plan needs them.
@@ -219,11 +301,6 @@ fn newer_first(a: &str, b: &str) -> std::cmp::Ordering {
 
 fn parse_time(text: &str) -> Option<jiff::Timestamp> {
     text.parse::<jiff::Timestamp>().ok()
-}
-
-/// True when `candidate` was generated after `current`.
-fn is_newer(candidate: &str, current: &str) -> bool {
-    parse_time(candidate) > parse_time(current)
 }
 
 /// Reads every row of a year file (used by merges and checks).
@@ -454,9 +531,13 @@ struct BatchWriter<'w> {
 }
 
 impl<'w> BatchWriter<'w> {
-    fn new(out: &'w mut std::io::BufWriter<File>, dimension: usize) -> std::io::Result<Self> {
-        let writer =
-            ArrowWriter::try_new(out, schema(), Some(writer_properties())).map_err(std::io::Error::other)?;
+    fn new(
+        out: &'w mut std::io::BufWriter<File>,
+        dimension: usize,
+        identity: Option<&ModelIdentity>,
+    ) -> std::io::Result<Self> {
+        let writer = ArrowWriter::try_new(out, schema(), Some(writer_properties(identity)))
+            .map_err(std::io::Error::other)?;
         Ok(BatchWriter {
             writer,
             pending: Vec::with_capacity(READ_BATCH_ROWS),
@@ -491,8 +572,19 @@ impl<'w> BatchWriter<'w> {
     }
 }
 
-/// Sorts rows by paper id and keeps, for each paper, the newest row.
+/// Sorts rows by paper id and keeps, for each paper, the row that comes
+/// last in `rows`: the one committed last. Order, not `generated_at`,
+/// decides, so a clock that stepped back cannot discard a fresh vector.
 pub fn sort_and_dedup(rows: &mut Vec<VectorRow>) {
+    rows.reverse();
+    // Stable: among rows of one paper the last committed is now first.
+    rows.sort_by(|a, b| a.paper_id.cmp(&b.paper_id));
+    rows.dedup_by(|later, earlier| later.paper_id == earlier.paper_id);
+}
+
+/// For rows of a file from another tool, which may repeat a paper with no
+/// order to go by: keeps each paper's newest `generated_at`.
+fn sort_and_dedup_by_time(rows: &mut Vec<VectorRow>) {
     rows.sort_by(|a, b| {
         a.paper_id
             .cmp(&b.paper_id)
@@ -521,37 +613,56 @@ impl MergeOutcome {
     }
 }
 
+/// [`merge_as`] without a model: the file keeps the model it records.
+pub fn merge(path: &Path, new_rows: Vec<VectorRow>, dimension: usize) -> Result<MergeOutcome, YearFileError> {
+    merge_as(path, new_rows, dimension, None)
+}
+
 /// Merges `new_rows` into the year file at `path` (created when absent) and
-/// replaces it atomically: one row per paper, the newest `generated_at`
-/// winning, sorted by `paper_id`. A sorted, unique existing file is streamed
+/// replaces it atomically: one row per paper, sorted by `paper_id`. The
+/// rows merged in win over the file's (they were computed after it was
+/// written), and among them the last one of a paper wins; `generated_at`
+/// only breaks ties inside files from other tools. A sorted, unique existing file is streamed
 /// batch by batch, so memory stays flat whatever the file's size; anything
-/// else (a file from another tool) is loaded, sorted and de-duplicated. If
-/// the existing file cannot be read, or holds vectors of another dimension,
-/// nothing is written.
-pub fn merge(
+/// else (a file from another tool) is loaded, sorted and de-duplicated. The
+/// result records `identity` (else the model the file recorded). If the
+/// existing file cannot be read, holds vectors of another dimension, or was
+/// made by a model other than `identity`, nothing is written.
+pub fn merge_as(
     path: &Path,
     mut new_rows: Vec<VectorRow>,
     dimension: usize,
+    identity: Option<&ModelIdentity>,
 ) -> Result<MergeOutcome, YearFileError> {
     sort_and_dedup(&mut new_rows);
     if !path.exists() {
         let added = new_rows.len() as u64;
-        let rows = write_rows(path, new_rows, dimension)?;
+        let rows = write_rows_as(path, new_rows, dimension, identity)?;
         return Ok(MergeOutcome {
             rows,
             added,
             replaced: 0,
         });
     }
+    let recorded = footer(path)?.identity;
+    let identity = match (identity, recorded) {
+        (Some(current), Some(recorded)) => {
+            check_identity(path, current, &recorded)?;
+            Some(current.clone())
+        }
+        (current, recorded) => current.cloned().or(recorded),
+    };
+    let identity = identity.as_ref();
     let (existing_ids, streamable) = read_ids_checked(path, dimension)?;
     let existing_rows = existing_ids.ids.len() as u64;
     drop(existing_ids);
     if !streamable {
         let mut rows = read_rows(path, dimension)?;
+        sort_and_dedup_by_time(&mut rows);
         rows.extend(new_rows);
         sort_and_dedup(&mut rows);
         let total = rows.len() as u64;
-        write_rows(path, rows, dimension)?;
+        write_rows_as(path, rows, dimension, identity)?;
         return Ok(MergeOutcome {
             rows: total,
             added: total - existing_rows,
@@ -563,7 +674,7 @@ pub fn merge(
     let mut outcome = MergeOutcome::default();
     let mut failure: Option<YearFileError> = None;
     let written = write_atomic(path, |out| {
-        let mut writer = BatchWriter::new(out, dimension)?;
+        let mut writer = BatchWriter::new(out, dimension, identity)?;
         let mut incoming = new_rows.into_iter().peekable();
         for batch in reader.batches() {
             let old_rows = match batch.and_then(|b| batch_rows(path, &b, dimension)) {
@@ -579,11 +690,11 @@ pub fn merge(
                     writer.push(new)?;
                 }
                 match incoming.next_if(|n| n.paper_id == old.paper_id) {
-                    Some(new) if !is_newer(&old.generated_at, &new.generated_at) => {
+                    Some(new) => {
                         outcome.replaced += 1;
                         writer.push(new)?;
                     }
-                    _ => writer.push(old)?,
+                    None => writer.push(old)?,
                 }
             }
         }
@@ -603,10 +714,22 @@ pub fn merge(
     }
 }
 
-/// Writes `rows` (already sorted and unique) as the year file, atomically.
+/// Writes `rows` (already sorted and unique) as the year file, atomically,
+/// recording no model.
 pub fn write_rows(path: &Path, rows: Vec<VectorRow>, dimension: usize) -> Result<u64, YearFileError> {
+    write_rows_as(path, rows, dimension, None)
+}
+
+/// Writes `rows` (already sorted and unique) as the year file, atomically,
+/// recording `identity` in its key-value metadata.
+pub fn write_rows_as(
+    path: &Path,
+    rows: Vec<VectorRow>,
+    dimension: usize,
+    identity: Option<&ModelIdentity>,
+) -> Result<u64, YearFileError> {
     write_atomic(path, |out| {
-        let mut writer = BatchWriter::new(out, dimension)?;
+        let mut writer = BatchWriter::new(out, dimension, identity)?;
         for row in rows {
             writer.push(row)?;
         }
@@ -707,23 +830,27 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_generated_at_wins_either_way() {
+    fn the_vector_merged_last_wins_even_when_the_clock_stepped_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("2024.parquet");
         merge(&path, vec![row("a", 1.0, T2), row("b", 1.0, T1)], 4).unwrap();
+        // "a" is embedded again after the clock stepped back to T1.
         let outcome = merge(
             &path,
             vec![row("a", 9.0, T1), row("b", 9.0, T2), row("c", 9.0, T1)],
             4,
         )
         .unwrap();
-        assert_eq!((outcome.added, outcome.replaced, outcome.rows), (1, 1, 3));
+        assert_eq!((outcome.added, outcome.replaced, outcome.rows), (1, 2, 3));
         let rows = read_rows(&path, 4).unwrap();
         assert_eq!(
-            rows[0].embedding[0], 1.0,
-            "older incoming row must not replace a newer one"
+            rows[0].embedding[0], 9.0,
+            "the fresh vector is kept whatever its time"
         );
         assert_eq!(rows[1].embedding[0], 9.0);
+        // Within one merge, the row given last wins, whatever its time.
+        merge(&path, vec![row("a", 5.0, T2), row("a", 6.0, T1)], 4).unwrap();
+        assert_eq!(read_rows(&path, 4).unwrap()[0].embedding[0], 6.0);
     }
 
     #[test]
@@ -747,6 +874,54 @@ mod tests {
         assert!(err.to_string().contains("2024.parquet"));
         assert_eq!(std::fs::read(&path).unwrap(), before);
         assert!(matches!(read_ids(&path, 8), Err(YearFileError::Dimension { .. })));
+    }
+
+    fn identity(name: &str) -> ModelIdentity {
+        ModelIdentity {
+            name: name.into(),
+            revision: None,
+            weights_sha256: None,
+            dimension: 4,
+            max_tokens: 0,
+            pooling: papersys_backend_core::Pooling::Mean,
+            normalize: true,
+            document_prefix: String::new(),
+            backend: "test".into(),
+        }
+    }
+
+    #[test]
+    fn the_model_is_recorded_in_the_footer_and_another_model_is_never_merged_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("2024.parquet");
+        let a = identity("org/model-a");
+        merge_as(&path, vec![row("a", 1.0, T1)], 4, Some(&a)).unwrap();
+        assert_eq!(footer(&path).unwrap().identity.as_ref(), Some(&a));
+        // A merge that names no model keeps the one recorded.
+        merge(&path, vec![row("b", 1.0, T1)], 4).unwrap();
+        assert_eq!(footer(&path).unwrap().identity.as_ref(), Some(&a));
+        let before = std::fs::read(&path).unwrap();
+        let err = merge_as(&path, vec![row("c", 1.0, T1)], 4, Some(&identity("org/model-b"))).unwrap_err();
+        assert!(matches!(err, YearFileError::Model { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("2024.parquet") && message.contains("org/model-a"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing written");
+        // A file from another tool records no model: adopted, then recorded.
+        let python = dir.path().join("2023.parquet");
+        write_rows(&python, vec![row("x", 1.0, T1)], 4).unwrap();
+        assert_eq!(footer(&python).unwrap().identity, None);
+        merge_as(
+            &python,
+            vec![row("y", 1.0, T1)],
+            4,
+            Some(&identity("org/model-b")),
+        )
+        .unwrap();
+        assert_eq!(footer(&python).unwrap().identity.unwrap().name, "org/model-b");
+        assert_eq!(footer(&python).unwrap().rows, 2);
     }
 
     #[test]
@@ -826,14 +1001,13 @@ mod tests {
 
             let halves = dir.path().join("halves.parquet");
             let split = split.min(rows.len());
-            merge(&halves, rows[split..].to_vec(), 4).unwrap();
             merge(&halves, rows[..split].to_vec(), 4).unwrap();
-            let merged = read_rows(&halves, 4).unwrap();
-            // Same papers, each with a row of its newest time.
-            let ids = |rows: &[VectorRow]| rows.iter().map(|r| r.paper_id.clone()).collect::<Vec<_>>();
-            proptest::prop_assert_eq!(ids(&merged), ids(&first));
-            for (a, b) in merged.iter().zip(&first) {
-                proptest::prop_assert_eq!(parse_time(&a.generated_at), parse_time(&b.generated_at));
+            merge(&halves, rows[split..].to_vec(), 4).unwrap();
+            // Same rows: each paper's last one, whatever the times say.
+            proptest::prop_assert_eq!(&read_rows(&halves, 4).unwrap(), &first);
+            for row in &first {
+                let last = rows.iter().rev().find(|r| r.paper_id == row.paper_id).unwrap();
+                proptest::prop_assert_eq!(row, last);
             }
         }
     }

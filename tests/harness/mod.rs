@@ -50,7 +50,64 @@ pub fn model_dir(tree: &Tree) -> PathBuf {
 
 /// Runs the binary with `envs`; returns its output (never panics on failure).
 pub fn run(tree: &Tree, args: &[&str], envs: &[(&str, String)]) -> Output {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("papersys"));
+    command(
+        Command::new(assert_cmd::cargo::cargo_bin("papersys")),
+        tree,
+        args,
+        envs,
+    )
+    .output()
+    .expect("spawn papersys")
+}
+
+/// Mounts the data root read-only for the command it wraps alone, in a
+/// private user and mount namespace (no root needed where unprivileged user
+/// namespaces are allowed); `$1` is the root, the rest the command.
+const READ_ONLY_NS: &str = r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@""#;
+
+/// Whether [`run_read_only`] works on this machine: a probe write into a
+/// read-only bind mount of `root` must fail.
+pub fn read_only_namespace_works(root: &Path) -> bool {
+    Command::new("unshare")
+        .args(["-Urm", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && ! touch "$1/.probe" 2>/dev/null"#)
+        .arg("sh")
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        && !root.join(".probe").exists()
+}
+
+/// Runs the binary with the data root read-only for it alone (see
+/// [`read_only_namespace_works`]); the test itself still writes there.
+pub fn run_read_only(tree: &Tree, args: &[&str]) -> Output {
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args(["-Urm", "sh", "-c", READ_ONLY_NS, "sh"])
+        .arg(tree.root())
+        .arg(assert_cmd::cargo::cargo_bin("papersys"));
+    command(unshare, tree, args, &[]).output().expect("spawn unshare")
+}
+
+/// A test whose precondition this machine cannot provide fails, saying
+/// what it needs, unless `PAPERSYS_SKIP_MOUNT_TESTS=1` asks to skip it
+/// knowingly: it never passes without testing.
+pub fn unavailable(what: &str) {
+    if std::env::var_os("PAPERSYS_SKIP_MOUNT_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED (PAPERSYS_SKIP_MOUNT_TESTS=1): this test needs {what}");
+        return;
+    }
+    panic!(
+        "this test needs {what}, which this machine does not allow; run it as root or where unprivileged \
+         user namespaces are allowed (`unshare -Urm`), or set PAPERSYS_SKIP_MOUNT_TESTS=1 to skip it knowingly"
+    );
+}
+
+/// `cmd` (the binary, or a wrapper whose last argument is the binary) with
+/// the config, `args` and `envs`, run from the tree's root.
+fn command(mut cmd: Command, tree: &Tree, args: &[&str], envs: &[(&str, String)]) -> Command {
     cmd.current_dir(tree.root())
         .arg("--config")
         .arg(tree.path("papersys.toml"))
@@ -62,7 +119,7 @@ pub fn run(tree: &Tree, args: &[&str], envs: &[(&str, String)]) -> Output {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.output().expect("spawn papersys")
+    cmd
 }
 
 /// True when the process died of SIGKILL.

@@ -10,7 +10,7 @@ use crate::fleet::{Fleet, Policy, Server, ServerStats, Wire};
 use crate::options::{Encoding, RemoteOptions, ServerUrl};
 use crate::protocol::{self, Extras};
 use crate::rate::{TokenBucket, estimate_tokens};
-use crate::transport::{self, Call, FailureKind};
+use crate::transport::{self, Call, Failure, FailureKind};
 
 /// Embeds through OpenAI-compatible `/v1/embeddings` servers.
 ///
@@ -126,10 +126,12 @@ impl RemoteEmbedder {
     /// server answers, or when any answers with something retrying cannot
     /// fix (a refused key, an unknown model, vectors of the wrong
     /// dimension). Servers that are merely down are listed in the `Ok`
-    /// reports, so the caller can warn and go on with the others.
+    /// reports, so the caller can warn and go on with the others. A server
+    /// that answers 429 or 503 is busy, not down: it is asked again under
+    /// the same retry, `Retry-After` and backoff policy as the batches.
     pub fn check(&self) -> Result<Vec<ServerCheck>, EmbedError> {
         let texts = vec![format!("{}papersys check", self.identity.document_prefix)];
-        let outcomes: Vec<Result<Duration, (FailureKind, String)>> = std::thread::scope(|scope| {
+        let outcomes: Vec<Result<Duration, Failure>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..self.fleet.servers.len())
                 .map(|index| {
                     let texts = &texts;
@@ -139,40 +141,50 @@ impl RemoteEmbedder {
             handles
                 .into_iter()
                 .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err((FailureKind::Fatal, "health check panicked".into())))
+                    h.join().unwrap_or_else(|_| {
+                        Err(Failure {
+                            kind: FailureKind::Fatal,
+                            message: "health check panicked".into(),
+                            retry_after: None,
+                            busy: false,
+                        })
+                    })
                 })
                 .collect()
         });
         let any_ok = outcomes.iter().any(Result::is_ok);
-        let fatal: Vec<String> = self
-            .fleet
-            .servers
-            .iter()
-            .zip(&outcomes)
-            .filter_map(|(server, outcome)| match outcome {
-                Err((FailureKind::Fatal, message)) => Some(format!("{}: {message}", server.url.display)),
-                _ => None,
-            })
-            .collect();
-        if !any_ok || !fatal.is_empty() {
-            let failing: Vec<String> = self
-                .fleet
+        let named = |keep: &dyn Fn(&Failure) -> bool| -> Vec<String> {
+            self.fleet
                 .servers
                 .iter()
                 .zip(&outcomes)
-                .filter_map(|(server, outcome)| outcome.as_ref().err().map(|(_, m)| (server, m)))
-                .map(|(server, message)| format!("{}: {message}", server.url.display))
-                .collect();
-            let message = if fatal.is_empty() {
+                .filter_map(|(server, outcome)| match outcome {
+                    Err(failure) if keep(failure) => {
+                        Some(format!("{}: {}", server.url.display, failure.message))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let fatal = named(&|f| f.kind == FailureKind::Fatal);
+        if !any_ok || !fatal.is_empty() {
+            let all_busy = outcomes.iter().all(|o| o.as_ref().is_err_and(|f| f.busy));
+            let failing = named(&|_| true);
+            let message = if !fatal.is_empty() {
+                format!("a server refuses this model's requests: {}", fatal.join("; "))
+            } else if all_busy {
+                format!(
+                    "every embedding server is busy ({}); they answer, but kept asking papersys to wait. \
+                     Try again later, or raise `max_retries` to wait longer",
+                    failing.join("; ")
+                )
+            } else {
                 format!(
                     "no embedding server answers ({}). Start an OpenAI-compatible embedding server \
                      (vLLM, TEI, Infinity, Ollama) serving {:?} and set `base_url` to its address",
                     failing.join("; "),
                     self.model
                 )
-            } else {
-                format!("a server refuses this model's requests: {}", fatal.join("; "))
             };
             let names: Vec<&str> = self
                 .fleet
@@ -192,16 +204,21 @@ impl RemoteEmbedder {
             .zip(outcomes)
             .map(|(server, outcome)| ServerCheck {
                 server: server.url.display.clone(),
-                outcome: outcome.map_err(|(_, message)| EmbedError::Remote {
+                outcome: outcome.map_err(|failure| EmbedError::Remote {
                     server: server.url.display.clone(),
-                    message,
+                    message: failure.message,
                 }),
             })
             .collect())
     }
 
-    fn check_one(&self, index: usize, texts: &[String]) -> Result<Duration, (FailureKind, String)> {
+    /// One server's health check. A busy answer (429 or 503) is retried
+    /// under the batches' policy: up to `max_retries` more attempts, each
+    /// after the wait `Retry-After` asks for or the exponential backoff,
+    /// and each wait is logged.
+    fn check_one(&self, index: usize, texts: &[String]) -> Result<Duration, Failure> {
         let server = &self.fleet.servers[index];
+        let mut retries = 0u32;
         loop {
             let wire = self.fleet.wire(index);
             let body = protocol::request_body(&self.model, texts, wire.format(), self.extras);
@@ -214,7 +231,25 @@ impl RemoteEmbedder {
                 Err(failure) if failure.kind == FailureKind::EncodingRejected => {
                     self.fleet.learn_wire(index, wire, false);
                 }
-                Err(failure) => return Err((failure.kind, failure.message)),
+                Err(failure) if failure.busy && retries < self.max_retries => {
+                    retries += 1;
+                    let wait = self.fleet.backoff(retries, failure.retry_after);
+                    tracing::warn!(
+                        "{} is busy ({}); waiting {:.1} s before asking again (retry {retries} of {})",
+                        server.url.display,
+                        failure.message,
+                        wait.as_secs_f64(),
+                        self.max_retries
+                    );
+                    std::thread::sleep(wait);
+                }
+                Err(mut failure) => {
+                    if failure.busy {
+                        failure.message =
+                            format!("{} (still busy after {} attempts)", failure.message, retries + 1);
+                    }
+                    return Err(failure);
+                }
             }
         }
     }

@@ -273,7 +273,10 @@ impl Fleet {
         }
     }
 
-    fn backoff(&self, level: u32, retry_after: Option<Duration>) -> Duration {
+    /// How long to wait after the `level`-th retryable failure in a row:
+    /// what `Retry-After` asked (capped, plus up to 10 %), else exponential
+    /// backoff with jitter.
+    pub(crate) fn backoff(&self, level: u32, retry_after: Option<Duration>) -> Duration {
         let max = self.policy.backoff_max;
         match retry_after {
             Some(asked) => {
@@ -399,6 +402,7 @@ impl Drop for Lease<'_> {
                 kind: FailureKind::Transient,
                 message: "request abandoned".into(),
                 retry_after: None,
+                busy: false,
             };
             self.fleet.release(self.index, Outcome::Failure(&failure));
         }
@@ -446,6 +450,7 @@ mod tests {
             kind: FailureKind::Transient,
             message: "HTTP 500".into(),
             retry_after: None,
+            busy: false,
         }
     }
 

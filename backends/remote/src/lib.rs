@@ -29,6 +29,9 @@
 //!   can need (see below), 401/403/404/413 and other 4xx, redirects.
 //! - A response is used whole or not at all: nothing of a bad answer is
 //!   returned.
+//! - The start-up check ([`RemoteEmbedder::check`]) follows the same retry,
+//!   backoff and `Retry-After` policy for 429 and 503 answers (the server
+//!   is there, only busy) and logs each wait.
 //!
 //! # Limits
 //! A response body may take at most 48 bytes per float plus 1 MiB; reading

@@ -30,6 +30,8 @@ pub(crate) struct Failure {
     pub message: String,
     /// What the server asked for in `Retry-After` (or `retry-after-ms`).
     pub retry_after: Option<Duration>,
+    /// The server answered 429 or 503: it is there, only busy.
+    pub busy: bool,
 }
 
 impl Failure {
@@ -38,6 +40,7 @@ impl Failure {
             kind,
             message: message.into(),
             retry_after: None,
+            busy: false,
         }
     }
 }
@@ -160,6 +163,7 @@ fn exchange_inner(agent: &ureq::Agent, server: &ServerUrl, call: &Call<'_>) -> R
         kind,
         message,
         retry_after,
+        busy: status == 429 || status == 503,
     })
 }
 

@@ -1,0 +1,142 @@
+//! "Did you mean" for config keys a small edit away from one papersys reads.
+//!
+//! Unknown top-level keys and sections cannot be errors (the file is shared
+//! with the rest of the pipeline), but `dat_root` or `[embeding]` is almost
+//! certainly a typo whose effect (a default data root, no models) would
+//! otherwise be silent. Such keys get a warning with their line.
+
+/// Top-level keys and sections papersys reads.
+const TOP_LEVEL: [&str; 3] = ["data_root", "ingestion", "embedding"];
+
+/// Keys papersys reads in `[ingestion]` (the rest belongs to the ingest tool).
+const INGESTION: [&str; 1] = ["output_dir"];
+
+/// A key that looks like a typo of a known one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NearMiss {
+    /// 1-based line of the key, when found.
+    pub line: Option<usize>,
+    /// What to say.
+    pub message: String,
+}
+
+/// The near-misses in config `text` (already known to be valid TOML).
+pub fn find(text: &str) -> Vec<NearMiss> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for (key, value) in &table {
+        if let Some(known) = suggestion(key, &TOP_LEVEL) {
+            let what = if value.is_table() { "section" } else { "key" };
+            let shown = if value.is_table() {
+                format!("[{key}]")
+            } else {
+                format!("`{key}`")
+            };
+            found.push(NearMiss {
+                line: line_of(text, key, value.is_table()),
+                message: format!(
+                    "unknown {what} {shown} is ignored (the file is shared with other tools); did you mean `{known}`?"
+                ),
+            });
+        }
+    }
+    if let Some(ingestion) = table.get("ingestion").and_then(toml::Value::as_table) {
+        for key in ingestion.keys() {
+            if let Some(known) = suggestion(key, &INGESTION) {
+                found.push(NearMiss {
+                    line: line_of(text, key, false),
+                    message: format!(
+                        "`ingestion.{key}` is not read by papersys; did you mean `ingestion.{known}`?"
+                    ),
+                });
+            }
+        }
+    }
+    found.sort_by_key(|n| n.line);
+    found
+}
+
+/// The known key `key` is a near miss of, if any.
+fn suggestion<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    if known.contains(&key) {
+        return None;
+    }
+    let lowered = key.to_ascii_lowercase().replace('-', "_");
+    known
+        .iter()
+        .copied()
+        .filter(|k| lowered == *k || (key.len() >= 4 && distance(&lowered, k) <= 2))
+        .min_by_key(|k| distance(&lowered, k))
+}
+
+/// Edit distance with adjacent transpositions (optimal string alignment).
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+/// Line of the first `key = ...` (or, for a table, `[key]`, `[[key...`,
+/// `[key.sub]`) in `text`.
+fn line_of(text: &str, key: &str, table: bool) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            let rest = if table && line.starts_with('[') {
+                line.trim_start_matches('[').trim_start()
+            } else {
+                line
+            };
+            rest.strip_prefix(key).is_some_and(|after| {
+                let after = after.trim_start();
+                after.starts_with('=') || after.starts_with(']') || after.starts_with('.')
+            })
+        })
+        .map(|index| index + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_of_known_keys_and_sections_are_found_with_their_line() {
+        let text = "dat_root = \"/d\"\nscheduler = 1\n\n[embeding]\ncheckpoint_interval = 3\n\n[ingestion]\nouput_dir = \"m\"\nbatch = 3\n";
+        let found = find(text);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].line, Some(1));
+        assert!(found[0].message.contains("`dat_root`") && found[0].message.contains("`data_root`"));
+        assert_eq!(found[1].line, Some(4));
+        assert!(found[1].message.contains("[embeding]") && found[1].message.contains("`embedding`"));
+        assert_eq!(found[2].line, Some(8));
+        assert!(found[2].message.contains("ingestion.output_dir"), "{found:?}");
+    }
+
+    #[test]
+    fn other_tools_keys_and_correct_keys_pass() {
+        let text = "data_root = \"/d\"\n[scheduler]\nx = 1\n[[llms]]\nname = \"a\"\n[embedding]\n[ingestion]\noutput_dir = \"m\"\nbatch_size = 3\n[backup]\n";
+        assert_eq!(find(text), Vec::new());
+        assert_eq!(find("[[Embedding.models]]\nalias = \"a\"\n")[0].line, Some(1));
+    }
+}
