@@ -61,8 +61,8 @@ fn spawn(tree: &Tree) -> Child {
     Command::new(assert_cmd::cargo::cargo_bin("papersys"))
         .arg("--config")
         .arg(tree.path("papersys.toml"))
-        .args(["embed", "-q"])
-        .stdout(Stdio::null())
+        .args(["embed", "-q", "--json"])
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
@@ -85,10 +85,12 @@ fn wait_for_batches(server: &TestServer, n: usize) {
     }
 }
 
-fn finish(mut child: Child) -> (Option<i32>, String) {
+fn finish(mut child: Child) -> (Option<i32>, String, String) {
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (child.wait().unwrap().code(), stderr)
+    let mut stdout = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    (child.wait().unwrap().code(), stderr, stdout)
 }
 
 /// Vectors on disk: rows of the year file plus checkpoints not yet folded.
@@ -141,9 +143,20 @@ fn ctrl_c_saves_what_is_embedded_exits_130_and_the_next_run_continues() {
     let child = spawn(&tree);
     wait_for_batches(&server, 3);
     signal(&child, "INT");
-    let (code, stderr) = finish(child);
+    let (code, stderr, stdout) = finish(child);
     assert_eq!(code, Some(130), "{stderr}");
     let (saved, waiting) = parse_interrupted(&stderr);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["models"][0]["interrupted"], true);
+    assert_eq!(report["models"][0]["embedded"], saved as u64);
+    assert_eq!(
+        report["models"][0]["files"],
+        serde_json::json!([
+            "embeddings/remote_v1/.pending",
+            "embeddings/remote_v1/backlog.parquet"
+        ]),
+        "names the checkpoints, not a year file that was not rewritten"
+    );
     assert!(
         saved >= 8,
         "at least the two batches answered before the signal: {stderr}"
@@ -183,7 +196,7 @@ fn a_second_signal_ends_the_run_at_once() {
     std::thread::sleep(Duration::from_millis(200));
     let second = Instant::now();
     signal(&child, "INT");
-    let (code, stderr) = finish(child);
+    let (code, stderr, _) = finish(child);
     let took = second.elapsed();
     assert_eq!(code, Some(130), "{stderr}");
     assert!(

@@ -16,7 +16,7 @@ use crate::store::backlog::{self, BACKLOG_FILE, BacklogRow, MissingReason};
 use crate::store::cache::RefreshState;
 use crate::store::manifest::MANIFEST_FILE;
 use crate::store::year_file::YearFileError;
-use crate::store::{ModelStore, StoreError, StoreWriter};
+use crate::store::{ModelStore, StoreError, StoreWriter, pending};
 
 /// What to embed and how.
 #[derive(Clone, Debug)]
@@ -573,7 +573,19 @@ fn execute(
         entry.failed = result.failed;
         entry.not_found = result.not_found;
     }
-    report.files = files_touched(config, writer, &years, true);
+    report.files = if outcome.interrupted {
+        // The vectors wait in checkpoints; no year file was rewritten.
+        [
+            writer.dir.join(pending::PENDING_DIR),
+            writer.dir.join(BACKLOG_FILE),
+        ]
+        .into_iter()
+        .filter(|path| path.exists())
+        .map(|path| origin_of(&path, &config.data_root))
+        .collect()
+    } else {
+        files_touched(config, writer, &years, true)
+    };
     report.embedded = outcome.embedded();
     report.failed = outcome.failed();
     report.not_found = years.values().map(|y| y.not_found).sum();

@@ -157,14 +157,21 @@ pub fn discover(metadata_dir: &Path, data_root: &Path) -> Result<Discovery, Disc
             stray.push(path);
         }
     }
+    // What to rename depends on the layout in use: a metadata-YYYY.csv
+    // beside nested files would switch to the flat layout and hide them.
+    let advice = if flat.is_empty() {
+        "not read: with the nested layout the inputs are YYYY/*.csv; move it into the directory of its \
+         year if its papers should be embedded"
+    } else {
+        "not read: the inputs are metadata-YYYY.csv files; rename it metadata-YYYY.csv if its papers \
+         should be embedded"
+    };
     let mut passed_over: Vec<InputIssue> = stray
         .into_iter()
         .map(|path| InputIssue {
             path,
             line: None,
-            message: "not read: the inputs are metadata-YYYY.csv files (or YYYY/*.csv when there is no \
-                      metadata-*.csv); rename it metadata-YYYY.csv if its papers should be embedded"
-                .into(),
+            message: advice.into(),
         })
         .collect();
     if !flat.is_empty() {
@@ -334,7 +341,11 @@ mod tests {
         assert_eq!(found.files.len(), 1, "2024/a.csv");
         let named: Vec<String> = found.issues.iter().map(ToString::to_string).collect();
         assert_eq!(named.len(), 1, "{named:?}");
-        assert!(named[0].contains("notes.csv: not read"), "{named:?}");
+        assert!(
+            named[0].contains("notes.csv: not read")
+                && named[0].contains("move it into the directory of its year"),
+            "{named:?}"
+        );
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub enum YearFileError {
     },
     /// Vectors made by another model than the one writing or configured now.
     #[error(
-        "{} holds vectors made by another model ({details}); vectors of two models never mix under one \
+        "{} holds vectors made by another model ({details}); vectors of two models must never mix under one \
          alias, so nothing was written. Put the model that made them back in the config, give the new model \
          its own alias, or replace every vector with `papersys embed --model ALIAS --reembed`",
         .path.display()
