@@ -1,4 +1,10 @@
 //! `papersys embed`: give every paper that lacks a usable vector one.
+//!
+//! [`replacement`] handles `--reembed` under a changed model (staging the
+//! new vectors and promoting them); this module selects the work and runs
+//! the pipeline for both.
+
+mod replacement;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +23,8 @@ use crate::store::cache::RefreshState;
 use crate::store::manifest::MANIFEST_FILE;
 use crate::store::year_file::YearFileError;
 use crate::store::{ModelStore, StoreError, StoreWriter, pending};
+pub use replacement::Replacement;
+use replacement::replace_model;
 
 /// What to embed and how.
 #[derive(Clone, Debug)]
@@ -595,113 +603,6 @@ fn execute(
     report.papers_per_s = report.embedded as f64 / report.elapsed_s.max(1e-9);
     report.errors = outcome.errors;
     report.interrupted = outcome.interrupted;
-    Ok(report)
-}
-
-/// Progress of replacing every vector of an alias with a new model's.
-#[derive(Clone, Debug, Serialize)]
-pub struct Replacement {
-    /// The model whose vectors are being replaced.
-    pub from: String,
-    /// The model replacing them.
-    pub to: String,
-    /// Whether the new vectors are now the live ones.
-    pub promoted: bool,
-    /// Where the old year files were moved (kept until the user deletes them).
-    pub old_vectors: Option<String>,
-    /// Papers still to embed before the switch.
-    pub remaining: u64,
-}
-
-/// `--reembed` over all years under a changed model: embed into the staged
-/// store, and promote it once every paper has its new vector.
-#[allow(clippy::too_many_arguments)]
-fn replace_model(
-    config: &Config,
-    model: &ModelConfig,
-    writer: &StoreWriter,
-    discovery: &Discovery,
-    options: &EmbedOptions,
-    embedder: &dyn papersys_backend_core::Embedder,
-    old: &ModelIdentity,
-    issues: &mut Vec<crate::metadata::InputIssue>,
-) -> Result<ModelRun, Error> {
-    let identity = embedder.identity().clone();
-    let staging = writer.staging().open_writer()?;
-    if let Some(staged) = staging.manifest()?.and_then(|m| m.model_identity)
-        && !identity.mismatches(&staged).is_empty()
-    {
-        return Err(Error::Usage(format!(
-            "model `{}`: {} holds vectors of yet another model ({}); delete that directory to replace the \
-             vectors with {} instead",
-            model.alias,
-            staging.dir.display(),
-            staged.name,
-            identity.name
-        )));
-    }
-    tracing::warn!(
-        "{}: replacing every vector made by {} with {}; new vectors are staged in {} and replace the old \
-         ones in one step once every paper has one",
-        model.alias,
-        old.name,
-        identity.name,
-        staging.dir.display()
-    );
-    // Relative to the staged store, "missing" is exactly what is left to do.
-    let staged_options = EmbedOptions {
-        reembed: false,
-        ..options.clone()
-    };
-    let work = select_work(
-        model,
-        Access::Write(&staging),
-        config,
-        discovery,
-        &staged_options,
-        issues,
-    )?;
-    let mut report = execute(
-        config,
-        model,
-        &staging,
-        discovery,
-        &staged_options,
-        &work,
-        embedder,
-    )?;
-    let remaining = backlog::read(&staging.dir)
-        .map(|rows| rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64)
-        .unwrap_or(u64::MAX);
-    let mut replacement = Replacement {
-        from: old.name.clone(),
-        to: identity.name.clone(),
-        promoted: false,
-        old_vectors: None,
-        remaining,
-    };
-    // An interrupted run leaves checkpoints in the staged store: never promote before they are folded.
-    if remaining == 0 && report.failed == 0 && !report.interrupted {
-        drop(staging);
-        let moved = writer.promote_staging(&identity)?;
-        let after = plan::refresh(writer, PlanInputs::new(discovery, &identity.document_prefix))?;
-        report.waiting_after = after.rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64;
-        replacement.promoted = true;
-        replacement.old_vectors = Some(origin_of(&moved, &config.data_root));
-        let years: BTreeMap<Year, YearRun> = report
-            .years
-            .iter()
-            .filter_map(|y| Year::parse(&y.year).map(|k| (k, y.clone())))
-            .collect();
-        report.files = files_touched(config, writer, &years, true);
-        tracing::info!(
-            "{}: every vector is now {}'s; the old ones are in {} (delete them when no longer needed)",
-            model.alias,
-            identity.name,
-            moved.display()
-        );
-    }
-    report.replacement = Some(replacement);
     Ok(report)
 }
 

@@ -10,21 +10,35 @@
 //! (`embedding_failed`). A year whose inputs did not change since the last
 //! refresh reuses that refresh's rows (see [`crate::store::cache`]).
 
+//!
+//! The pieces: [`index`] (a year's metadata: ids and text hashes),
+//! [`diff`] (metadata against the year file), [`reuse`] (when a previous
+//! refresh's result still holds), [`counts`] (read-only questions for
+//! `status` and `--reembed`); this module runs them per year and writes
+//! the backlog.
+
+mod counts;
+mod diff;
+mod index;
+mod reuse;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rayon::prelude::*;
 
-use crate::metadata::{Discovery, InputIssue, MetadataFile, Year, read_rows};
+pub use counts::{all_papers, metadata_counts};
+pub use index::index_file;
+pub use reuse::{is_current, metadata_stamps};
+
+use crate::metadata::{Discovery, InputIssue, MetadataFile, Year};
 use crate::store::backlog::{self, BacklogRow, MissingReason};
-use crate::store::cache::{
-    CachedIssue, FileIndex, FileStamp, IndexEntry, RefreshState, YearInputs, YearIssue, YearSummary,
-    prefix_hash,
-};
+use crate::store::cache::{FileStamp, RefreshState, YearInputs, YearIssue, YearSummary, prefix_hash};
 use crate::store::manifest::now_iso;
 use crate::store::year_file::{self, YearFileError, YearIds};
 use crate::store::{ModelStore, StoreError, StoreWriter, pending};
-use crate::text::{TextHash, is_empty_text};
+use diff::{count_reasons, diff_year};
+use index::year_metadata;
 
 /// Input problems of a year kept in the refresh state, to report them again
 /// when the year is not read again.
@@ -83,169 +97,12 @@ pub struct BacklogPlan {
     pub quarantined: Vec<Quarantined>,
 }
 
-/// A metadata row after de-duplication.
-struct MetadataPaper {
-    paper_id: Box<str>,
-    hash: TextHash,
-    empty: bool,
-    origin: usize,
-}
-
 struct YearOutcome {
     rows: Vec<BacklogRow>,
     report: YearReport,
     summary: YearSummary,
     issues: Vec<InputIssue>,
     quarantined: Option<Quarantined>,
-}
-
-/// Reads (or loads from the metadata index) one CSV's rows with text hashes
-/// for `prefix`, saving the index when it had to read the file. `save` is
-/// false for read-only callers.
-pub fn index_file(index_dir: &Path, file: &MetadataFile, prefix: &str, save: bool) -> FileIndex {
-    let prefix_hash = prefix_hash(prefix);
-    let stamp = FileStamp::of(&file.path);
-    if let Some(stamp) = stamp
-        && let Some(index) = FileIndex::load(index_dir, &file.origin, stamp, prefix_hash)
-    {
-        return index;
-    }
-    let mut issues = Vec::new();
-    let mut entries = Vec::new();
-    let result = read_rows(&file.path, &mut issues, |row| {
-        let empty = is_empty_text(row.title, row.abstract_text);
-        entries.push(IndexEntry {
-            paper_id: row.paper_id.into(),
-            hash: TextHash::of_paper(prefix, row.title, row.abstract_text),
-            empty,
-        });
-    });
-    let skipped = match result {
-        Ok(summary) => summary.skipped,
-        Err(issue) => {
-            issues.push(issue);
-            0
-        }
-    };
-    let index = FileIndex {
-        origin: file.origin.clone(),
-        stamp: stamp.unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
-        prefix_hash,
-        entries,
-        skipped,
-        issues: issues
-            .into_iter()
-            .map(|i| CachedIssue {
-                line: i.line,
-                message: i.message,
-            })
-            .collect(),
-    };
-    if save
-        && stamp.is_some()
-        && let Err(e) = index.save(index_dir)
-    {
-        tracing::debug!("could not save the metadata index of {}: {e}", file.origin);
-    }
-    index
-}
-
-/// The de-duplicated metadata of one year, sorted by paper id, with the
-/// number of rows read, the number of repeated ids and the issues found.
-fn year_metadata(
-    index_dir: &Path,
-    files: &[&MetadataFile],
-    prefix: &str,
-    save: bool,
-) -> (Vec<MetadataPaper>, u64, u64, Vec<InputIssue>) {
-    let mut papers: Vec<(MetadataPaper, usize)> = Vec::new();
-    let mut issues = Vec::new();
-    for (origin, file) in files.iter().enumerate() {
-        let index = index_file(index_dir, file, prefix, save);
-        issues.extend(index.issues.iter().map(|i| InputIssue {
-            path: file.path.clone(),
-            line: i.line,
-            message: i.message.clone(),
-        }));
-        for entry in index.entries {
-            let sequence = papers.len();
-            papers.push((
-                MetadataPaper {
-                    paper_id: entry.paper_id,
-                    hash: entry.hash,
-                    empty: entry.empty,
-                    origin,
-                },
-                sequence,
-            ));
-        }
-    }
-    let rows = papers.len() as u64;
-    // Later rows win: sort newest first within an id, keep the first.
-    papers.sort_unstable_by(|a, b| a.0.paper_id.cmp(&b.0.paper_id).then(b.1.cmp(&a.1)));
-    papers.dedup_by(|later, kept| later.0.paper_id == kept.0.paper_id);
-    let unique: Vec<MetadataPaper> = papers.into_iter().map(|(p, _)| p).collect();
-    let duplicates = rows - unique.len() as u64;
-    (unique, rows, duplicates, issues)
-}
-
-/// Compares a year's metadata with its year file.
-fn diff_year(
-    year: Year,
-    papers: &[MetadataPaper],
-    files: &[&MetadataFile],
-    stored: Option<&YearIds>,
-    failed: &BTreeSet<&str>,
-) -> Vec<BacklogRow> {
-    let mut rows = Vec::new();
-    let mut j = 0;
-    for paper in papers {
-        let reason = match stored {
-            None if paper.empty => Some(MissingReason::EmptyText),
-            None => Some(MissingReason::MissingEmbeddingFile),
-            Some(stored) => {
-                while j < stored.ids.len() && stored.ids[j].as_str() < &*paper.paper_id {
-                    j += 1;
-                }
-                let present = j < stored.ids.len() && stored.ids[j].as_str() == &*paper.paper_id;
-                if !present {
-                    Some(if paper.empty {
-                        MissingReason::EmptyText
-                    } else {
-                        MissingReason::MissingEmbedding
-                    })
-                } else {
-                    match stored.hashes[j] {
-                        // An empty text cannot be embedded again: keep the old vector.
-                        Some(hash) if hash != paper.hash && !paper.empty => {
-                            Some(MissingReason::StaleEmbedding)
-                        }
-                        _ => None,
-                    }
-                }
-            }
-        };
-        if let Some(mut reason) = reason {
-            if reason.is_embeddable() && failed.contains(&*paper.paper_id) {
-                reason = MissingReason::EmbeddingFailed;
-            }
-            rows.push(BacklogRow {
-                paper_id: paper.paper_id.to_string(),
-                reason,
-                origin: files[paper.origin].origin.clone(),
-                year,
-            });
-        }
-    }
-    rows
-}
-
-fn count_reasons(rows: &[BacklogRow]) -> BTreeMap<MissingReason, u64> {
-    let mut waiting = BTreeMap::new();
-    for row in rows {
-        *waiting.entry(row.reason).or_insert(0) += 1;
-    }
-    waiting
 }
 
 /// How a plan may touch the store.
@@ -428,19 +285,6 @@ pub fn write_backlog(
     Ok(())
 }
 
-/// Origin and stamp of each file, the key of the per-year caches.
-pub fn metadata_stamps(files: &[&MetadataFile]) -> Vec<(String, FileStamp)> {
-    files
-        .iter()
-        .map(|f| {
-            (
-                f.origin.clone(),
-                FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
-            )
-        })
-        .collect()
-}
-
 fn compute_year(
     access: Access<'_>,
     year: Year,
@@ -526,95 +370,4 @@ fn compute_year(
         issues,
         quarantined,
     })
-}
-
-/// Metadata papers per year without writing anything: from the refresh
-/// state when its inputs are current, else from the metadata index, else by
-/// reading the CSVs. Used by `papersys status`.
-pub fn metadata_counts(store: &ModelStore, discovery: &Discovery, prefix: &str) -> BTreeMap<Year, u64> {
-    let state = RefreshState::load(&store.dir);
-    let index_dir = store.embeddings_dir.clone();
-    discovery
-        .years()
-        .par_iter()
-        .map(|&year| {
-            let files: Vec<&MetadataFile> = discovery.files_of(year).collect();
-            let current: Vec<(String, FileStamp)> = files
-                .iter()
-                .map(|f| {
-                    (
-                        f.origin.clone(),
-                        FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
-                    )
-                })
-                .collect();
-            let cached = state
-                .as_ref()
-                .and_then(|s| s.years.get(&year.to_string()))
-                .filter(|s| s.inputs.metadata == current)
-                .map(|s| s.papers);
-            let papers =
-                cached.unwrap_or_else(|| year_metadata(&index_dir, &files, prefix, false).0.len() as u64);
-            (year, papers)
-        })
-        .collect()
-}
-
-/// True when the backlog on disk was computed from exactly the metadata and
-/// year files there now, with no checkpoint waiting to be folded: then it
-/// can be used as it is (`papersys embed --backlog`, `status`).
-pub fn is_current(store: &ModelStore, discovery: &Discovery) -> bool {
-    let Some(state) = RefreshState::load(&store.dir) else {
-        return false;
-    };
-    if state.backlog != FileStamp::of(&store.dir.join(backlog::BACKLOG_FILE)) {
-        return false;
-    }
-    let (Ok(year_files), Ok(pending)) = (store.year_files(), pending::list(&store.dir)) else {
-        return false;
-    };
-    if !pending.is_empty() {
-        return false;
-    }
-    let years: BTreeSet<Year> = discovery
-        .years()
-        .into_iter()
-        .chain(year_files.iter().map(|(y, _)| *y))
-        .collect();
-    years.len() == state.years.len()
-        && years.iter().all(|year| {
-            let files: Vec<&MetadataFile> = discovery.files_of(*year).collect();
-            state.years.get(&year.to_string()).is_some_and(|summary| {
-                summary.inputs.metadata == metadata_stamps(&files)
-                    && summary.inputs.year_file == FileStamp::of(&store.year_path(*year))
-            })
-        })
-}
-
-/// Every paper with a non-empty text in the metadata of `years` (all years
-/// when `None`): the work of `--reembed`. Returns (paper id, origin, year).
-pub fn all_papers(
-    store: &ModelStore,
-    discovery: &Discovery,
-    prefix: &str,
-    years: Option<&BTreeSet<Year>>,
-    save: bool,
-) -> Vec<(String, String, Year)> {
-    let chosen: Vec<Year> = discovery
-        .years()
-        .into_iter()
-        .filter(|y| years.is_none_or(|set| set.contains(y)))
-        .collect();
-    chosen
-        .par_iter()
-        .flat_map_iter(|&year| {
-            let files: Vec<&MetadataFile> = discovery.files_of(year).collect();
-            let (papers, _, _, _) = year_metadata(&store.embeddings_dir, &files, prefix, save);
-            papers
-                .into_iter()
-                .filter(|p| !p.empty)
-                .map(|p| (p.paper_id.to_string(), files[p.origin].origin.clone(), year))
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
