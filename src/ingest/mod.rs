@@ -1,0 +1,9 @@
+//! Ingestion: arXiv metadata in (OAI-PMH harvests and the Kaggle snapshot),
+//! merged into the contract's `metadata/metadata-YYYY.csv` files.
+//!
+//! Data flows one way: a source (`oai` + `harvest`, or `snapshot`) parses
+//! records into [`row::ArxivPaper`], [`row::to_record`] turns each into a
+//! contract row, and [`merge`] commits rows into the year files.
+
+pub mod merge;
+pub mod row;
