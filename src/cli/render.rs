@@ -8,6 +8,7 @@ use crate::commands::IssueReport;
 use crate::commands::backlog::BacklogReport;
 use crate::commands::embed::EmbedReport;
 use crate::commands::status::StatusReport;
+use crate::ingest::harvest::HarvestReport;
 use crate::store::backlog::MissingReason;
 
 /// At most this many input problems are logged one by one.
@@ -307,6 +308,77 @@ pub fn status(out: &mut impl Write, report: &StatusReport) -> io::Result<()> {
         for problem in &model.problems {
             writeln!(out, "  problem: {problem}")?;
         }
+    }
+    Ok(())
+}
+
+/// The ingest report: what was harvested, what changed per year, and how
+/// the server was treated.
+pub fn ingest(out: &mut impl Write, report: &HarvestReport) -> io::Result<()> {
+    let sets = report.sets.join(", ");
+    if report.dry_run {
+        writeln!(
+            out,
+            "dry run: {} records on the first pages of {} windows {}..{} (sets: {sets}); nothing written",
+            thousands(report.records),
+            report.windows.len(),
+            report.from,
+            report.until
+        )?;
+    } else {
+        writeln!(
+            out,
+            "harvested {} records ({} deleted, {} skipped) from {}..{} in {} windows (sets: {sets}, format {})",
+            thousands(report.records),
+            thousands(report.deleted),
+            thousands(report.skipped),
+            report.from,
+            report.until,
+            report.windows.iter().filter(|w| w.completed).count(),
+            report.metadata_prefix
+        )?;
+        writeln!(
+            out,
+            "{} new, {} updated, {} unchanged, {} older than stored (ignored); latest.csv: {} rows",
+            thousands(report.new),
+            thousands(report.updated),
+            thousands(report.unchanged),
+            thousands(report.older),
+            thousands(report.latest_rows)
+        )?;
+    }
+    if !report.per_year.is_empty() {
+        let mut table = Table::new(
+            ["year", "new", "updated", "unchanged", "rows"]
+                .map(String::from)
+                .to_vec(),
+        );
+        for (year, c) in &report.per_year {
+            table.push(vec![
+                year.clone(),
+                thousands(c.new),
+                thousands(c.updated),
+                thousands(c.unchanged),
+                thousands(c.rows),
+            ]);
+        }
+        table.write(out, "  ")?;
+    }
+    writeln!(
+        out,
+        "{} requests, {} retries, {:.1} s waited, {:.1} s in all{}",
+        report.client.requests,
+        report.client.retries,
+        report.client.waited_s,
+        report.elapsed_s,
+        if report.limit_reached {
+            "; stopped at --limit"
+        } else {
+            ""
+        }
+    )?;
+    for message in &report.skipped_examples {
+        writeln!(out, "  skipped: {message}")?;
     }
     Ok(())
 }

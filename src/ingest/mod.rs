@@ -5,5 +5,9 @@
 //! records into [`row::ArxivPaper`], [`row::to_record`] turns each into a
 //! contract row, and [`merge`] commits rows into the year files.
 
+pub mod config;
+pub mod harvest;
 pub mod merge;
+pub mod oai;
 pub mod row;
+pub mod state;
