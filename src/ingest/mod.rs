@@ -10,4 +10,5 @@ pub mod harvest;
 pub mod merge;
 pub mod oai;
 pub mod row;
+pub mod snapshot;
 pub mod state;
