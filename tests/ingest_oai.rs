@@ -189,11 +189,7 @@ fn every_fault_is_survived_and_each_record_stored_once() {
         server.fault(1, fault.clone());
         let tree = tree(&server, "");
         let report = ingest(&tree, &WEEK1);
-        assert_eq!(
-            report["records"].as_u64().unwrap() >= 12,
-            true,
-            "{fault:?}: {report}"
-        );
+        assert!(report["records"].as_u64().unwrap() >= 12, "{fault:?}: {report}");
         assert_eq!(
             rows(&tree).keys().cloned().collect::<Vec<_>>(),
             ids(&records),
@@ -541,4 +537,78 @@ fn killed_at_random_moments_then_rerun_every_record_is_stored_once() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tree.path("metadata/harvest-state.json")).unwrap()).unwrap();
     assert_eq!(state["sets"]["*"]["until"], "2024-01-30");
+}
+
+#[test]
+fn snapshot_flag_imports_a_kaggle_file_with_the_config_categories() {
+    let server = OaiServer::start(Vec::new(), 100);
+    let tree = tree(&server, "categories = [\"hep-th\"]");
+    let line = |id: &str, categories: &str| {
+        serde_json::json!({
+            "id": id, "title": "A title\n  wrapped", "abstract": "  An abstract.\n",
+            "authors": "A. One and B. Two", "categories": categories,
+            "versions": [{"version": "v1", "created": "Mon, 2 Apr 2007 19:18:42 GMT"}],
+        })
+        .to_string()
+    };
+    let file = tree.path("snapshot.json");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n{}\n",
+            line("0704.0001", "hep-th"),
+            line("0704.0002", "math.CO")
+        ),
+    )
+    .unwrap();
+    let report = ingest(&tree, &["--snapshot", file.to_str().unwrap()]);
+    assert_eq!(report["imported"], 1, "{report}");
+    assert_eq!(report["filtered_out"], 1, "{report}");
+    let stored = rows(&tree);
+    assert_eq!(stored.keys().cloned().collect::<Vec<_>>(), ["0704.0001"]);
+    assert_eq!(stored["0704.0001"].1.title, "A title\n  wrapped");
+    assert_eq!(server.requests(), 0);
+    tree.cmd(&[
+        "ingest",
+        "--snapshot",
+        file.to_str().unwrap(),
+        "--from",
+        "2024-01-01",
+    ])
+    .assert()
+    .code(2);
+}
+
+#[test]
+fn a_retry_after_of_more_than_an_hour_ends_the_run_without_waiting() {
+    let server = OaiServer::start(real_records(3, "2024-01-01", 1), 100);
+    server.fault(0, Fault::Unavailable(Some("7200".into())));
+    let tree = tree(&server, "");
+    let started = std::time::Instant::now();
+    tree.cmd(&["ingest", "--from", "2024-01-01", "--until", "2024-01-07"])
+        .assert()
+        .code(1)
+        .stderr(contains("window 2024-01-01..2024-01-07"))
+        .stderr(contains("7200 s"));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(server.requests(), 1);
+}
+
+#[test]
+fn save_raw_responses_keeps_every_page_as_received() {
+    let server = OaiServer::start(real_records(7, "2024-01-01", 1), 3);
+    let tree = tree(&server, "save_raw_responses = true");
+    ingest(&tree, &WEEK1);
+    let mut pages: Vec<String> = std::fs::read_dir(tree.path("metadata/raw-responses"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    pages.sort();
+    assert_eq!(pages.len(), 3);
+    assert!(
+        pages
+            .iter()
+            .all(|p| p.contains("<ListRecords>") && p.ends_with("</OAI-PMH>\n"))
+    );
+    assert_eq!(rows(&tree).len(), 7);
 }

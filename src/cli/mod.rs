@@ -121,6 +121,9 @@ pub struct IngestArgs {
     /// Ask only the first page of each window; write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Import Kaggle's arXiv snapshot (.json, .json.gz or .zip) instead of harvesting
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["from", "until", "limit", "dry_run"])]
+    pub snapshot: Option<PathBuf>,
 }
 
 /// A command with everything resolved.
@@ -217,6 +220,7 @@ impl HiArgs {
                     } else {
                         ProgressMode::Auto
                     },
+                    snapshot: args.snapshot.clone(),
                 },
                 config,
             },
@@ -283,7 +287,9 @@ pub fn run(low: LowArgs) -> Result<i32, Error> {
             } else {
                 render::ingest(&mut out, &report)
             };
-            if let Some(failed) = &report.failed {
+            if let commands::ingest::IngestReport::Harvest(harvest) = &report
+                && let Some(failed) = &harvest.failed
+            {
                 let _ = written.and_then(|()| out.flush());
                 return Err(Error::Run(format!(
                     "window {}..{} (set {}) failed: {}. Every window before it is committed; \

@@ -20,8 +20,11 @@ use quick_xml::events::{BytesStart, Event};
 use super::config::{IngestConfig, MetadataFormat};
 use super::row::{ArxivPaper, Author};
 
-/// Longest back-off between two attempts, and the cap on a `Retry-After`.
+/// Longest back-off between two attempts.
 const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
+/// Longest `Retry-After` waited for; a server asking for more ends the
+/// window (a later run continues).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
 /// Largest page accepted (arXiv's are a few MB).
 const MAX_PAGE_BYTES: u64 = 512 << 20;
 
@@ -190,7 +193,19 @@ impl Client {
                         .retry_delay
                         .saturating_mul(1u32 << attempt.min(16))
                         .min(MAX_WAIT);
-                    let wait = wait.map_or(backoff, |w| w.min(MAX_WAIT));
+                    let wait = match wait {
+                        Some(w) if w > MAX_RETRY_AFTER => {
+                            return Err(OaiError::GaveUp {
+                                attempts: attempt + 1,
+                                last: format!(
+                                    "{message}: the server asks to wait {:.0} s, more than an hour; run again later",
+                                    w.as_secs_f64()
+                                ),
+                            });
+                        }
+                        Some(w) => w,
+                        None => backoff,
+                    };
                     tracing::warn!(
                         "OAI-PMH request failed ({message}); retry {} of {} in {:.1} s",
                         attempt + 1,
