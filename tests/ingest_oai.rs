@@ -324,6 +324,11 @@ fn an_incremental_run_continues_from_the_state_with_a_day_of_overlap() {
         serde_json::from_slice(&std::fs::read(tree.path("metadata/harvest-state.json")).unwrap()).unwrap();
     assert_eq!(state["sets"]["*"]["until"], "2024-01-20");
     assert_eq!(state["sets"]["*"]["metadata_prefix"], "arXivRaw");
+    // A backfill of older days leaves the state where it was.
+    ingest(&tree, &["--from", "2024-01-02", "--until", "2024-01-03"]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tree.path("metadata/harvest-state.json")).unwrap()).unwrap();
+    assert_eq!(state["sets"]["*"]["until"], "2024-01-20");
 }
 
 #[test]

@@ -345,6 +345,10 @@ pub fn harvest(config: &IngestConfig, options: &HarvestOptions) -> Result<Harves
             if !report.limit_reached {
                 let completed_at = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
                 for (key, from, response_date) in finished_sets {
+                    // A backfill of older days never moves the state back.
+                    if state.sets.get(&key).is_some_and(|s| s.until > window.until) {
+                        continue;
+                    }
                     state.sets.insert(
                         key,
                         SetState {
