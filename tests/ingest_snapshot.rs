@@ -99,16 +99,19 @@ fn expected_row(r: &Value) -> PaperRecord {
     }
 }
 
-const BAD_LINE: usize = 7;
+/// Lines that are not records: one early, one past the first batch of
+/// lines handed to a parsing thread (2,048).
+const BAD_LINES: [usize; 2] = [7, 2500];
 
-/// The snapshot text: every real record, a broken line at `BAD_LINE` and a
+/// The snapshot text: every real record, broken lines at `BAD_LINES` and a
 /// blank line at the end.
 fn snapshot_text(records: &[Value]) -> String {
     let mut lines: Vec<String> = records.iter().map(kaggle_line).collect();
     lines.insert(
-        BAD_LINE - 1,
+        BAD_LINES[0] - 1,
         r#"{"id": "0704.9999", "title": "cut short"#.to_string(),
     );
+    lines.insert(BAD_LINES[1] - 1, "\u{1}\u{2} not json".to_string());
     lines.push(String::new());
     lines.join("\n") + "\n"
 }
@@ -171,10 +174,15 @@ fn json_gz_and_zip_snapshots_import_every_real_record_by_the_row_rule() {
         let dir = tempfile::tempdir().unwrap();
         let report = import(file, dir.path(), &SnapshotOptions::default());
         assert_eq!(report.counts.imported, records.len() as u64, "{}", file.display());
-        assert_eq!(report.counts.bad_lines, 1);
-        assert_eq!(report.issues.len(), 1);
-        assert_eq!(report.issues[0].line, BAD_LINE as u64, "the bad line is named");
-        assert_eq!(report.counts.lines, records.len() as u64 + 2);
+        assert_eq!(report.counts.bad_lines, 2);
+        let named: Vec<u64> = report.issues.iter().map(|i| i.line).collect();
+        assert_eq!(
+            named,
+            BAD_LINES.map(|l| l as u64),
+            "bad lines are named by number"
+        );
+        assert!(report.issues[0].message.contains("not a snapshot record"));
+        assert_eq!(report.counts.lines, records.len() as u64 + 3);
         assert_eq!(report.merge.totals.new, records.len() as u64);
         assert_eq!(report.merge.latest_rows, records.len() as u64);
         trees.push(dir);

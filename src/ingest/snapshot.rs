@@ -7,6 +7,7 @@
 //! so memory does not grow with the file. A line that is not a snapshot
 //! record is reported with its number and skipped; the rest is imported.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::merge::{MergeError, MergeOptions, MergeReport, Merger};
 use super::row::{ArxivPaper, Author, SOURCE_SNAPSHOT, into_record, normalize_date};
+use crate::metadata::PaperRecord;
 
 /// At most this many bad lines are listed in the report (all are counted).
 pub const MAX_LISTED_ISSUES: usize = 100;
@@ -192,8 +194,51 @@ pub fn category_matches(categories: &[String], filters: &[String]) -> bool {
     })
 }
 
+/// Lines per batch handed to a parsing thread.
+const BATCH_LINES: usize = 2048;
+
+/// A run of consecutive lines, concatenated.
+struct Batch {
+    first_line: u64,
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// What became of one non-blank line. Nearly every line is a row, so the
+/// rows are kept inline rather than boxed.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Row(PaperRecord),
+    FilteredOut,
+    Bad { line: u64, message: String },
+}
+
+fn parse_batch(batch: &Batch, filters: &[String]) -> Vec<Parsed> {
+    let mut out = Vec::with_capacity(batch.ends.len());
+    let mut start = 0;
+    for (i, &end) in batch.ends.iter().enumerate() {
+        let line = &batch.data[start..end];
+        start = end;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.push(match parse_line(line) {
+            Ok(paper) if !category_matches(&paper.categories, filters) => Parsed::FilteredOut,
+            Ok(paper) => Parsed::Row(into_record(paper, SOURCE_SNAPSHOT)),
+            Err(message) => Parsed::Bad {
+                line: batch.first_line + i as u64,
+                message,
+            },
+        });
+    }
+    out
+}
+
 /// Imports the snapshot at `path` into `metadata_dir` (the caller holds the
-/// ingestion lock). `progress` is called every 10,000 lines.
+/// ingestion lock). `progress` is called every 10,000 lines or so.
+///
+/// The calling thread reads and merges; lines are parsed on one thread per
+/// CPU, in batches, and their rows merged in file order.
 pub fn import_snapshot(
     path: &Path,
     metadata_dir: &Path,
@@ -206,59 +251,130 @@ pub fn import_snapshot(
         file: path.to_path_buf(),
         ..SnapshotReport::default()
     };
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let max_in_flight = workers * 4;
     with_input(path, |input| {
-        let mut line = Vec::with_capacity(16 << 10);
-        loop {
-            line.clear();
-            let read = input
-                .read_until(b'\n', &mut line)
-                .map_err(|source| SnapshotError::Read {
-                    path: path.to_path_buf(),
-                    line: Some(report.counts.lines + 1),
-                    source,
-                })?;
-            if read == 0 {
-                break;
-            }
-            report.counts.lines += 1;
-            report.counts.bytes += read as u64;
-            if report.counts.lines.is_multiple_of(10_000) {
-                progress(&report.counts);
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match parse_line(&line) {
-                Ok(paper) => {
-                    if !category_matches(&paper.categories, &options.categories) {
-                        report.counts.filtered_out += 1;
-                        continue;
+        let (work_tx, work_rx) = crossbeam_channel::unbounded::<(u64, Batch)>();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, Vec<Parsed>)>();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let work_rx = work_rx.clone();
+                let done_tx = done_tx.clone();
+                let filters = &options.categories;
+                scope.spawn(move || {
+                    for (seq, batch) in work_rx {
+                        if done_tx.send((seq, parse_batch(&batch, filters))).is_err() {
+                            break;
+                        }
                     }
-                    merger.add(into_record(paper, SOURCE_SNAPSHOT))?;
-                    report.counts.imported += 1;
-                }
-                Err(message) => {
-                    report.counts.bad_lines += 1;
-                    tracing::warn!(
-                        "{}:{}: {message}; line skipped",
-                        path.display(),
-                        report.counts.lines
-                    );
-                    if report.issues.len() < MAX_LISTED_ISSUES {
-                        report.issues.push(LineIssue {
-                            line: report.counts.lines,
-                            message,
-                        });
-                    }
-                }
+                });
             }
-        }
-        Ok(())
+            drop(done_tx);
+            let result = feed_and_merge(
+                path,
+                input,
+                &work_tx,
+                &done_rx,
+                max_in_flight,
+                &mut merger,
+                &mut report,
+                progress,
+            );
+            drop(work_tx);
+            result
+        })
     })?;
     progress(&report.counts);
     report.merge = merger.finish()?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Reads batches of lines and sends them to the parsers, and merges the
+/// parsed batches in order, keeping at most `max_in_flight` batches between.
+#[allow(clippy::too_many_arguments)]
+fn feed_and_merge(
+    path: &Path,
+    input: &mut dyn BufRead,
+    work_tx: &crossbeam_channel::Sender<(u64, Batch)>,
+    done_rx: &crossbeam_channel::Receiver<(u64, Vec<Parsed>)>,
+    max_in_flight: usize,
+    merger: &mut Merger,
+    report: &mut SnapshotReport,
+    progress: &mut dyn FnMut(&SnapshotCounts),
+) -> Result<(), SnapshotError> {
+    let mut sent = 0u64;
+    let mut applied = 0u64;
+    let mut waiting: BTreeMap<u64, Vec<Parsed>> = BTreeMap::new();
+    let mut eof = false;
+    let mut last_progress = 0u64;
+    while !eof || applied < sent {
+        if !eof && sent - applied < max_in_flight as u64 {
+            let mut batch = Batch {
+                first_line: report.counts.lines + 1,
+                data: Vec::with_capacity(BATCH_LINES * 2048),
+                ends: Vec::with_capacity(BATCH_LINES),
+            };
+            while batch.ends.len() < BATCH_LINES {
+                let read =
+                    input
+                        .read_until(b'\n', &mut batch.data)
+                        .map_err(|source| SnapshotError::Read {
+                            path: path.to_path_buf(),
+                            line: Some(report.counts.lines + 1),
+                            source,
+                        })?;
+                if read == 0 {
+                    eof = true;
+                    break;
+                }
+                report.counts.lines += 1;
+                report.counts.bytes += read as u64;
+                batch.ends.push(batch.data.len());
+            }
+            if !batch.ends.is_empty() {
+                work_tx.send((sent, batch)).map_err(|_| parser_gone(path))?;
+                sent += 1;
+            }
+            if report.counts.lines - last_progress >= 10_000 {
+                last_progress = report.counts.lines;
+                progress(&report.counts);
+            }
+            continue;
+        }
+        let (seq, parsed) = done_rx.recv().map_err(|_| parser_gone(path))?;
+        waiting.insert(seq, parsed);
+        while let Some(parsed) = waiting.remove(&applied) {
+            applied += 1;
+            for outcome in parsed {
+                match outcome {
+                    Parsed::Row(record) => {
+                        merger.add(record)?;
+                        report.counts.imported += 1;
+                    }
+                    Parsed::FilteredOut => report.counts.filtered_out += 1,
+                    Parsed::Bad { line, message } => {
+                        report.counts.bad_lines += 1;
+                        tracing::warn!("{}:{line}: {message}; line skipped", path.display());
+                        if report.issues.len() < MAX_LISTED_ISSUES {
+                            report.issues.push(LineIssue { line, message });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parser_gone(path: &Path) -> SnapshotError {
+    SnapshotError::Read {
+        path: path.to_path_buf(),
+        line: None,
+        source: io::Error::other("a parsing thread stopped unexpectedly"),
+    }
 }
 
 /// Calls `f` with the snapshot's decompressed lines: gzip when the file
