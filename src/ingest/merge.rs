@@ -1445,6 +1445,36 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_failing_midway_leaves_every_file_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let p24 = "2024-01-02T00:00:00Z";
+        merge_records(dir.path(), vec![row("2401.00001", p24, p24, "kept")]).unwrap();
+        let bad = "paper_id,title,abstract\n2501.00001,A,a\n2501.00002,\"never closed\n";
+        std::fs::write(dir.path().join("metadata-2025.csv"), bad).unwrap();
+        let before = snapshot_of(dir.path());
+        // Spilled, so every year file takes part; 2024's output is under way
+        // when the bad 2025 row is reached.
+        let mut merger = Merger::new(dir.path(), MergeOptions { memory_budget: 1 }).unwrap();
+        merger.add(row("2401.00002", p24, p24, "new")).unwrap();
+        merger
+            .add(row(
+                "2501.00003",
+                "2025-01-02T00:00:00Z",
+                "2025-01-02T00:00:00Z",
+                "new",
+            ))
+            .unwrap();
+        let err = merger.commit().unwrap_err().to_string();
+        assert!(err.contains("metadata-2025.csv:3"), "{err}");
+        drop(merger);
+        assert_eq!(
+            snapshot_of(dir.path()),
+            before,
+            "no file changed, no temporaries left"
+        );
+    }
+
+    #[test]
     fn rows_without_a_date_are_skipped_and_reported() {
         let dir = tempfile::tempdir().unwrap();
         let report = merge_records(dir.path(), vec![row("2401.00001", "", "", "no date")]).unwrap();
