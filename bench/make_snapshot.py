@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=2_800_000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--year", type=int, help="put every record in this year (a year file of a given size)")
+    ap.add_argument("--first-number", type=int, default=0, help="numbers of the ids start after this (distinct batches)")
     args = ap.parse_args()
     repo = Path(__file__).resolve().parents[1]
     candidates = [repo.parent / "shared", repo.parent.parent / "shared"]
@@ -55,9 +57,9 @@ def main() -> None:
     with open(args.out, "w", encoding="utf-8") as out:
         for k in range(args.records):
             r = real[k % len(real)]
-            year = rng.choices(years, weights)[0]
+            year = args.year or rng.choices(years, weights)[0]
             month = rng.randint(1, 12)
-            n = per_month.get((year, month), 0) + 1
+            n = per_month.get((year, month), args.first_number) + 1
             per_month[(year, month)] = n
             if year < 2007:
                 archive = OLD_ARCHIVES[(n - 1) // 999]

@@ -448,3 +448,51 @@ fn snapshot_and_arxivraw_rows_of_the_same_papers_are_identical_but_for_source() 
     assert_eq!(report.totals.unchanged, 6);
     assert_eq!(files_of(dir.path()), before);
 }
+
+#[test]
+fn arxiv_format_records_follow_the_same_row_rule() {
+    let path = real_data().join("oai/ListRecords_arXiv_set-physics-hep-th_from-2017-12-14.xml");
+    let page = papersys::ingest::oai::parse_page(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let rows: Vec<PaperRecord> = page
+        .records
+        .iter()
+        .map(|p| row::to_record(p, "papersys.oai-pmh.arXiv"))
+        .collect();
+    let by_id: BTreeMap<&str, &PaperRecord> = rows.iter().map(|r| (r.paper_id.as_str(), r)).collect();
+    let r = by_id["1412.8323"];
+    assert_eq!(r.authors, "Philipp A Hoehn", "forenames keyname");
+    assert_eq!(
+        r.title,
+        "Toolbox for reconstructing quantum theory from rules on information\n  acquisition"
+    );
+    assert!(
+        r.abstract_text
+            .starts_with("  We develop an operational approach")
+    );
+    assert!(
+        r.abstract_text
+            .ends_with("of quantum theory in terms of questions.\n")
+    );
+    assert_eq!(
+        r.categories,
+        "quant-ph;gr-qc;hep-th;math-ph;math.MP;physics.hist-ph"
+    );
+    assert_eq!(r.primary_category, "quant-ph");
+    assert_eq!(
+        (r.published_at.as_str(), r.updated_at.as_str()),
+        ("2014-12-29T00:00:00Z", "2017-12-13T00:00:00Z"),
+        "day-only dates become midnight UTC"
+    );
+    assert!(
+        r.comment.starts_with(
+            "78 pages, many figures, graphs and references. Version accepted for\n  publication"
+        )
+    );
+    assert_eq!(r.license, "http://creativecommons.org/licenses/by/4.0/");
+    assert_eq!((r.doi.as_str(), r.journal_ref.as_str()), ("", ""));
+    let r = by_id["1507.07790"];
+    assert_eq!(r.authors, "Luis B. Castro;Edilberto O. Silva");
+    assert_eq!(r.doi, "10.1088/1751-8121/aa9c53");
+    assert_eq!(r.journal_ref, "J. Phys. A: Math. Theor. 51 (2018) 035201");
+    assert_eq!(r.source, "papersys.oai-pmh.arXiv");
+}
