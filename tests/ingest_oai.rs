@@ -617,3 +617,34 @@ fn save_raw_responses_keeps_every_page_as_received() {
     );
     assert_eq!(rows(&tree).len(), 7);
 }
+
+#[test]
+fn the_summary_shows_counts_per_year_and_how_the_server_was_treated() {
+    let records = real_records(5, "2024-01-01", 3);
+    let server = OaiServer::start(records.clone(), 3);
+    server.fault(0, Fault::ServerError);
+    let tree = tree(&server, "");
+    let output = tree
+        .cmd(&["ingest", "--from", "2024-01-01", "--until", "2024-01-07"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("harvested 5 records (0 deleted, 0 skipped)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("5 new, 0 updated, 0 unchanged"), "{stdout}");
+    assert!(stdout.contains("3 requests, 1 retries"), "{stdout}");
+    let year = &records[0].published_at[..4];
+    assert!(
+        stdout.lines().any(|l| l.trim_start().starts_with(year)),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("HTTP 500"), "the retry is logged: {stderr}");
+    assert!(
+        stderr.contains("window 2024-01-01..2024-01-07: 5 records in 2 pages"),
+        "{stderr}"
+    );
+}

@@ -48,7 +48,7 @@ pub enum CommandArgs {
     Status(StatusArgs),
     /// Embed every paper that lacks a current vector (resumable; safe to interrupt)
     Embed(EmbedArgs),
-    /// Harvest arXiv metadata (OAI-PMH) into metadata-YYYY.csv; incremental by default
+    /// Harvest arXiv metadata (OAI-PMH; incremental by default) or import Kaggle's snapshot into metadata-YYYY.csv
     Ingest(IngestArgs),
 }
 
