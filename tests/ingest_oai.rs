@@ -146,12 +146,20 @@ fn a_two_page_harvest_makes_two_requests_and_writes_arxiv_raw_rows_exactly() {
 
 #[test]
 fn the_arxiv_format_gives_structured_authors_and_days() {
-    let records = real_records(3, "2024-01-02", 1);
-    let server = OaiServer::start(records.clone(), 100);
+    // Every real record, quirks included, in pages of 1,000.
+    let records = real_records(2694, "2024-01-02", 1);
+    let server = OaiServer::start(records.clone(), 1000);
     let tree = tree(&server, "metadata_prefix = \"arXiv\"");
     let report = ingest(&tree, &WEEK1);
     assert_eq!(report["metadata_prefix"], "arXiv");
+    assert_eq!(report["skipped"], 0, "{report}");
+    assert_eq!(server.requests(), 3);
     let stored = rows(&tree);
+    assert_eq!(stored.keys().cloned().collect::<Vec<_>>(), ids(&records));
+    for r in &records {
+        assert_eq!(stored[&r.id].1.abstract_text, r.abstract_text, "{}", r.id);
+        assert_eq!(stored[&r.id].1.title, r.title, "{}", r.id);
+    }
     let r = &records[0];
     let row = &stored[&r.id].1;
     assert_eq!(row.title, r.title);
