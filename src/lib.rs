@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod fault;
+pub mod ingest;
 pub mod interrupt;
 pub mod metadata;
 pub mod pipeline;

@@ -48,6 +48,8 @@ pub enum CommandArgs {
     Status(StatusArgs),
     /// Embed every paper that lacks a current vector (resumable; safe to interrupt)
     Embed(EmbedArgs),
+    /// Harvest arXiv metadata (OAI-PMH; incremental by default) or import Kaggle's snapshot into metadata-YYYY.csv
+    Ingest(IngestArgs),
 }
 
 /// Which models a command works on.
@@ -101,6 +103,29 @@ pub struct StatusArgs {
     models: Vec<String>,
 }
 
+/// Arguments of `papersys ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// First day to harvest [default: where the last harvest stopped, else start_date]
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub from: Option<String>,
+    /// Last day to harvest, inclusive [default: end_date, else today (UTC)]
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub until: Option<String>,
+    /// Category or setSpec to harvest, instead of the config's (repeatable): cs.AI, hep-th, math, cs:cs:LG
+    #[arg(long = "category", value_name = "C")]
+    pub categories: Vec<String>,
+    /// Stop after N records
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Ask only the first page of each window; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Import Kaggle's arXiv snapshot (.json, .json.gz or .zip) instead of harvesting
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["from", "until", "limit", "dry_run"])]
+    pub snapshot: Option<PathBuf>,
+}
+
 /// A command with everything resolved.
 pub enum HiArgs {
     /// `papersys backlog`.
@@ -120,6 +145,13 @@ pub enum HiArgs {
         models: Vec<String>,
         /// What to embed.
         options: EmbedOptions,
+    },
+    /// `papersys ingest`.
+    Ingest {
+        /// The config.
+        config: Config,
+        /// What to harvest.
+        options: commands::ingest::IngestOptions,
     },
     /// `papersys status`.
     Status {
@@ -165,6 +197,30 @@ impl HiArgs {
                     } else {
                         ProgressMode::Auto
                     },
+                },
+                config,
+            },
+            CommandArgs::Ingest(args) => HiArgs::Ingest {
+                options: commands::ingest::IngestOptions {
+                    from: args
+                        .from
+                        .as_deref()
+                        .map(|v| commands::ingest::parse_date_arg("--from", v))
+                        .transpose()?,
+                    until: args
+                        .until
+                        .as_deref()
+                        .map(|v| commands::ingest::parse_date_arg("--until", v))
+                        .transpose()?,
+                    categories: commands::ingest::parse_categories(&args.categories)?,
+                    limit: args.limit,
+                    dry_run: args.dry_run,
+                    progress: if low.quiet || low.json {
+                        ProgressMode::Quiet
+                    } else {
+                        ProgressMode::Auto
+                    },
+                    snapshot: args.snapshot.clone(),
                 },
                 config,
             },
@@ -230,6 +286,25 @@ pub fn run(low: LowArgs) -> Result<i32, Error> {
                     "{} papers could not be embedded (the errors are logged above); they wait in the backlog \
                      with reason `embedding_failed` and the next `papersys embed` retries them",
                     report.failed()
+                )));
+            }
+            written
+        }
+        HiArgs::Ingest { config, options } => {
+            let report = commands::ingest::run(&config, &options)?;
+            let written = if json {
+                render::json(&mut out, &report)
+            } else {
+                render::ingest(&mut out, &report)
+            };
+            if let commands::ingest::IngestReport::Harvest(harvest) = &report
+                && let Some(failed) = &harvest.failed
+            {
+                let _ = written.and_then(|()| out.flush());
+                return Err(Error::Run(format!(
+                    "window {}..{} (set {}) failed: {}. Every window before it is committed; \
+                     run `papersys ingest` again to continue from there",
+                    failed.from, failed.until, failed.set, failed.error
                 )));
             }
             written

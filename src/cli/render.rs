@@ -7,7 +7,10 @@ use serde::Serialize;
 use crate::commands::IssueReport;
 use crate::commands::backlog::BacklogReport;
 use crate::commands::embed::EmbedReport;
+use crate::commands::ingest::IngestReport;
 use crate::commands::status::StatusReport;
+use crate::ingest::harvest::HarvestReport;
+use crate::ingest::snapshot::SnapshotReport;
 use crate::store::backlog::MissingReason;
 
 /// At most this many input problems are logged one by one.
@@ -321,6 +324,123 @@ pub fn status(out: &mut impl Write, report: &StatusReport) -> io::Result<()> {
         for problem in &model.problems {
             writeln!(out, "  problem: {problem}")?;
         }
+    }
+    Ok(())
+}
+
+/// The ingest report: a harvest or a snapshot import.
+pub fn ingest(out: &mut impl Write, report: &IngestReport) -> io::Result<()> {
+    match report {
+        IngestReport::Harvest(report) => harvest(out, report),
+        IngestReport::Snapshot(report) => snapshot(out, report),
+    }
+}
+
+/// A snapshot import: lines read, rows imported, what changed per year.
+fn snapshot(out: &mut impl Write, report: &SnapshotReport) -> io::Result<()> {
+    let c = &report.counts;
+    writeln!(
+        out,
+        "imported {} of {} lines from {} in {:.1} s ({} filtered out by category, {} bad lines)",
+        thousands(c.imported),
+        thousands(c.lines),
+        report.file.display(),
+        report.seconds,
+        thousands(c.filtered_out),
+        thousands(c.bad_lines)
+    )?;
+    let m = &report.merge.totals;
+    writeln!(
+        out,
+        "{} new, {} updated, {} unchanged, {} older than stored (ignored); latest.csv: {} rows",
+        thousands(m.new),
+        thousands(m.updated),
+        thousands(m.unchanged),
+        thousands(m.older),
+        thousands(report.merge.latest_rows)
+    )?;
+    year_table(out, &m.per_year)?;
+    for issue in report.issues.iter().take(ISSUES_SHOWN) {
+        writeln!(out, "  line {}: {}", issue.line, issue.message)?;
+    }
+    Ok(())
+}
+
+fn year_table(
+    out: &mut impl Write,
+    per_year: &std::collections::BTreeMap<String, crate::ingest::merge::YearCounts>,
+) -> io::Result<()> {
+    if per_year.is_empty() {
+        return Ok(());
+    }
+    let mut table = Table::new(
+        ["year", "new", "updated", "unchanged", "rows"]
+            .map(String::from)
+            .to_vec(),
+    );
+    for (year, c) in per_year {
+        table.push(vec![
+            year.clone(),
+            thousands(c.new),
+            thousands(c.updated),
+            thousands(c.unchanged),
+            thousands(c.rows),
+        ]);
+    }
+    table.write(out, "  ")
+}
+
+/// A harvest: what was received, what changed per year, and how the server
+/// was treated.
+fn harvest(out: &mut impl Write, report: &HarvestReport) -> io::Result<()> {
+    let sets = report.sets.join(", ");
+    if report.dry_run {
+        writeln!(
+            out,
+            "dry run: {} records on the first pages of {} windows {}..{} (sets: {sets}); nothing written",
+            thousands(report.records),
+            report.windows.len(),
+            report.from,
+            report.until
+        )?;
+    } else {
+        writeln!(
+            out,
+            "harvested {} records ({} deleted, {} skipped) from {}..{} in {} windows (sets: {sets}, format {})",
+            thousands(report.records),
+            thousands(report.deleted),
+            thousands(report.skipped),
+            report.from,
+            report.until,
+            report.windows.iter().filter(|w| w.completed).count(),
+            report.metadata_prefix
+        )?;
+        writeln!(
+            out,
+            "{} new, {} updated, {} unchanged, {} older than stored (ignored); latest.csv: {} rows",
+            thousands(report.new),
+            thousands(report.updated),
+            thousands(report.unchanged),
+            thousands(report.older),
+            thousands(report.latest_rows)
+        )?;
+    }
+    year_table(out, &report.per_year)?;
+    writeln!(
+        out,
+        "{} requests, {} retries, {:.1} s waited, {:.1} s in all{}",
+        report.client.requests,
+        report.client.retries,
+        report.client.waited_s,
+        report.elapsed_s,
+        if report.limit_reached {
+            "; stopped at --limit"
+        } else {
+            ""
+        }
+    )?;
+    for message in &report.skipped_examples {
+        writeln!(out, "  skipped: {message}")?;
     }
     Ok(())
 }
