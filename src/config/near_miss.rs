@@ -8,8 +8,24 @@
 /// Top-level keys and sections papersys reads.
 const TOP_LEVEL: [&str; 3] = ["data_root", "ingestion", "embedding"];
 
-/// Keys papersys reads in `[ingestion]` (the rest belongs to the ingest tool).
-const INGESTION: [&str; 1] = ["output_dir"];
+/// Keys papersys reads in `[ingestion]` (`output_dir` for every command,
+/// the rest for `papersys ingest`); others belong to other tools.
+const INGESTION: [&str; 14] = [
+    "output_dir",
+    "start_date",
+    "end_date",
+    "batch_size",
+    "max_retries",
+    "retry_delay",
+    "oai_base_url",
+    "metadata_prefix",
+    "categories",
+    "save_raw_responses",
+    "request_interval",
+    "contact",
+    "window_days",
+    "request_timeout",
+];
 
 /// A key that looks like a typo of a known one.
 #[derive(Debug, PartialEq, Eq)]
@@ -131,6 +147,16 @@ mod tests {
         assert!(found[1].message.contains("[embeding]") && found[1].message.contains("`embedding`"));
         assert_eq!(found[2].line, Some(8));
         assert!(found[2].message.contains("ingestion.output_dir"), "{found:?}");
+    }
+
+    #[test]
+    fn every_ingestion_key_papersys_reads_is_known() {
+        let text = "[ingestion]\nrequest_intervall = 3\ncategores = []\nenabled = true\ncurated_dir = \"c\"\nwindow_days = 7\n";
+        let found = find(text);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].message.contains("`ingestion.request_interval`"), "{found:?}");
+        assert_eq!(found[1].line, Some(3));
+        assert!(found[1].message.contains("`ingestion.categories`"), "{found:?}");
     }
 
     #[test]

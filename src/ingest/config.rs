@@ -3,7 +3,8 @@
 //! The section is shared with the Python original, which has keys papersys
 //! does not use (`enabled`, `curated_dir`, ...): unknown keys are accepted,
 //! and only a near miss of a known key (`request_intervall`) is warned
-//! about. A known key with a wrong value is an error naming its line.
+//! about (by [`crate::config`], which knows every key papersys reads). A
+//! known key with a wrong value is an error naming its line.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -99,24 +100,6 @@ pub struct IngestConfig {
     pub request_timeout: Duration,
 }
 
-/// Keys of `[ingestion]` that papersys reads.
-const KNOWN_KEYS: [&str; 14] = [
-    "output_dir",
-    "start_date",
-    "end_date",
-    "batch_size",
-    "max_retries",
-    "retry_delay",
-    "oai_base_url",
-    "metadata_prefix",
-    "categories",
-    "save_raw_responses",
-    "request_interval",
-    "contact",
-    "window_days",
-    "request_timeout",
-];
-
 #[derive(Deserialize)]
 struct RawFile {
     ingestion: Option<RawIngestion>,
@@ -166,19 +149,6 @@ impl IngestConfig {
         let Some(raw) = raw.ingestion else {
             return Ok(resolved);
         };
-        let keys: Vec<String> = toml::from_str::<toml::Table>(&config.text)
-            .ok()
-            .and_then(|mut table| table.remove("ingestion"))
-            .and_then(|section| section.as_table().map(|t| t.keys().cloned().collect()))
-            .unwrap_or_default();
-        for key in keys.iter().filter(|k| !KNOWN_KEYS.contains(&k.as_str())) {
-            if let Some(known) = KNOWN_KEYS.iter().find(|k| near_miss(key, k)) {
-                tracing::warn!(
-                    "{}: [ingestion] key `{key}` is not used by papersys; did you mean `{known}`?",
-                    config.path.display()
-                );
-            }
-        }
         let date = |value: &Spanned<String>, key: &str| -> Result<Option<Date>, ConfigError> {
             let text = value.get_ref().trim();
             if text.is_empty() {
@@ -429,24 +399,6 @@ pub fn set_spec_category(spec: &str) -> String {
     }
 }
 
-/// `key` is one or two edits from `known` (and not equal): a likely typo.
-fn near_miss(key: &str, known: &str) -> bool {
-    key != known && edit_distance(key, known) <= 2
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            current[j + 1] = (previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1);
-        }
-        previous = current;
-    }
-    previous[b.len()]
-}
 
 #[cfg(test)]
 mod tests {
@@ -540,11 +492,4 @@ mod tests {
         }
     }
 
-    #[test]
-    fn near_misses_are_spotted() {
-        assert!(near_miss("request_intervall", "request_interval"));
-        assert!(near_miss("categores", "categories"));
-        assert!(!near_miss("curated_dir", "output_dir"));
-        assert!(!near_miss("enabled", "end_date"));
-    }
 }
