@@ -966,11 +966,14 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// A call that must panic, with the message it must give.
+    type Case = (&'static str, Box<dyn FnOnce()>);
+
     #[test]
     fn mismatched_lengths_panic_before_any_vector_code() {
         let gamma = [1.0f32; 16];
         for isa in paths() {
-            let cases: [(&str, Box<dyn FnOnce()>); 6] = [
+            let cases: [Case; 6] = [
                 (
                     "layer_norm: gamma has 16 values but beta 8 and bias None",
                     Box::new(move || layer_norm_with(&mut [0.0; 32], None, &gamma, &[0.0; 8], 1e-12, isa)),
