@@ -5,6 +5,12 @@
 //! scalar path that evaluates the same polynomials, so results agree to rounding on
 //! every machine. The polynomials are minimax fits made for this crate
 //! (`scripts/make_fixtures_kernel_fits.py`), accurate to about 1e-8 relative.
+//!
+//! The vector paths run only with an [`Isa`] that detection produced, and
+//! every length they rely on is asserted first. NaN propagates (a NaN score
+//! makes its softmax row NaN), so the engine's finiteness check sees it.
+//! Denormals are avoided by the kernels themselves (exp is exactly 0 below
+//! -87), not by setting FTZ/DAZ in the thread's MXCSR.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -54,30 +60,78 @@ const ERF_SPLIT: f32 = 0.9;
 const ERF_CLAMP: f32 = 4.0;
 const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
-/// Which kernel family runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
-    /// Portable scalar code.
-    Scalar,
-    /// 8-lane AVX2 + FMA.
-    Avx2,
-    /// 16-lane AVX-512F (softmax, GELU, exp, erf; the rest uses AVX2).
-    Avx512,
-}
+use isa::Family;
+pub use isa::Isa;
 
-/// The widest kernel family this CPU runs (detected once; std caches it).
-#[inline]
-pub fn best_isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            if is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
+/// The ISA token lives in its own module so that nothing else, not even
+/// the rest of this file, can make a vector-family value without detection.
+mod isa {
+    /// The kernel families.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(super) enum Family {
+        /// Portable scalar code.
+        Scalar,
+        /// 8-lane AVX2 + FMA.
+        Avx2,
+        /// 16-lane AVX-512F (softmax, GELU, exp, erf; the rest uses AVX2).
+        Avx512,
+    }
+
+    /// A kernel family this CPU runs: proof, for the kernels' `unsafe`
+    /// vector code, that the CPU has the instructions. Only
+    /// [`Isa::SCALAR`] can be named; the vector families come only from
+    /// run-time detection ([`Isa::best`], [`Isa::available`]).
+    ///
+    /// ```compile_fail
+    /// // A vector family cannot be made without detection.
+    /// let _ = papersys_backend_native::kernels::Isa::Avx512;
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Isa(Family);
+
+    impl Isa {
+        /// The portable scalar kernels, valid on every CPU.
+        pub const SCALAR: Isa = Isa(Family::Scalar);
+
+        /// The widest kernel family this CPU runs (std caches the detection).
+        #[inline]
+        pub fn best() -> Isa {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    if is_x86_feature_detected!("avx512f") {
+                        return Isa(Family::Avx512);
+                    }
+                    return Isa(Family::Avx2);
+                }
             }
-            return Isa::Avx2;
+            Isa::SCALAR
+        }
+
+        /// Every family this CPU runs, scalar first (each wider family
+        /// implies the narrower ones: AVX-512 is detected only with AVX2+FMA).
+        pub fn available() -> Vec<Isa> {
+            match Isa::best().0 {
+                Family::Scalar => vec![Isa::SCALAR],
+                Family::Avx2 => vec![Isa::SCALAR, Isa(Family::Avx2)],
+                Family::Avx512 => vec![Isa::SCALAR, Isa(Family::Avx2), Isa(Family::Avx512)],
+            }
+        }
+
+        /// A short name for logs ("scalar", "avx2", "avx512").
+        pub fn name(self) -> &'static str {
+            match self.0 {
+                Family::Scalar => "scalar",
+                Family::Avx2 => "avx2",
+                Family::Avx512 => "avx512",
+            }
+        }
+
+        pub(super) fn family(self) -> Family {
+            self.0
         }
     }
-    Isa::Scalar
 }
 
 #[inline(always)]
@@ -89,27 +143,29 @@ fn horner<const N: usize>(c: &[f32; N], x: f32) -> f32 {
     acc
 }
 
-/// `e^x` with the vector path's algorithm; exactly 0 below -87.
+/// `e^x` with the vector path's algorithm; exactly 0 below -87, NaN for NaN.
 #[inline]
 pub fn exp_scalar(x: f32) -> f32 {
     if x < EXP_LO {
         return 0.0;
     }
-    let x = x.min(EXP_HI);
+    // Not `min`: f32::min(NaN, hi) is hi, which would hide a NaN.
+    let x = if x > EXP_HI { EXP_HI } else { x };
     let n = (x * LOG2E).round_ties_even();
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
     let p = horner(&EXP_P, r);
     p * f32::from_bits((((n as i32) + 127) as u32) << 23)
 }
 
-/// The error function with the vector path's algorithm.
+/// The error function with the vector path's algorithm; NaN for NaN.
 #[inline]
 pub fn erf_scalar(x: f32) -> f32 {
     let a = x.abs();
     let v = if a < ERF_SPLIT {
         a * horner(&ERF_P, a * a)
     } else {
-        let a = a.min(ERF_CLAMP);
+        // Not `min`, which would turn NaN into the clamp.
+        let a = if a > ERF_CLAMP { ERF_CLAMP } else { a };
         let t = 1.0 / (1.0 + a);
         1.0 - exp_scalar(-a * a) * horner(&ERFC_Q, t)
     };
@@ -141,7 +197,9 @@ mod avx2 {
     pub unsafe fn exp8(x: __m256) -> __m256 {
         unsafe {
             let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
-            let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+            // max/min return their second operand when either is NaN: x
+            // goes second, so a NaN passes through (and the result is NaN).
+            let x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), _mm256_max_ps(_mm256_set1_ps(EXP_LO), x));
             let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
                 x,
                 _mm256_set1_ps(LOG2E),
@@ -163,7 +221,7 @@ mod avx2 {
             let a = _mm256_andnot_ps(sign_mask, x);
             let a2 = _mm256_mul_ps(a, a);
             let small = _mm256_mul_ps(a, horner8(&ERF_P, a2));
-            let ac = _mm256_min_ps(a, _mm256_set1_ps(ERF_CLAMP));
+            let ac = _mm256_min_ps(_mm256_set1_ps(ERF_CLAMP), a); // NaN passes (see exp8)
             let one = _mm256_set1_ps(1.0);
             let t = _mm256_div_ps(one, _mm256_add_ps(one, ac));
             let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), ac), ac));
@@ -371,8 +429,10 @@ mod avx512 {
     #[inline(always)]
     unsafe fn exp16(x: __m512) -> __m512 {
         unsafe {
-            let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(EXP_LO));
-            let x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+            // Unordered "not less than": NaN lanes are kept, not zeroed.
+            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(EXP_LO));
+            // x second in max/min, so a NaN passes through (see avx2::exp8).
+            let x = _mm512_min_ps(_mm512_set1_ps(EXP_HI), _mm512_max_ps(_mm512_set1_ps(EXP_LO), x));
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
                 x,
                 _mm512_set1_ps(LOG2E),
@@ -392,7 +452,7 @@ mod avx512 {
             let sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN));
             let a = _mm512_abs_ps(x);
             let small = _mm512_mul_ps(a, horner16(&ERF_P, _mm512_mul_ps(a, a)));
-            let ac = _mm512_min_ps(a, _mm512_set1_ps(ERF_CLAMP));
+            let ac = _mm512_min_ps(_mm512_set1_ps(ERF_CLAMP), a); // NaN passes
             let one = _mm512_set1_ps(1.0);
             let t = _mm512_div_ps(one, _mm512_add_ps(one, ac));
             let e = exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), ac), ac));
@@ -502,48 +562,69 @@ mod avx512 {
     }
 }
 
-/// Replaces each value by `e^x` (exactly 0 below -87).
+// Dispatch. SAFETY (every `unsafe` call below): an `Isa` of a vector family
+// exists only when run-time detection found that family (and, for AVX-512,
+// AVX2+FMA too) on this CPU; see `isa`. Every slice length the vector code
+// relies on is asserted before the call.
+
+/// Replaces each value by `e^x` (exactly 0 below -87; NaN stays NaN).
 pub fn exp_inplace(x: &mut [f32]) {
-    exp_with(x, best_isa());
+    exp_with(x, Isa::best());
 }
 
-fn exp_with(x: &mut [f32], isa: Isa) {
-    // SAFETY (every `*_with`): callers pass an `isa` this CPU supports.
+/// [`exp_inplace`] with the kernels of `isa`.
+pub fn exp_with(x: &mut [f32], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512 => return unsafe { avx512::exp_slice(x) },
-        Isa::Avx2 => return unsafe { avx2::exp_slice(x) },
-        Isa::Scalar => {}
+    match isa.family() {
+        Family::Avx512 => return unsafe { avx512::exp_slice(x) },
+        Family::Avx2 => return unsafe { avx2::exp_slice(x) },
+        Family::Scalar => {}
     }
     x.iter_mut().for_each(|v| *v = exp_scalar(*v));
 }
 
-/// Replaces each value by `erf(x)`.
+/// Replaces each value by `erf(x)` (NaN stays NaN).
 pub fn erf_inplace(x: &mut [f32]) {
-    erf_with(x, best_isa());
+    erf_with(x, Isa::best());
 }
 
-fn erf_with(x: &mut [f32], isa: Isa) {
+/// [`erf_inplace`] with the kernels of `isa`.
+pub fn erf_with(x: &mut [f32], isa: Isa) {
     #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512 => return unsafe { avx512::erf_slice(x) },
-        Isa::Avx2 => return unsafe { avx2::erf_slice(x) },
-        Isa::Scalar => {}
+    match isa.family() {
+        Family::Avx512 => return unsafe { avx512::erf_slice(x) },
+        Family::Avx2 => return unsafe { avx2::erf_slice(x) },
+        Family::Scalar => {}
     }
     x.iter_mut().for_each(|v| *v = erf_scalar(*v));
 }
 
-/// `x[r][j] = gelu(x[r][j] + bias[j])` for every row `r` of `bias.len()` values.
-pub fn bias_gelu_inplace(x: &mut [f32], bias: &[f32]) {
-    bias_gelu_with(x, bias, best_isa());
+/// Panics unless `x` is whole rows of `width` values, `width > 0`: a
+/// mismatch is a caller's bug, never input data.
+fn assert_rows(kernel: &str, x: &[f32], width: usize) {
+    assert!(
+        width > 0 && x.len().is_multiple_of(width),
+        "kernels::{kernel}: {} values are not whole rows of {width}",
+        x.len()
+    );
 }
 
-fn bias_gelu_with(x: &mut [f32], bias: &[f32], isa: Isa) {
+/// `x[r][j] = gelu(x[r][j] + bias[j])` for every row `r` of `bias.len()` values.
+///
+/// # Panics
+/// When `x` is not whole rows of `bias.len()` values (or `bias` is empty).
+pub fn bias_gelu_inplace(x: &mut [f32], bias: &[f32]) {
+    bias_gelu_with(x, bias, Isa::best());
+}
+
+/// [`bias_gelu_inplace`] with the kernels of `isa`.
+pub fn bias_gelu_with(x: &mut [f32], bias: &[f32], isa: Isa) {
+    assert_rows("bias_gelu", x, bias.len());
     #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512 => return unsafe { avx512::bias_gelu(x, bias) },
-        Isa::Avx2 => return unsafe { avx2::bias_gelu(x, bias) },
-        Isa::Scalar => {}
+    match isa.family() {
+        Family::Avx512 => return unsafe { avx512::bias_gelu(x, bias) },
+        Family::Avx2 => return unsafe { avx2::bias_gelu(x, bias) },
+        Family::Scalar => {}
     }
     for row in x.chunks_exact_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
@@ -553,21 +634,24 @@ fn bias_gelu_with(x: &mut [f32], bias: &[f32], isa: Isa) {
 }
 
 /// Softmax of one row in place; scores far below the row maximum become
-/// exactly 0 (never denormal), so a later product with them stays fast.
+/// exactly 0 (never denormal), so a later product with them stays fast. A
+/// row holding a NaN comes out all NaN, so the fault is not hidden.
 pub fn softmax_inplace(row: &mut [f32]) {
-    softmax_with(row, best_isa());
+    softmax_with(row, Isa::best());
 }
 
-fn softmax_with(row: &mut [f32], isa: Isa) {
+/// [`softmax_inplace`] with the kernels of `isa`.
+pub fn softmax_with(row: &mut [f32], isa: Isa) {
     if row.is_empty() {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    match isa {
-        Isa::Avx512 => return unsafe { avx512::softmax_row(row) },
-        Isa::Avx2 => return unsafe { avx2::softmax_row(row) },
-        Isa::Scalar => {}
+    match isa.family() {
+        Family::Avx512 => return unsafe { avx512::softmax_row(row) },
+        Family::Avx2 => return unsafe { avx2::softmax_row(row) },
+        Family::Scalar => {}
     }
+    // f32::max skips a NaN, but exp(NaN - max) is NaN and so is the sum.
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for v in row.iter_mut() {
@@ -581,22 +665,35 @@ fn softmax_with(row: &mut [f32], isa: Isa) {
 /// LayerNorm of every row of `gamma.len()` values in place, after adding
 /// `bias` to each row when given (the bias of the layer whose output was
 /// accumulated onto the residual: one pass instead of two).
+///
+/// # Panics
+/// When `beta` or `bias` is not as long as `gamma`, or `x` is not whole
+/// rows of `gamma.len()` values (or `gamma` is empty).
 pub fn layer_norm_inplace(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32) {
-    layer_norm_with(x, bias, gamma, beta, eps, best_isa());
+    layer_norm_with(x, bias, gamma, beta, eps, Isa::best());
 }
 
-fn layer_norm_with(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32, isa: Isa) {
+/// [`layer_norm_inplace`] with the kernels of `isa`.
+pub fn layer_norm_with(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f32], eps: f32, isa: Isa) {
+    let h = gamma.len();
+    assert!(
+        beta.len() == h && bias.is_none_or(|b| b.len() == h),
+        "kernels::layer_norm: gamma has {h} values but beta {} and bias {:?}",
+        beta.len(),
+        bias.map(<[f32]>::len)
+    );
+    assert_rows("layer_norm", x, h);
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Scalar {
+    if isa.family() != Family::Scalar {
         return unsafe { avx2::layer_norm(x, bias, gamma, beta, eps) };
     }
-    let h = gamma.len() as f32;
-    for row in x.chunks_exact_mut(gamma.len()) {
+    let hf = h as f32;
+    for row in x.chunks_exact_mut(h) {
         if let Some(b) = bias {
             row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
         }
-        let mean = row.iter().sum::<f32>() / h;
-        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
+        let mean = row.iter().sum::<f32>() / hf;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / hf;
         let rstd = 1.0 / (var + eps).sqrt();
         for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
             *v = ((*v - mean) * rstd).mul_add(*g, *b);
@@ -605,28 +702,14 @@ fn layer_norm_with(x: &mut [f32], bias: Option<&[f32]>, gamma: &[f32], beta: &[f
 }
 
 /// `x[r][j] += bias[j]` for every row `r`.
+///
+/// # Panics
+/// When `x` is not whole rows of `bias.len()` values (or `bias` is empty).
 pub fn add_bias_inplace(x: &mut [f32], bias: &[f32]) {
+    assert_rows("add_bias", x, bias.len());
     for row in x.chunks_exact_mut(bias.len()) {
         for (v, b) in row.iter_mut().zip(bias) {
             *v += b;
-        }
-    }
-}
-
-/// Sets flush-to-zero and denormals-are-zero on the calling thread, so no
-/// arithmetic of the forward pass ever runs on denormal floats (which x86
-/// executes in microcode, an order of magnitude slower).
-pub fn set_flush_denormals() {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let mut csr: u32 = 0;
-        // SAFETY: stmxcsr/ldmxcsr only read and write the SSE control
-        // register of this thread; FTZ (bit 15) and DAZ (bit 6) are valid
-        // on every x86_64 CPU.
-        unsafe {
-            std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack));
-            csr |= (1 << 15) | (1 << 6);
-            std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack));
         }
     }
 }
@@ -663,11 +746,26 @@ mod tests {
 
     /// The scalar path and every vector path this CPU has.
     fn paths() -> Vec<Isa> {
-        match best_isa() {
-            Isa::Avx512 => vec![Isa::Scalar, Isa::Avx2, Isa::Avx512],
-            Isa::Avx2 => vec![Isa::Scalar, Isa::Avx2],
-            Isa::Scalar => vec![Isa::Scalar],
+        let paths = Isa::available();
+        assert_eq!(paths.first(), Some(&Isa::SCALAR));
+        assert_eq!(paths.last(), Some(&Isa::best()));
+        paths
+    }
+
+    #[test]
+    fn every_detected_family_is_tested() {
+        let names: Vec<&str> = paths().iter().map(|i| i.name()).collect();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            assert_eq!(names.contains(&"avx2"), avx2, "{names:?}");
+            assert_eq!(
+                names.contains(&"avx512"),
+                avx2 && is_x86_feature_detected!("avx512f"),
+                "{names:?}"
+            );
         }
+        assert_eq!(names[0], "scalar");
     }
 
     fn grid(lo: f32, hi: f32, n: usize) -> Vec<f32> {
@@ -822,16 +920,93 @@ mod tests {
     }
 
     #[test]
-    fn flush_denormals_turns_denormal_results_into_zero() {
-        std::thread::spawn(|| {
-            set_flush_denormals();
-            let tiny = std::hint::black_box(1e-30f32);
-            let product = std::hint::black_box(tiny) * std::hint::black_box(1e-10f32);
-            if cfg!(target_arch = "x86_64") {
-                assert_eq!(product, 0.0);
+    fn nan_stays_nan_in_exp_erf_and_gelu() {
+        // NaNs in the vector part and in the scalar tail of every path.
+        let n = 37;
+        let mut xs: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 4.0).collect();
+        for (k, nan) in [(0, f32::NAN), (9, -f32::NAN), (20, f32::NAN), (36, -f32::NAN)] {
+            xs[k] = nan;
+        }
+        for isa in paths() {
+            let (mut e, mut r, mut g) = (xs.clone(), xs.clone(), xs.clone());
+            exp_with(&mut e, isa);
+            erf_with(&mut r, isa);
+            bias_gelu_with(&mut g, &vec![0.0; n], isa);
+            for (i, x) in xs.iter().enumerate() {
+                for (what, y) in [("exp", e[i]), ("erf", r[i]), ("gelu", g[i])] {
+                    assert_eq!(y.is_nan(), x.is_nan(), "{isa:?}: {what}({x}) = {y}");
+                }
             }
-        })
-        .join()
-        .unwrap();
+        }
+    }
+
+    #[test]
+    fn softmax_of_a_row_holding_nan_is_all_nan() {
+        for isa in paths() {
+            for n in [1usize, 5, 13, 37] {
+                for k in [0, n / 2, n - 1] {
+                    let mut row: Vec<f32> = (0..n).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
+                    row[k] = f32::NAN;
+                    softmax_with(&mut row, isa);
+                    assert!(
+                        row.iter().all(|p| p.is_nan()),
+                        "{isa:?}, n={n}, NaN at {k}: {row:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The message of the panic `f` must raise.
+    fn panic_message(f: impl FnOnce()) -> String {
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("no panic");
+        err.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    /// A call that must panic, with the message it must give.
+    type Case = (&'static str, Box<dyn FnOnce()>);
+
+    #[test]
+    fn mismatched_lengths_panic_before_any_vector_code() {
+        let gamma = [1.0f32; 16];
+        for isa in paths() {
+            let cases: [Case; 6] = [
+                (
+                    "layer_norm: gamma has 16 values but beta 8 and bias None",
+                    Box::new(move || layer_norm_with(&mut [0.0; 32], None, &gamma, &[0.0; 8], 1e-12, isa)),
+                ),
+                (
+                    "layer_norm: gamma has 16 values but beta 16 and bias Some(9)",
+                    Box::new(move || {
+                        layer_norm_with(&mut [0.0; 32], Some(&[0.0; 9]), &gamma, &[0.0; 16], 1e-12, isa)
+                    }),
+                ),
+                (
+                    "layer_norm: 40 values are not whole rows of 16",
+                    Box::new(move || layer_norm_with(&mut [0.0; 40], None, &gamma, &[0.0; 16], 1e-12, isa)),
+                ),
+                (
+                    "layer_norm: 4 values are not whole rows of 0",
+                    Box::new(move || layer_norm_with(&mut [0.0; 4], None, &[], &[], 1e-12, isa)),
+                ),
+                (
+                    "bias_gelu: 20 values are not whole rows of 8",
+                    Box::new(move || bias_gelu_with(&mut [0.0; 20], &[0.0; 8], isa)),
+                ),
+                (
+                    "bias_gelu: 4 values are not whole rows of 0",
+                    Box::new(move || bias_gelu_with(&mut [0.0; 4], &[], isa)),
+                ),
+            ];
+            for (want, f) in cases {
+                let got = panic_message(f);
+                assert_eq!(got, format!("kernels::{want}"), "{isa:?}");
+            }
+        }
+        let got = panic_message(|| add_bias_inplace(&mut [0.0; 20], &[0.0; 8]));
+        assert_eq!(got, "kernels::add_bias: 20 values are not whole rows of 8");
     }
 }

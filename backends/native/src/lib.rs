@@ -331,7 +331,6 @@ impl NativeEmbedder {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("papersys-embed-{i}"))
-            .start_handler(|_| kernels::set_flush_denormals())
             .build()
             .map_err(|e| EmbedError::Load(format!("cannot start {threads} embedding threads: {e}")))?;
         let identity = Self::identity_of(opts, &setup, sha);

@@ -14,7 +14,7 @@ use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 
 use crate::config::TransformerConfig;
-use crate::kernels;
+use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
 /// Shape and numeric parameters of an encoder.
@@ -154,6 +154,8 @@ pub struct Encoder {
     pos_type: Vec<f32>,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
+    /// The kernel family of the element-wise passes, detected at load.
+    isa: Isa,
 }
 
 /// Buffers of one forward pass, grown on demand and reused.
@@ -257,6 +259,7 @@ impl Encoder {
             pos_type,
             emb_norm,
             layers,
+            isa: Isa::best(),
         })
     }
 
@@ -326,10 +329,11 @@ impl Encoder {
             }
         }
         let eps = cfg.eps;
+        let isa = self.isa;
         // LayerNorm(x + bias): the bias of the projection just accumulated.
         let layer_norm = |x: &mut [f32], bias: Option<&[f32]>, n: &LayerNorm| {
             par_rows(x, h, |rows| {
-                kernels::layer_norm_inplace(rows, bias, &n.gamma, &n.beta, eps)
+                kernels::layer_norm_with(rows, bias, &n.gamma, &n.beta, eps, isa)
             })
         };
         layer_norm(hidden, None, &self.emb_norm);
@@ -344,7 +348,7 @@ impl Encoder {
             layer_norm(hidden, Some(&layer.attn_out.b), &layer.attn_norm);
             layer.ffn_in.matmul(hidden, inter, false, par);
             par_rows(inter, cfg.intermediate, |rows| {
-                kernels::bias_gelu_inplace(rows, &layer.ffn_in.b)
+                kernels::bias_gelu_with(rows, &layer.ffn_in.b, isa)
             });
             layer.ffn_out.matmul(inter, hidden, true, par);
             layer_norm(hidden, Some(&layer.ffn_out.b), &layer.ffn_norm);
@@ -402,7 +406,7 @@ impl Encoder {
                     );
                 }
                 for row in scores[..l * l].chunks_exact_mut(l) {
-                    kernels::softmax_inplace(row);
+                    kernels::softmax_with(row, self.isa);
                 }
                 unsafe {
                     gemm::gemm(
@@ -446,4 +450,128 @@ unsafe impl Send for SendPtr {}
 fn par_rows(x: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
     const ROWS: usize = 32;
     x.par_chunks_mut(width * ROWS).for_each(f);
+}
+
+#[cfg(test)]
+mod tests {
+    use papersys_backend_core::{Embeddings, Pooling};
+
+    use super::*;
+    use crate::pooling;
+
+    const H: usize = 8;
+
+    /// Deterministic weights in [-0.5, 0.5).
+    struct Lcg(u32);
+
+    impl Lcg {
+        fn vec(&mut self, n: usize) -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    self.0 = self.0.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (self.0 >> 8) as f32 / (1 << 24) as f32 - 0.5
+                })
+                .collect()
+        }
+
+        fn linear(&mut self, inputs: usize, outputs: usize) -> Linear {
+            Linear {
+                w: self.vec(inputs * outputs),
+                b: self.vec(outputs),
+                inputs,
+                outputs,
+            }
+        }
+
+        fn norm(&mut self) -> LayerNorm {
+            LayerNorm {
+                gamma: self.vec(H).iter().map(|g| 1.0 + g).collect(),
+                beta: self.vec(H),
+            }
+        }
+    }
+
+    /// One layer, hidden 8, two heads of 4, feed-forward 16.
+    fn tiny(isa: Isa) -> Encoder {
+        let mut r = Lcg(7);
+        let cfg = EncoderConfig {
+            hidden: H,
+            heads: 2,
+            layers: 1,
+            intermediate: 16,
+            eps: 1e-12,
+            vocab: 5,
+            positions: 8,
+            position_offset: 0,
+            type_vocab: 1,
+        };
+        Encoder {
+            word: r.vec(cfg.vocab * H),
+            pos_type: r.vec(cfg.positions * H),
+            emb_norm: r.norm(),
+            layers: vec![Layer {
+                qkv: r.linear(H, 3 * H),
+                attn_out: r.linear(H, H),
+                attn_norm: r.norm(),
+                ffn_in: r.linear(H, 16),
+                ffn_out: r.linear(16, H),
+                ffn_norm: r.norm(),
+            }],
+            cfg,
+            isa,
+        }
+    }
+
+    /// Two sequences embedded and checked as the engine does (mean
+    /// pooling, normalised, `Embeddings::validate`).
+    fn embed(enc: &Encoder) -> Result<Embeddings, EmbedError> {
+        let (ids, cu) = ([1, 2, 3, 4, 0], [0, 3, 5]);
+        let mut scratch = Scratch::default();
+        enc.forward(&ids, &cu, &mut scratch, 1)?;
+        let mut out = Vec::new();
+        pooling::pool(&scratch.hidden, &cu, H, Pooling::Mean, true, &mut out);
+        let embeddings = Embeddings::new(H, out)?;
+        embeddings.validate(2, H)?;
+        Ok(embeddings)
+    }
+
+    #[test]
+    fn every_kernel_family_gives_the_same_vectors() {
+        let want = embed(&tiny(Isa::SCALAR)).unwrap();
+        for isa in Isa::available() {
+            let got = embed(&tiny(isa)).unwrap();
+            for (a, b) in got.as_flat().iter().zip(want.as_flat()) {
+                assert!((a - b).abs() < 1e-5, "{isa:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_nan_key_reaches_every_context_row_of_its_head() {
+        let l = 3;
+        let mut qkv = Lcg(3).vec(l * 3 * H);
+        // Token 1's key, head 0; the values stay finite.
+        qkv[3 * H + H] = f32::NAN;
+        for isa in Isa::available() {
+            let mut ctx = vec![0.0; l * H];
+            tiny(isa).attention(&qkv, &mut ctx, &[0, l as u32]);
+            for (t, row) in ctx.chunks_exact(H).enumerate() {
+                assert!(
+                    row[..4].iter().all(|v| v.is_nan()) && row[4..].iter().all(|v| v.is_finite()),
+                    "{isa:?}, token {t}: {row:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_nan_in_attention_fails_the_finiteness_check() {
+        for isa in Isa::available() {
+            let mut enc = tiny(isa);
+            // The key bias of head 0: every attention score of that head is NaN.
+            enc.layers[0].qkv.b[H] = f32::NAN;
+            let err = embed(&enc).expect_err("NaN attention gave finite vectors");
+            assert!(err.to_string().contains("non-finite"), "{isa:?}: {err}");
+        }
+    }
 }
