@@ -17,6 +17,7 @@ pub mod fault;
 pub mod metadata;
 pub mod pipeline;
 pub mod plan;
+pub mod query;
 pub mod store;
 pub mod text;
 
