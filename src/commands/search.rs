@@ -323,8 +323,7 @@ fn explain_missing(config: &Config, model: &ModelConfig, ids: &[&str]) -> String
         for file in &discovery.files {
             let mut issues = Vec::new();
             let _ = metadata::read_rows(&file.path, &mut issues, |row| {
-                if unresolved.iter().any(|u| *u == row.paper_id)
-                    && !in_metadata.iter().any(|(id, _)| id == row.paper_id)
+                if unresolved.contains(&row.paper_id) && !in_metadata.iter().any(|(id, _)| id == row.paper_id)
                 {
                     in_metadata.push((row.paper_id.to_string(), file.origin.clone()));
                 }

@@ -237,7 +237,7 @@ impl VectorIndex {
                 (*year, path.clone(), stamps, files)
             })
             .collect();
-        let outcomes: Vec<Result<(Segment, Outcome, Option<String>), QueryError>> = plans
+        let outcomes: Vec<Result<Opened, QueryError>> = plans
             .into_par_iter()
             .map(|(year, path, stamps, files)| {
                 let cached = cache_dir.join(format!("{year}.seg"));
@@ -476,7 +476,7 @@ impl VectorIndex {
             let len = self.segments[s].len();
             if let Allowed::All = allowed[s] {
                 let mut bits = vec![u64::MAX; len.div_ceil(64)];
-                if len % 64 != 0
+                if !len.is_multiple_of(64)
                     && let Some(last) = bits.last_mut()
                 {
                     *last = (1u64 << (len % 64)) - 1;
@@ -505,6 +505,9 @@ enum Outcome {
     Built,
     Memory,
 }
+
+/// A year's segment, how it was obtained, and why it is not cached if not.
+type Opened = (Segment, Outcome, Option<String>);
 
 /// Creates `<alias>/.cache/vectors/` (never through a symlink) and removes
 /// temporaries that dead processes left there.
