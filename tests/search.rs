@@ -405,6 +405,17 @@ fn errors_name_the_problem_with_exit_codes() {
     tree.cmd(&["backlog", "-q"]).assert().success();
     fails(&["similar", waiting], 2, "waits in the backlog");
 
+    // The manifest says another model made the vectors: queries are refused.
+    let path = tree.model_dir().join("manifest.json");
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["model_identity"]["weights_sha256"] = "00".into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    fails(
+        &["search", "black holes"],
+        2,
+        "not the one that made the stored vectors",
+    );
+
     // A model with no vectors yet: exit 1, saying what to run.
     let fresh = Tree::with_config(MODEL_CONFIG);
     std::fs::copy(
@@ -686,4 +697,69 @@ fn the_engine_equals_brute_force() {
     let again = VectorIndex::open(&config, model).unwrap();
     assert_eq!(again.report.reused.len(), 3);
     assert!(again.report.built.is_empty());
+}
+
+/// A model whose sentence-transformers config defines a query prompt: the
+/// query is embedded with it (not with the document prompt the stored
+/// vectors were made with), and the identity check still accepts the model.
+#[test]
+fn queries_get_the_models_query_prompt() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("backends/native/tests/fixtures/tiny-bert");
+    let tree = Tree::with_config(
+        "[embedding]\n[[embedding.models]]\nalias = \"jasper_v1\"\nname = \"tiny-bert\"\ndimension = 32\nmodel_path = \"model\"\n",
+    );
+    copy_dir(&fixture, &tree.path("model"));
+    std::fs::write(
+        tree.path("model/config_sentence_transformers.json"),
+        r#"{"prompts": {"document": "passage: ", "query": "query: "}, "default_prompt_name": null}"#,
+    )
+    .unwrap();
+    let rows: Vec<_> = records("metadata-2007.csv").into_iter().take(20).collect();
+    write_csv(&tree.path("metadata/metadata-2007.csv"), &rows);
+    tree.cmd(&["embed", "-q"]).assert().success();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(tree.model_dir().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model_identity"]["document_prefix"], "passage: ");
+
+    let text = text_of(&rows[4]);
+    let doc = run_json(&tree, &["search", &text, "-k", "100"]);
+    let got = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["paper_id"] == rows[4].paper_id.as_str())
+        .unwrap()["score"]
+        .as_f64()
+        .unwrap();
+
+    let embed = |prefix: &str, text: &str| -> Vec<f64> {
+        use papersys_backend_core::Embedder;
+        let options = papersys_backend_native::NativeOptions {
+            name: "tiny-bert".into(),
+            model_path: Some(tree.path("model")),
+            document_prefix: Some(prefix.into()),
+            ..Default::default()
+        };
+        let model = papersys_backend_native::NativeEmbedder::load(&options).unwrap();
+        let batch = model.prepare(vec![text.to_string()]).unwrap();
+        model
+            .embed(&batch)
+            .unwrap()
+            .row(0)
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect()
+    };
+    let cosine = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
+    };
+    let stored = embed("passage: ", &text);
+    let with_query_prompt = cosine(&embed("query: ", &text), &stored);
+    let without = cosine(&embed("", &text), &stored);
+    assert!(
+        (got - with_query_prompt).abs() < 1e-5,
+        "{got} vs {with_query_prompt}"
+    );
+    assert!((with_query_prompt - without).abs() > 1e-4 && with_query_prompt < 0.9999);
 }
