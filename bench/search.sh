@@ -6,7 +6,9 @@
 # queries in one call, building the cache from nothing and after 1,000 new
 # papers, and memory (resident besides the map).
 #
-#   bench/search.sh [--tree DIR] [--rows N] [--queries N] [--numpy-queries N]
+#   bench/search.sh [--tree DIR] [--rows N] [--queries N] [--numpy-queries N] [--bin PATH]
+#
+# --bin uses an already built papersys (the tree must exist) instead of a release build.
 #
 # The tree defaults to /tmp/papersys-big (2.8M papers, 95% embedded with
 # random unit vectors), made by `make_big_tree` when missing, as
@@ -21,19 +23,23 @@ rows=2800000
 queries=1000
 numpy_queries=20
 alias=jasper_v1
+bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tree) tree="$2"; shift 2 ;;
     --rows) rows="$2"; shift 2 ;;
     --queries) queries="$2"; shift 2 ;;
     --numpy-queries) numpy_queries="$2"; shift 2 ;;
+    --bin) bin="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 cd "$repo"
-cargo build --release -q --bin papersys --example make_big_tree
-bin="$repo/target/release/papersys"
+if [ -z "$bin" ]; then
+  cargo build --release -q --bin papersys --example make_big_tree
+  bin="$repo/target/release/papersys"
+fi
 if [ ! -d "$tree/metadata" ]; then
   echo "generating $tree ($rows papers)..." >&2
   target/release/examples/make_big_tree --out "$tree" --rows "$rows" --coverage 0.95 --alias "$alias"
