@@ -466,6 +466,7 @@ impl Segment {
             Some(temp) => {
                 let io = |e| QueryError::io(temp.path(), e);
                 temp.as_file().set_len(end as u64).map_err(io)?;
+                reserve(temp.as_file(), end).map_err(io)?;
                 // SAFETY: the file is our own fresh temporary, not yet
                 // visible under its final name; nobody else maps it.
                 unsafe { MmapMut::map_mut(temp.as_file()) }.map_err(io)?
@@ -538,6 +539,19 @@ impl Segment {
             path: final_path,
             stamps,
         })
+    }
+}
+
+/// Allocates the file's blocks up front: writing through a map into a
+/// sparse file on a full disk would kill the process with SIGBUS, while this
+/// fails cleanly (ENOSPC) and the segment is built in memory instead.
+fn reserve(file: &File, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: `file` is an open descriptor we own for the whole call.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        code => Err(std::io::Error::from_raw_os_error(code)),
     }
 }
 
