@@ -5,7 +5,7 @@ use papersys_backend_core::{EmbedError, Embedder};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
 use papersys_backend_remote::{RemoteEmbedder, RemoteOptions};
 
-use crate::config::{BackendConfig, ModelConfig};
+use crate::config::{BackendConfig, ModelConfig, NativeConfig};
 use crate::error::Error;
 
 /// Builds (loads) the backend of `model`. For a server backend, every
@@ -14,17 +14,7 @@ use crate::error::Error;
 pub fn build(model: &ModelConfig) -> Result<Box<dyn Embedder>, Error> {
     match &model.backend {
         BackendConfig::Native(native) => {
-            let options = NativeOptions {
-                name: model.name.clone(),
-                model_path: native.model_path.clone(),
-                max_length: Some(model.max_length),
-                batch_size: model.batch_size,
-                device: model.device.clone(),
-                precision: model.precision.as_str().to_string(),
-                threads: native.threads,
-                document_prefix: model.document_prefix.clone(),
-                expected_dimension: Some(model.dimension),
-            };
+            let options = native_options(model, native);
             let embedder = NativeEmbedder::load(&options).map_err(|e| in_model(model, e))?;
             Ok(Box::new(embedder))
         }
@@ -65,7 +55,23 @@ pub fn build(model: &ModelConfig) -> Result<Box<dyn Embedder>, Error> {
     }
 }
 
-fn in_model(model: &ModelConfig, error: EmbedError) -> Error {
+/// The native engine's options for `model` (what [`build`] loads).
+pub fn native_options(model: &ModelConfig, native: &NativeConfig) -> NativeOptions {
+    NativeOptions {
+        name: model.name.clone(),
+        model_path: native.model_path.clone(),
+        max_length: Some(model.max_length),
+        batch_size: model.batch_size,
+        device: model.device.clone(),
+        precision: model.precision.as_str().to_string(),
+        threads: native.threads,
+        document_prefix: model.document_prefix.clone(),
+        expected_dimension: Some(model.dimension),
+    }
+}
+
+/// `error` with the model's alias in its message, usage errors as such.
+pub fn in_model(model: &ModelConfig, error: EmbedError) -> Error {
     match error {
         EmbedError::Load(message) => {
             Error::Embed(EmbedError::Load(format!("model `{}`: {message}", model.alias)))

@@ -30,6 +30,9 @@ pub enum Error {
     /// The embedding backend could not be built or failed for good.
     #[error(transparent)]
     Embed(#[from] papersys_backend_core::EmbedError),
+    /// A query could not be answered (no vectors yet, unreadable year file).
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
     /// A run that did its work but must be reported as failed.
     #[error("{0}")]
     Run(String),

@@ -19,6 +19,7 @@ pub mod interrupt;
 pub mod metadata;
 pub mod pipeline;
 pub mod plan;
+pub mod query;
 pub mod store;
 pub mod text;
 

@@ -11,11 +11,13 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::embed::{EmbedOptions, parse_years};
+use crate::commands::search::QueryOptions;
 use crate::commands::{self, select_models};
 use crate::config::{Config, ModelConfig};
 use crate::error::{EXIT_OK, Error};
 use crate::pipeline::ProgressMode;
 use crate::plan::RefreshOptions;
+use crate::query::CacheMode;
 
 /// papersys keeps sentence embeddings of arXiv paper metadata complete,
 /// correct and up to date.
@@ -48,6 +50,10 @@ pub enum CommandArgs {
     Status(StatusArgs),
     /// Embed every paper that lacks a current vector (resumable; safe to interrupt)
     Embed(EmbedArgs),
+    /// The papers closest to a text (exact cosine over every vector)
+    Search(SearchArgs),
+    /// The papers closest to one paper, or to the mean of several
+    Similar(SimilarArgs),
     /// Harvest arXiv metadata (OAI-PMH; incremental by default) or import Kaggle's snapshot into metadata-YYYY.csv
     Ingest(IngestArgs),
 }
@@ -93,6 +99,53 @@ pub struct EmbedArgs {
     /// Give every selected paper a fresh vector, even a current one
     #[arg(long)]
     reembed: bool,
+}
+
+/// What `search` and `similar` share.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Model alias [default: the first model of the config]
+    #[arg(long = "model", value_name = "ALIAS")]
+    model: Option<String>,
+    /// Number of results
+    #[arg(short = 'k', long = "top", value_name = "K", default_value_t = 10)]
+    k: usize,
+    /// Only these years: 2023,2024 or 2019-2024 (applied before ranking)
+    #[arg(long, value_name = "YEARS")]
+    years: Option<String>,
+    /// Only papers with this category (repeatable: any of them; applied before ranking)
+    #[arg(long = "category", value_name = "CATEGORY")]
+    categories: Vec<String>,
+    /// Read the year files directly instead of the vector cache (slower; writes nothing)
+    #[arg(long)]
+    no_cache: bool,
+}
+
+/// Arguments of `papersys search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    #[command(flatten)]
+    query: QueryArgs,
+    /// The text (several words are joined with spaces)
+    #[arg(
+        value_name = "TEXT",
+        required_unless_present = "queries",
+        conflicts_with = "queries"
+    )]
+    text: Vec<String>,
+    /// A file of queries, one per line; prints one JSON line per query
+    #[arg(long, value_name = "FILE")]
+    queries: Option<PathBuf>,
+}
+
+/// Arguments of `papersys similar`.
+#[derive(Debug, Args)]
+pub struct SimilarArgs {
+    #[command(flatten)]
+    query: QueryArgs,
+    /// Paper ids (several: papers close to their mean)
+    #[arg(value_name = "PAPER_ID", required = true)]
+    ids: Vec<String>,
 }
 
 /// Arguments of `papersys status`.
@@ -152,6 +205,30 @@ pub enum HiArgs {
         config: Config,
         /// What to harvest.
         options: commands::ingest::IngestOptions,
+    },
+    /// `papersys search`.
+    Search {
+        /// The config.
+        config: Config,
+        /// Alias of the model.
+        model: String,
+        /// The text, unless `queries`.
+        text: String,
+        /// A file of queries.
+        queries: Option<PathBuf>,
+        /// Results and filters.
+        options: QueryOptions,
+    },
+    /// `papersys similar`.
+    Similar {
+        /// The config.
+        config: Config,
+        /// Alias of the model.
+        model: String,
+        /// The papers.
+        ids: Vec<String>,
+        /// Results and filters.
+        options: QueryOptions,
     },
     /// `papersys status`.
     Status {
@@ -224,6 +301,19 @@ impl HiArgs {
                 },
                 config,
             },
+            CommandArgs::Search(args) => HiArgs::Search {
+                model: query_model(&config, &args.query)?,
+                text: args.text.join(" "),
+                queries: args.queries.clone(),
+                options: query_options(&args.query)?,
+                config,
+            },
+            CommandArgs::Similar(args) => HiArgs::Similar {
+                model: query_model(&config, &args.query)?,
+                ids: args.ids.clone(),
+                options: query_options(&args.query)?,
+                config,
+            },
             CommandArgs::Status(args) => HiArgs::Status {
                 models: select_models(&config, &args.models, false, true)?
                     .iter()
@@ -233,6 +323,30 @@ impl HiArgs {
             },
         })
     }
+}
+
+fn query_model(config: &Config, args: &QueryArgs) -> Result<String, Error> {
+    let aliases: Vec<String> = args.model.iter().cloned().collect();
+    let models = select_models(config, &aliases, false, false)?;
+    Ok(models.first().map(|m| m.alias.to_string()).unwrap_or_default())
+}
+
+fn query_options(args: &QueryArgs) -> Result<QueryOptions, Error> {
+    Ok(QueryOptions {
+        k: args.k,
+        years: args
+            .years
+            .as_deref()
+            .map(parse_years)
+            .transpose()
+            .map_err(Error::Usage)?,
+        categories: args.categories.clone(),
+        cache: if args.no_cache {
+            CacheMode::Off
+        } else {
+            CacheMode::ReadWrite
+        },
+    })
 }
 
 fn models_of<'c>(config: &'c Config, aliases: &[String]) -> Vec<&'c ModelConfig> {
@@ -308,6 +422,45 @@ pub fn run(low: LowArgs) -> Result<i32, Error> {
                 )));
             }
             written
+        }
+        HiArgs::Search {
+            config,
+            model,
+            text,
+            queries,
+            options,
+        } => {
+            let model = models_of(&config, std::slice::from_ref(&model));
+            let model = model.first().ok_or_else(|| Error::Usage("no model".into()))?;
+            match queries {
+                Some(path) => {
+                    let batch = commands::search::search_batch(&config, model, &path, &options)?;
+                    render::json_lines(&mut out, &batch.reports)
+                }
+                None => {
+                    let report = commands::search::search(&config, model, &text, &options)?;
+                    if json {
+                        render::json(&mut out, &report)
+                    } else {
+                        render::search(&mut out, &report, render::terminal_width())
+                    }
+                }
+            }
+        }
+        HiArgs::Similar {
+            config,
+            model,
+            ids,
+            options,
+        } => {
+            let model = models_of(&config, std::slice::from_ref(&model));
+            let model = model.first().ok_or_else(|| Error::Usage("no model".into()))?;
+            let report = commands::search::similar(&config, model, &ids, &options)?;
+            if json {
+                render::json(&mut out, &report)
+            } else {
+                render::search(&mut out, &report, render::terminal_width())
+            }
         }
         HiArgs::Status { config, models } => {
             let report = commands::status::run(&config, &models_of(&config, &models))?;

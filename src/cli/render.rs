@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::commands::IssueReport;
 use crate::commands::backlog::BacklogReport;
 use crate::commands::embed::EmbedReport;
+use crate::commands::search::SearchReport;
 use crate::commands::ingest::IngestReport;
 use crate::commands::status::StatusReport;
 use crate::ingest::harvest::HarvestReport;
@@ -445,6 +446,88 @@ fn harvest(out: &mut impl Write, report: &HarvestReport) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes each value as one compact JSON line.
+pub fn json_lines<T: Serialize>(out: &mut impl Write, values: &[T]) -> io::Result<()> {
+    for value in values {
+        serde_json::to_writer(&mut *out, value).map_err(io::Error::other)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// Width to cut table lines to: the terminal's when stdout is one, else
+/// `$COLUMNS`, else none.
+pub fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal()
+        && let Some((terminal_size::Width(w), _)) = terminal_size::terminal_size()
+    {
+        return Some(usize::from(w));
+    }
+    std::env::var("COLUMNS").ok().and_then(|c| c.trim().parse().ok())
+}
+
+/// Search results: one line each (rank, score, id, year, primary category,
+/// title cut to `width`).
+pub fn search(out: &mut impl Write, report: &SearchReport, width: Option<usize>) -> io::Result<()> {
+    if report.results.is_empty() {
+        return writeln!(out, "{}: no paper matches the filters", report.model);
+    }
+    let header = ["rank", "score", "paper_id", "year", "category", "title"].map(String::from);
+    let rows: Vec<[String; 6]> = report
+        .results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            [
+                (i + 1).to_string(),
+                format!("{:.4}", r.score),
+                r.paper_id.clone(),
+                r.year.to_string(),
+                r.categories.first().cloned().unwrap_or_else(|| "-".into()),
+                r.title.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = [0usize; 5];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = format!(
+            "{:>w0$}  {:>w1$}  {:<w2$}  {:>w3$}  {:<w4$}  ",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4]
+        );
+        let room = width.map(|w| w.saturating_sub(line.chars().count()));
+        line.push_str(&cut(&row[5], room));
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// `text` cut to `room` characters, with an ellipsis when cut.
+fn cut(text: &str, room: Option<usize>) -> String {
+    match room {
+        Some(room) if text.chars().count() > room => {
+            let mut s: String = text.chars().take(room.saturating_sub(1)).collect();
+            s.push('…');
+            s
+        }
+        _ => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,5 +540,12 @@ mod tests {
         assert_eq!(thousands(2_800_000), "2,800,000");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3_600_000_000), "3.6 GB");
+    }
+
+    #[test]
+    fn titles_are_cut_to_the_width() {
+        assert_eq!(cut("abcdef", Some(4)), "abc…");
+        assert_eq!(cut("abc", Some(4)), "abc");
+        assert_eq!(cut("abcdef", None), "abcdef");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod backlog;
 pub mod embed;
+pub mod search;
 pub mod ingest;
 pub mod status;
 

@@ -69,6 +69,8 @@ pub struct SentenceConfig {
     pub lowercase: bool,
     /// The document prompt the model's own config asks for (see [`document_prompt`]).
     pub document_prompt: Option<String>,
+    /// The query prompt the model's own config asks for (see [`query_prompt`]).
+    pub query_prompt: Option<String>,
     /// Subdirectory of the transformer module (`""` for the model root).
     pub transformer_path: String,
 }
@@ -156,6 +158,16 @@ pub fn document_prompt(
         .cloned()
 }
 
+/// Picks the prompt sentence-transformers' `encode_query` puts before a
+/// query: the prompt named `query`, else the one named by
+/// `default_prompt_name`.
+pub fn query_prompt(prompts: &BTreeMap<String, String>, default_prompt_name: Option<&str>) -> Option<String> {
+    prompts
+        .get("query")
+        .or_else(|| default_prompt_name.and_then(|name| prompts.get(name)))
+        .cloned()
+}
+
 /// Reads the sentence-transformers description of the model in `dir`.
 /// Without `modules.json` the model is a bare transformer, which
 /// sentence-transformers wraps with mean pooling and no normalisation.
@@ -202,6 +214,7 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
     let st: StFile = read_json(&dir.join("config_sentence_transformers.json"))?.unwrap_or_default();
     let document_prompt =
         document_prompt(&st.prompts, st.default_prompt_name.as_deref()).filter(|p| !p.is_empty());
+    let query_prompt = query_prompt(&st.prompts, st.default_prompt_name.as_deref()).filter(|p| !p.is_empty());
     if !include_prompt {
         return Err(EmbedError::Unsupported(format!(
             "{}: pooling with include_prompt=false is not supported",
@@ -214,6 +227,7 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
         max_seq_length: sbert.max_seq_length,
         lowercase: sbert.do_lower_case,
         document_prompt,
+        query_prompt,
         transformer_path,
     })
 }
@@ -382,5 +396,35 @@ mod tests {
                 .as_deref(),
             Some("passage: ")
         );
+    }
+
+    #[test]
+    fn query_prompt_follows_encode_query() {
+        let mut prompts = BTreeMap::new();
+        assert_eq!(query_prompt(&prompts, None), None);
+        prompts.insert("passage".to_string(), "passage: ".to_string());
+        prompts.insert(
+            "retrieval".to_string(),
+            "Instruct: find papers\nQuery: ".to_string(),
+        );
+        assert_eq!(query_prompt(&prompts, None), None);
+        assert_eq!(
+            query_prompt(&prompts, Some("retrieval")).as_deref(),
+            Some("Instruct: find papers\nQuery: ")
+        );
+        prompts.insert("query".to_string(), "query: ".to_string());
+        assert_eq!(
+            query_prompt(&prompts, Some("retrieval")).as_deref(),
+            Some("query: ")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "config_sentence_transformers.json",
+            r#"{"prompts": {"query": "query: ", "document": "passage: "}, "default_prompt_name": null}"#,
+        );
+        let config = read_sentence_config(dir.path()).unwrap();
+        assert_eq!(config.query_prompt.as_deref(), Some("query: "));
+        assert_eq!(config.document_prompt.as_deref(), Some("passage: "));
     }
 }

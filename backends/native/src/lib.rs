@@ -257,6 +257,15 @@ pub fn document_prefix(opts: &NativeOptions) -> Result<String, EmbedError> {
     Ok(effective_document_prefix(opts, &sentence))
 }
 
+/// The prompt the model's own `config_sentence_transformers.json` puts before
+/// a query, as sentence-transformers' `encode_query` picks it (`""` when it
+/// defines none). Found without loading the weights, like [`document_prefix`].
+pub fn query_prompt(opts: &NativeOptions) -> Result<String, EmbedError> {
+    let files = resolve_model(opts)?;
+    let sentence = config::read_sentence_config(&files.dir)?;
+    Ok(sentence.query_prompt.unwrap_or_default())
+}
+
 /// SHA-256 of the weights: the cache blob name when there is one, else hashed.
 fn weights_sha256(files: &ModelFiles, weights: &WeightsFile) -> String {
     files.weights_sha256.clone().unwrap_or_else(|| weights.sha256())

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# `papersys search` / `similar` on a large tree, beside numpy over the very
+# same memory-mapped f32 vectors (the cache's f32 sections), in one run.
+# Prints: end-to-end time of one search process (warm page cache), scan
+# time per query (papersys vs numpy `matrix @ q` + `argpartition`), 1,000
+# queries in one call, building the cache from nothing and after 1,000 new
+# papers, and memory (resident besides the map).
+#
+#   bench/search.sh [--tree DIR] [--rows N] [--queries N] [--numpy-queries N] [--bin PATH]
+#
+# --bin uses an already built papersys (the tree must exist) instead of a release build.
+#
+# The tree defaults to /tmp/papersys-big (2.8M papers, 95% embedded with
+# random unit vectors), made by `make_big_tree` when missing, as
+# bench/backlog.sh does; a tree made by ../shared/bench/make_big.py works too.
+# Queries are embedded by the real all-MiniLM-L6-v2 (scripts/fetch-model.sh).
+# The "+1,000 papers" step appends 1,000 metadata rows and vectors to the
+# newest year, as a daily ingest + embed leaves it.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tree=/tmp/papersys-big
+rows=2800000
+queries=1000
+numpy_queries=20
+alias=jasper_v1
+bin=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tree) tree="$2"; shift 2 ;;
+    --rows) rows="$2"; shift 2 ;;
+    --queries) queries="$2"; shift 2 ;;
+    --numpy-queries) numpy_queries="$2"; shift 2 ;;
+    --bin) bin="$2"; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+cd "$repo"
+if [ -z "$bin" ]; then
+  cargo build --release -q --bin papersys --example make_big_tree
+  bin="$repo/target/release/papersys"
+fi
+if [ ! -d "$tree/metadata" ]; then
+  echo "generating $tree ($rows papers)..." >&2
+  target/release/examples/make_big_tree --out "$tree" --rows "$rows" --coverage 0.95 --alias "$alias"
+fi
+config="$tree/search.toml"
+printf 'data_root = "."\n[embedding]\n[[embedding.models]]\nalias = "%s"\nname = "sentence-transformers/all-MiniLM-L6-v2"\ndimension = 384\n' "$alias" > "$config"
+py="$(scripts/python-env.sh)"
+model_dir="$tree/embeddings/$alias"
+cache="$model_dir/.cache/vectors"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# Runs a command; prints "seconds peak_RSS_MB"; its stderr is kept in $work/err.
+measure() {
+  /usr/bin/time -o "$work/time" -f '%e %M' "$@" >"$work/out" 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  awk '{printf "%.2f s, peak RSS %.0f MB (mapped pages included)", $1, $2/1024}' "$work/time"
+}
+open_line() { grep -o 'cache: [^)]*' "$work/err" | tail -1; }
+
+echo "tree: $tree ($(du -sh "$tree/metadata" | cut -f1) CSV, $(du -sh --exclude=.cache "$model_dir" | cut -f1) Parquet)"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Queries: titles of papers spread over the corpus.
+"$py" - "$tree" "$queries" > "$work/queries.txt" <<'EOF'
+import csv, glob, random, sys
+csv.field_size_limit(1 << 30)
+root, n = sys.argv[1], int(sys.argv[2])
+files = sorted(glob.glob(root + "/metadata/metadata-*.csv"))[-6:]
+titles = []
+for path in files:
+    with open(path, newline="") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            if i % 97 == 0:
+                titles.append(" ".join(row["title"].split()))
+random.Random(7).shuffle(titles)
+print("\n".join(titles[:n]))
+EOF
+echo "queries: $(wc -l < "$work/queries.txt") titles"
+
+echo
+echo "== cache build from nothing =="
+rm -rf "$cache"
+echo "first search (builds the cache): $(measure "$bin" --config "$config" search -k 10 "graph neural networks")"
+echo "  $(open_line)"
+echo "cache size: $(du -sh "$cache" | cut -f1)"
+
+echo
+echo "== one search process end to end (warm page cache) =="
+for i in 1 2 3; do
+  echo "run $i: $(measure "$bin" --config "$config" -v search -k 10 "contrastive learning for sentence embeddings")"
+  echo "  $(grep -o 'scan [0-9.]* ms; memory: .*' "$work/err" | tail -1)"
+done
+
+echo
+echo "== $(wc -l < "$work/queries.txt") queries in one call (--queries) =="
+echo "total: $(measure "$bin" --config "$config" search --queries "$work/queries.txt" -k 10)"
+grep -o '[0-9]* queries: .*' "$work/err" | tail -1
+echo "results: $(wc -l < "$work/out") JSON lines"
+
+echo
+echo "== scan alone: papersys vs numpy over the same mapped f32 vectors =="
+id=$(head -c 2000 "$work/out" | grep -o '"paper_id":"[^"]*"' | head -1 | cut -d'"' -f4)
+measure "$bin" --config "$config" --json similar -k 10 "$id" > /dev/null
+cp "$work/out" "$work/similar.json"
+"$py" - "$cache" "$numpy_queries" "$id" "$work/similar.json" <<'EOF'
+import glob, json, struct, sys, time
+import numpy as np
+cache, n, given, ours = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.load(open(sys.argv[4]))
+mats, ids = [], []
+for path in sorted(glob.glob(cache + "/*.seg")):
+    with open(path, "rb") as f:
+        head = f.read(32)
+        at, length = struct.unpack("<QQ", head[8:24])
+        f.seek(at)
+        footer = json.loads(f.read(length))
+    rows, dim = footer["rows"], footer["stamps"]["dimension"]
+    off, size, _ = footer["sections"][14]
+    mats.append(np.memmap(path, dtype=np.float32, mode="r", offset=off, shape=(rows, dim)))
+    o0, l0, _ = footer["sections"][0]
+    o1, l1, _ = footer["sections"][1]
+    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    ends = np.frombuffer(raw[o0:o0 + l0], dtype=np.uint32)
+    blob = bytes(raw[o1:o1 + l1])
+    ids += [blob[ends[i]:ends[i + 1]].decode() for i in range(rows)]
+total = sum(m.shape[0] for m in mats)
+rng = np.random.default_rng(1)
+def top(q, k=10):
+    s = np.concatenate([m @ q for m in mats])
+    part = np.argpartition(-s, k)[:k]
+    return part[np.argsort(-s[part], kind="stable")], s
+for m in mats:  # warm
+    m @ np.zeros(m.shape[1], dtype=np.float32)
+times = []
+for _ in range(n):
+    q = rng.standard_normal(mats[0].shape[1]).astype(np.float32)
+    q /= np.linalg.norm(q)
+    t = time.perf_counter()
+    top(q)
+    times.append(time.perf_counter() - t)
+print(f"numpy (memmap f32 matrix @ q + argpartition, {total:,} x {mats[0].shape[1]}): "
+      f"{1e3 * np.mean(times):.1f} ms/query (median {1e3 * np.median(times):.1f}, {n} queries)")
+# The same top 10 as papersys similar, by numpy (cosine of the unit vectors)?
+i = ids.index(given)
+row = None
+start = 0
+for m in mats:
+    if i < start + m.shape[0]:
+        row = np.array(m[i - start], dtype=np.float64)
+        break
+    start += m.shape[0]
+q = (row / np.linalg.norm(row)).astype(np.float64)
+scores = np.concatenate([(m @ q.astype(np.float32)).astype(np.float64) / np.linalg.norm(m, axis=1) for m in mats])
+scores[i] = -np.inf
+order = np.argsort(-scores, kind="stable")[:10]
+mine = [r["paper_id"] for r in ours["results"]]
+print(f"papersys similar {given}: top 10 equal to numpy's: {mine == [ids[j] for j in order]}")
+EOF
+
+echo
+echo "== cache after 1,000 new papers in the newest year =="
+"$py" - "$tree" "$alias" <<'EOF'
+import csv, glob, sys
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+root, alias = sys.argv[1], sys.argv[2]
+newest = sorted(glob.glob(root + "/metadata/metadata-*.csv"))[-1]
+year = newest[-8:-4]
+ids = [f"{year[2:]}99.9{i:04d}" for i in range(1000)]
+with open(newest, "a", newline="") as f:
+    w = csv.writer(f)
+    for pid in ids:
+        w.writerow([pid, f"Bench paper {pid}", "An abstract.", "cs.LG", "cs.LG", "A. Author",
+                    f"{year}-12-31T00:00:00Z", f"{year}-12-31T00:00:00Z", "", "", "", "", "bench"])
+path = f"{root}/embeddings/{alias}/{year}.parquet"
+old = pq.read_table(path)
+v = np.random.default_rng(3).standard_normal((1000, 384)).astype(np.float32)
+v /= np.linalg.norm(v, axis=1, keepdims=True)
+new = pa.table({
+    "paper_id": pa.array(ids),
+    "embedding": pa.array(list(v), type=pa.list_(pa.float32())),
+    "generated_at": pa.array(["2026-01-01T00:00:00+00:00"] * 1000),
+    "model_dim": pa.array([384] * 1000, type=pa.uint32()),
+    "source": pa.array(["papersys.embedding"] * 1000),
+}).select(old.column_names if "text_hash" not in old.column_names else old.column_names[:5])
+if "text_hash" in old.column_names:
+    new = new.append_column("text_hash", pa.array([None] * 1000, type=pa.string()))
+merged = pa.concat_tables([old, new.cast(old.schema)]).sort_by("paper_id")
+pq.write_table(merged, path + ".tmp", compression="zstd")
+import os; os.replace(path + ".tmp", path)
+print(f"appended 1,000 papers to {newest} and {path}")
+EOF
+echo "next search: $(measure "$bin" --config "$config" search -k 10 "graph neural networks")"
+echo "  $(open_line)"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

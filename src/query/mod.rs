@@ -1,0 +1,637 @@
+//! The query engine: exact nearest neighbours over one model's vectors.
+//!
+//! [`VectorIndex::open`] maps the model's vector cache (one segment per year
+//! under `embeddings/<alias>/.cache/vectors/`, see [`segment`]), building or
+//! rebuilding the segments of years whose inputs changed; [`VectorIndex::top_k`]
+//! returns the k rows of highest cosine with a query vector, exactly (see
+//! [`scan`]). Papers are addressed by a global row number, `0..len()`,
+//! ordered by year and then paper id; [`VectorIndex::paper`] joins a row to
+//! its metadata. The CLI's `search` and `similar`, the recommender and a
+//! server share this module; [`QueryEncoder`] turns query text into a vector
+//! with the alias's model.
+
+pub mod catalog;
+pub mod encoder;
+pub mod scan;
+pub mod segment;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+pub use encoder::QueryEncoder;
+use scan::Allowed;
+use segment::{Rows, Segment, Stamps};
+
+use crate::config::{Config, ModelConfig};
+use crate::metadata::{self, Discovery, MetadataFile, Year};
+use crate::store::ModelStore;
+use crate::store::cache::{CACHE_DIR, FileStamp};
+use crate::store::year_file::{self, YearFileError};
+
+/// Directory of the vector cache inside `<alias>/.cache/`.
+pub const VECTORS_DIR: &str = "vectors";
+
+/// Why a query could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The model has no year file yet.
+    #[error(
+        "model `{alias}` has no vectors yet (no YYYY.parquet in {}); run `papersys embed --model {alias}` first",
+        .dir.display()
+    )]
+    NoVectors {
+        /// The alias.
+        alias: String,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    /// A year file could not be read.
+    #[error(transparent)]
+    YearFile(#[from] YearFileError),
+    /// A cache file failed a check (found while querying; the caller
+    /// removes it and opens the index again).
+    #[error("vector cache {} is damaged: {message}", .path.display())]
+    CacheDamaged {
+        /// The cache file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The OS refused.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A row number past the end.
+    #[error("row {0} is out of range")]
+    NoRow(usize),
+    /// A query vector of the wrong length.
+    #[error("query vector has {found} dimensions, the model's vectors {expected}")]
+    Dimension {
+        /// Length given.
+        found: usize,
+        /// The model's dimension.
+        expected: usize,
+    },
+}
+
+impl QueryError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        QueryError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Where segments live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Use the cache and keep it current; build in memory where it cannot
+    /// be written.
+    ReadWrite,
+    /// Use no cache file: build every segment in memory from the year files.
+    Off,
+}
+
+/// What opening the index did with the cache, for logs and tests.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CacheReport {
+    /// Years whose cache file was current and used.
+    pub reused: Vec<String>,
+    /// Years whose cache file was (re)built.
+    pub built: Vec<String>,
+    /// Years built in memory (no writable cache).
+    pub in_memory: Vec<String>,
+    /// Why some year was not cached, when one was not.
+    pub note: Option<String>,
+    /// Seconds spent opening.
+    pub elapsed_s: f64,
+}
+
+/// Which rows a query may return. Filters apply before ranking: k results
+/// that pass them, not the passing share of the global top k.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Only these years (`None`: all).
+    pub years: Option<BTreeSet<Year>>,
+    /// Only papers with at least one of these categories (empty: all).
+    pub categories: Vec<String>,
+    /// Never these rows (e.g. the papers a `similar` query starts from).
+    pub exclude: Vec<usize>,
+}
+
+/// One result: a row and its cosine with the query.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hit {
+    /// Global row.
+    pub row: usize,
+    /// Cosine similarity (f64 arithmetic over the stored f32 vector).
+    pub score: f64,
+}
+
+/// A row joined to its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paper<'a> {
+    /// Paper id.
+    pub paper_id: &'a str,
+    /// Year of the file holding its vector.
+    pub year: Year,
+    /// Title (one line; empty when the metadata lacks the paper).
+    pub title: &'a str,
+    /// Categories, primary first.
+    pub categories: Vec<&'a str>,
+    /// `published_at`.
+    pub published_at: &'a str,
+}
+
+/// One model's vectors, ready for queries.
+pub struct VectorIndex {
+    alias: String,
+    dimension: usize,
+    segments: Vec<Segment>,
+    /// Global row of each segment's first row, plus the total at the end.
+    starts: Vec<usize>,
+    /// What opening did.
+    pub report: CacheReport,
+}
+
+impl VectorIndex {
+    /// Opens `model`'s vectors under `config`, through the cache.
+    pub fn open(config: &Config, model: &ModelConfig) -> Result<VectorIndex, QueryError> {
+        VectorIndex::open_with(config, model, CacheMode::ReadWrite)
+    }
+
+    /// Opens `model`'s vectors with the given cache mode.
+    pub fn open_with(
+        config: &Config,
+        model: &ModelConfig,
+        mode: CacheMode,
+    ) -> Result<VectorIndex, QueryError> {
+        let started = Instant::now();
+        let store = ModelStore::new(config, model);
+        let year_files = store.year_files().map_err(|e| match e {
+            crate::store::StoreError::Io { path, source } => QueryError::Io { path, source },
+            other => QueryError::io(&store.dir, std::io::Error::other(other.to_string())),
+        })?;
+        if year_files.is_empty() {
+            return Err(QueryError::NoVectors {
+                alias: model.alias.to_string(),
+                dir: store.dir.clone(),
+            });
+        }
+        let identity = match store.manifest() {
+            Ok(Some(manifest)) => manifest
+                .model_identity
+                .map(|id| xxhash_rust::xxh3::xxh3_64(&serde_json::to_vec(&id).unwrap_or_default()))
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let discovery = match metadata::discover(&config.metadata_dir, &config.data_root) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("{e}; results will have no titles or categories");
+                Discovery::default()
+            }
+        };
+        let cache_dir = store.dir.join(CACHE_DIR).join(VECTORS_DIR);
+        let mut report = CacheReport::default();
+        let writable = match mode {
+            CacheMode::Off => false,
+            CacheMode::ReadWrite => match prepare_cache_dir(&store.dir, &cache_dir) {
+                Ok(()) => true,
+                Err(e) => {
+                    report.note = Some(format!(
+                        "the vector cache {} cannot be written ({e}); reading the year files directly (slower)",
+                        cache_dir.display()
+                    ));
+                    false
+                }
+            },
+        };
+        let plans: Vec<(Year, PathBuf, Stamps, Vec<MetadataFile>)> = year_files
+            .iter()
+            .map(|(year, path)| {
+                let files: Vec<MetadataFile> = discovery.files_of(*year).cloned().collect();
+                let stamps = Stamps {
+                    dimension: model.dimension,
+                    year_file: FileStamp::of(path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
+                    identity,
+                    metadata: files
+                        .iter()
+                        .map(|f| {
+                            (
+                                f.origin.clone(),
+                                FileStamp::of(&f.path).unwrap_or(FileStamp { size: 0, mtime_ns: 0 }),
+                            )
+                        })
+                        .collect(),
+                };
+                (*year, path.clone(), stamps, files)
+            })
+            .collect();
+        let outcomes: Vec<Result<Opened, QueryError>> = plans
+            .into_par_iter()
+            .map(|(year, path, stamps, files)| {
+                let cached = cache_dir.join(format!("{year}.seg"));
+                if writable {
+                    match Segment::open(&cached) {
+                        Ok(seg) if seg.stamps == stamps && seg.year == year => {
+                            return Ok((seg, Outcome::Reused, None));
+                        }
+                        Ok(_) => tracing::debug!("{} is stale; rebuilding it", cached.display()),
+                        Err(QueryError::Io { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => tracing::info!("{e}; rebuilding it"),
+                    }
+                }
+                let rows = collect_rows(&path, model.dimension, &files)?;
+                if writable {
+                    match Segment::build(year, stamps.clone(), &rows, Some(&cached)) {
+                        Ok(seg) => return Ok((seg, Outcome::Built, None)),
+                        Err(e) => {
+                            let note = format!("cannot write the vector cache ({e}); using memory");
+                            let seg = Segment::build(year, stamps, &rows, None)?;
+                            return Ok((seg, Outcome::Memory, Some(note)));
+                        }
+                    }
+                }
+                Ok((Segment::build(year, stamps, &rows, None)?, Outcome::Memory, None))
+            })
+            .collect();
+        let mut segments = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            let (segment, how, note) = outcome?;
+            let year = segment.year.to_string();
+            match how {
+                Outcome::Reused => report.reused.push(year),
+                Outcome::Built => report.built.push(year),
+                Outcome::Memory => report.in_memory.push(year),
+            }
+            if note.is_some() && report.note.is_none() {
+                report.note = note;
+            }
+            segments.push(segment);
+        }
+        if writable {
+            remove_stray_segments(&cache_dir, &year_files.iter().map(|(y, _)| *y).collect());
+        }
+        let mut starts = Vec::with_capacity(segments.len() + 1);
+        let mut total = 0;
+        for segment in &segments {
+            starts.push(total);
+            total += segment.len();
+        }
+        starts.push(total);
+        report.elapsed_s = started.elapsed().as_secs_f64();
+        if let Some(note) = &report.note {
+            tracing::warn!("{note}");
+        }
+        tracing::info!(
+            "{}: {} vectors in {} years (cache: {} reused, {} built, {} in memory; {:.2} s; scan kernel {})",
+            model.alias,
+            total,
+            segments.len(),
+            report.reused.len(),
+            report.built.len(),
+            report.in_memory.len(),
+            report.elapsed_s,
+            scan::kernel_name()
+        );
+        Ok(VectorIndex {
+            alias: model.alias.to_string(),
+            dimension: model.dimension,
+            segments,
+            starts,
+            report,
+        })
+    }
+
+    /// The model alias.
+    pub fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    /// Vector dimension.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    /// True when there is no vector.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn locate(&self, row: usize) -> Option<(usize, usize)> {
+        if row >= self.len() {
+            return None;
+        }
+        let s = self.starts.partition_point(|&start| start <= row) - 1;
+        Some((s, row - self.starts[s]))
+    }
+
+    /// Paper id of a row (`""` out of range).
+    pub fn id(&self, row: usize) -> &str {
+        self.locate(row).map_or("", |(s, r)| self.segments[s].id(r))
+    }
+
+    /// Year of a row.
+    pub fn year(&self, row: usize) -> Option<Year> {
+        self.locate(row).map(|(s, _)| self.segments[s].year)
+    }
+
+    /// Every paper id, in row order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
+        self.segments
+            .iter()
+            .flat_map(|s| (0..s.len()).map(move |r| s.id(r)))
+    }
+
+    /// Every row's year, in row order.
+    pub fn years(&self) -> impl Iterator<Item = Year> + '_ {
+        self.segments
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(s.year, s.len()))
+    }
+
+    /// The stored f32 vector of a row.
+    pub fn vector(&self, row: usize) -> Result<&[f32], QueryError> {
+        let (s, r) = self.locate(row).ok_or(QueryError::NoRow(row))?;
+        self.segments[s].vector(r)
+    }
+
+    /// The row of a paper id.
+    pub fn find(&self, id: &str) -> Option<usize> {
+        self.segments
+            .iter()
+            .zip(&self.starts)
+            .find_map(|(s, start)| s.find(id).map(|r| start + r))
+    }
+
+    /// A row joined to its metadata.
+    pub fn paper(&self, row: usize) -> Option<Paper<'_>> {
+        let (s, r) = self.locate(row)?;
+        let seg = &self.segments[s];
+        Some(Paper {
+            paper_id: seg.id(r),
+            year: seg.year,
+            title: seg.title(r),
+            categories: seg
+                .category_ids(r)
+                .iter()
+                .filter_map(|&c| seg.categories().get(c as usize).map(String::as_str))
+                .collect(),
+            published_at: seg.published_at(r),
+        })
+    }
+
+    /// The unit vector in the direction of the mean of the given rows'
+    /// unit vectors (f64).
+    pub fn mean_direction(&self, rows: &[usize]) -> Result<Vec<f64>, QueryError> {
+        let mut sum = vec![0f64; self.dimension];
+        for &row in rows {
+            let x = self.vector(row)?;
+            let norm = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+            if norm > 0.0 && norm.is_finite() {
+                for (s, &v) in sum.iter_mut().zip(x) {
+                    *s += f64::from(v) / norm;
+                }
+            }
+        }
+        Ok(unit(&sum))
+    }
+
+    /// The k rows of highest cosine with `query` that pass `filter`, best
+    /// first; equal scores ordered by paper id. Exact: the same rows in the
+    /// same order as a full f32 scan.
+    pub fn top_k(&self, query: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>, QueryError> {
+        let query: Vec<f64> = query.iter().map(|&v| f64::from(v)).collect();
+        self.top_k_f64(&query, k, filter)
+    }
+
+    /// [`VectorIndex::top_k`] for a query in f64.
+    pub fn top_k_f64(&self, query: &[f64], k: usize, filter: &Filter) -> Result<Vec<Hit>, QueryError> {
+        if query.len() != self.dimension {
+            return Err(QueryError::Dimension {
+                found: query.len(),
+                expected: self.dimension,
+            });
+        }
+        let query = unit(query);
+        let allowed = self.allowed(filter);
+        let hits = scan::top_k(&self.segments, &allowed, &query, k)?;
+        Ok(hits
+            .into_iter()
+            .map(|(s, r, score)| Hit {
+                row: self.starts[s] + r,
+                score,
+            })
+            .collect())
+    }
+
+    fn allowed(&self, filter: &Filter) -> Vec<Allowed> {
+        let mut allowed: Vec<Allowed> = self
+            .segments
+            .iter()
+            .map(|seg| {
+                if filter.years.as_ref().is_some_and(|ys| !ys.contains(&seg.year)) {
+                    return Allowed::Skip;
+                }
+                if filter.categories.is_empty() {
+                    return Allowed::All;
+                }
+                let wanted: Vec<u16> = seg
+                    .categories()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| filter.categories.iter().any(|w| w == *c))
+                    .map(|(i, _)| i as u16)
+                    .collect();
+                if wanted.is_empty() {
+                    return Allowed::Skip;
+                }
+                let mut bits = vec![0u64; seg.len().div_ceil(64)];
+                for row in 0..seg.len() {
+                    if seg.category_ids(row).iter().any(|c| wanted.contains(c)) {
+                        bits[row / 64] |= 1 << (row % 64);
+                    }
+                }
+                Allowed::Rows(bits)
+            })
+            .collect();
+        for &row in &filter.exclude {
+            let Some((s, r)) = self.locate(row) else { continue };
+            let len = self.segments[s].len();
+            if let Allowed::All = allowed[s] {
+                let mut bits = vec![u64::MAX; len.div_ceil(64)];
+                if !len.is_multiple_of(64)
+                    && let Some(last) = bits.last_mut()
+                {
+                    *last = (1u64 << (len % 64)) - 1;
+                }
+                allowed[s] = Allowed::Rows(bits);
+            }
+            if let Allowed::Rows(bits) = &mut allowed[s] {
+                bits[r / 64] &= !(1u64 << (r % 64));
+            }
+        }
+        allowed
+    }
+}
+
+fn unit(v: &[f64]) -> Vec<f64> {
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        v.iter().map(|x| x / norm).collect()
+    } else {
+        vec![0.0; v.len()]
+    }
+}
+
+enum Outcome {
+    Reused,
+    Built,
+    Memory,
+}
+
+/// A year's segment, how it was obtained, and why it is not cached if not.
+type Opened = (Segment, Outcome, Option<String>);
+
+/// Creates `<alias>/.cache/vectors/` (never through a symlink) and removes
+/// temporaries that dead processes left there.
+fn prepare_cache_dir(model_dir: &Path, cache_dir: &Path) -> std::io::Result<()> {
+    crate::store::atomic::create_owned_dir(&model_dir.join(CACHE_DIR))?;
+    crate::store::atomic::create_owned_dir(cache_dir)?;
+    crate::store::atomic::remove_orphaned_temporaries(cache_dir)?;
+    // Creating a file is the only reliable test (permissions, read-only
+    // mounts, root squash all differ).
+    tempfile::Builder::new()
+        .prefix(&format!(
+            "{}{}-probe",
+            crate::store::atomic::TEMP_PREFIX,
+            std::process::id()
+        ))
+        .tempfile_in(cache_dir)
+        .map(drop)
+}
+
+/// Deletes segment files of years that no longer have a year file.
+fn remove_stray_segments(cache_dir: &Path, years: &BTreeSet<Year>) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".seg")
+            && Year::parse(stem).is_none_or(|y| !years.contains(&y))
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Reads one year's vectors (sorted by id, one per paper) and their
+/// metadata, in parallel.
+fn collect_rows(path: &Path, dimension: usize, files: &[MetadataFile]) -> Result<Rows, QueryError> {
+    let (vectors, (catalog, issues)) = rayon::join(
+        || read_vectors(path, dimension),
+        || catalog::read_year(files.iter()),
+    );
+    let (ids, vectors) = vectors?;
+    if !issues.is_empty() {
+        tracing::debug!(
+            "{} unreadable metadata rows while building the vector cache",
+            issues.len()
+        );
+    }
+    let mut table: BTreeMap<String, u16> = BTreeMap::new();
+    let mut rows = Rows {
+        titles: Vec::with_capacity(ids.len()),
+        dates: Vec::with_capacity(ids.len()),
+        cats: Vec::with_capacity(ids.len()),
+        ..Rows::default()
+    };
+    for id in &ids {
+        match catalog.get(id) {
+            Some(meta) => {
+                rows.titles.push(meta.title.clone());
+                rows.dates.push(meta.published_at.clone());
+                let mut list = Vec::with_capacity(meta.categories.len());
+                for category in &meta.categories {
+                    let next = table.len();
+                    if next >= usize::from(u16::MAX) && !table.contains_key(category) {
+                        continue;
+                    }
+                    let code = *table.entry(category.clone()).or_insert(next as u16);
+                    list.push(code);
+                }
+                rows.cats.push(list);
+            }
+            None => {
+                rows.titles.push(String::new());
+                rows.dates.push(String::new());
+                rows.cats.push(Vec::new());
+            }
+        }
+    }
+    let mut categories = vec![String::new(); table.len()];
+    for (name, id) in table {
+        categories[usize::from(id)] = name;
+    }
+    rows.categories = categories;
+    rows.ids = ids;
+    rows.vectors = vectors;
+    Ok(rows)
+}
+
+/// Ids (sorted, unique, newest row kept) and vectors of a year file.
+fn read_vectors(path: &Path, dimension: usize) -> Result<(Vec<String>, Vec<f32>), QueryError> {
+    let mut ids = Vec::new();
+    let mut vectors = Vec::new();
+    let sorted = year_file::for_each_vector(path, dimension, |id, v| {
+        ids.push(id.to_string());
+        vectors.extend_from_slice(v);
+    })?;
+    if sorted {
+        return Ok((ids, vectors));
+    }
+    // Another tool's file: rows in any order. Without repeated ids a
+    // permutation does; with them the newest row must win (by generated_at).
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.par_sort_unstable_by(|&a, &b| ids[a].cmp(&ids[b]));
+    if !order.windows(2).any(|w| ids[w[0]] == ids[w[1]]) {
+        let mut sorted_vectors = Vec::with_capacity(vectors.len());
+        for &i in &order {
+            sorted_vectors.extend_from_slice(&vectors[i * dimension..(i + 1) * dimension]);
+        }
+        let mut taken: Vec<Option<String>> = ids.into_iter().map(Some).collect();
+        let sorted_ids = order
+            .iter()
+            .map(|&i| taken[i].take().unwrap_or_default())
+            .collect();
+        return Ok((sorted_ids, sorted_vectors));
+    }
+    let mut rows = year_file::read_rows(path, dimension)?;
+    year_file::sort_and_dedup(&mut rows);
+    let mut vectors = Vec::with_capacity(rows.len() * dimension);
+    let ids = rows
+        .into_iter()
+        .map(|r| {
+            vectors.extend_from_slice(&r.embedding);
+            r.paper_id
+        })
+        .collect();
+    Ok((ids, vectors))
+}
