@@ -33,6 +33,12 @@ pub enum Error {
     /// A run that did its work but must be reported as failed.
     #[error("{0}")]
     Run(String),
+    /// The preference store could not be read or written.
+    #[error(transparent)]
+    Prefs(#[from] crate::prefs::PrefsError),
+    /// A recommendation run could not be made.
+    #[error(transparent)]
+    Recommend(#[from] crate::recommend::RecommendError),
 }
 
 impl Error {
@@ -71,6 +77,8 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Usage(_) => EXIT_USAGE,
+            Error::Prefs(e) if e.is_usage() => EXIT_USAGE,
+            Error::Recommend(e) => e.exit_code(),
             _ => EXIT_FAILURE,
         }
     }

@@ -17,6 +17,8 @@ pub mod fault;
 pub mod metadata;
 pub mod pipeline;
 pub mod plan;
+pub mod prefs;
+pub mod recommend;
 pub mod store;
 pub mod text;
 

@@ -3,6 +3,8 @@
 
 pub mod backlog;
 pub mod embed;
+pub mod prefs;
+pub mod recommend;
 pub mod status;
 
 use serde::Serialize;

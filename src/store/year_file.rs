@@ -615,6 +615,47 @@ pub fn write_rows(path: &Path, rows: Vec<VectorRow>, dimension: usize) -> Result
     .map_err(|e| YearFileError::io(path, e))
 }
 
+/// Streams every row's `paper_id` and vector in file order, holding one
+/// batch at a time: `visit(id, Some(vector))`, or `None` for a null vector
+/// or one with null elements. Float64 vectors (the Python original's) are
+/// read as Float32. A vector of another length than `dimension` is an error.
+pub fn for_each_vector(
+    path: &Path,
+    dimension: usize,
+    mut visit: impl FnMut(&str, Option<&[f32]>),
+) -> Result<u64, YearFileError> {
+    let mut reader = open_columns(path, &["paper_id", "embedding"], false)?;
+    let mut rows = 0u64;
+    for batch in reader.batches() {
+        let batch = batch?;
+        let ids = batch.column(0).as_string::<i32>();
+        let lists = batch.column(1).as_list::<i32>();
+        let values = lists.values().as_primitive::<Float32Type>();
+        let offsets = lists.value_offsets();
+        for i in 0..batch.num_rows() {
+            if ids.is_null(i) {
+                return Err(YearFileError::damaged(path, "a row has no paper_id"));
+            }
+            rows += 1;
+            if lists.is_null(i) {
+                visit(ids.value(i), None);
+                continue;
+            }
+            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+            if end - start != dimension {
+                return Err(YearFileError::Dimension {
+                    path: path.to_path_buf(),
+                    found: end - start,
+                    expected: dimension,
+                });
+            }
+            let has_nulls = values.null_count() > 0 && (start..end).any(|j| values.is_null(j));
+            visit(ids.value(i), (!has_nulls).then(|| &values.values()[start..end]));
+        }
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
