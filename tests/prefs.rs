@@ -12,7 +12,10 @@ fn tree() -> Tree {
     let tree = Tree::new();
     tree.csv(
         "metadata/metadata-2025.csv",
-        &[("2504.21091", "A New High-latitude H I Cloud", "A"), ("0704.0007", "Old", "A")],
+        &[
+            ("2504.21091", "A New High-latitude H I Cloud", "A"),
+            ("0704.0007", "Old", "A"),
+        ],
     );
     tree
 }
@@ -23,7 +26,12 @@ fn current(tree: &Tree) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["paper_id"].as_str().unwrap().to_string(), p["preference"].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p["paper_id"].as_str().unwrap().to_string(),
+                p["preference"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -44,11 +52,20 @@ fn events(tree: &Tree) -> String {
 #[test]
 fn add_records_and_the_latest_preference_wins() {
     let tree = tree();
-    let added = tree.json(&["prefs", "add", "--like", "2504.21091v2", "arXiv:0704.0007", "2401.99999"]);
+    let added = tree.json(&[
+        "prefs",
+        "add",
+        "--like",
+        "2504.21091v2",
+        "arXiv:0704.0007",
+        "2401.99999",
+    ]);
     assert_eq!(added["recorded"], 3);
     assert_eq!(added["unknown"], serde_json::json!(["2401.99999"]));
     // The same like again (a duplicate), then a change of mind.
-    tree.cmd(&["prefs", "add", "--like", "2504.21091"]).assert().success();
+    tree.cmd(&["prefs", "add", "--like", "2504.21091"])
+        .assert()
+        .success();
     let changed = tree.json(&["prefs", "add", "--dislike", "https://arxiv.org/abs/0704.0007v1"]);
     assert_eq!(changed["conflicts"], 1);
     let mut now = current(&tree);
@@ -65,7 +82,9 @@ fn add_records_and_the_latest_preference_wins() {
     let log = events(&tree);
     assert_eq!(log.matches("2504.21091,like,").count(), 2, "{log}");
     assert_eq!(log.matches("0704.0007,").count(), 2, "{log}");
-    tree.cmd(&["prefs", "add", "--neutral", "0704.0007"]).assert().success();
+    tree.cmd(&["prefs", "add", "--neutral", "0704.0007"])
+        .assert()
+        .success();
     assert!(current(&tree).contains(&("0704.0007".to_string(), "neutral".to_string())));
     let list = tree.cmd(&["prefs", "list"]).output().unwrap();
     let text = String::from_utf8(list.stdout).unwrap();
@@ -82,7 +101,9 @@ fn add_refuses_what_is_not_an_id_and_records_nothing() {
         .stderr(contains("`not-an-id` is not an arXiv id"));
     assert!(!tree.path("preferences").exists());
     tree.cmd(&["prefs", "add", "2504.21091"]).assert().code(2);
-    tree.cmd(&["prefs", "add", "--like", "--dislike", "2504.21091"]).assert().code(2);
+    tree.cmd(&["prefs", "add", "--like", "--dislike", "2504.21091"])
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -100,18 +121,33 @@ fn import_orders_by_recorded_at_then_by_row_and_names_bad_rows() {
          2401.00002,like,someday\n",
     )
     .unwrap();
-    let output = tree.cmd(&["prefs", "import", "mine.csv", "--json"]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = tree
+        .cmd(&["prefs", "import", "mine.csv", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["format"], "preferences");
     assert_eq!(report["rows"], 7);
     assert_eq!(report["recorded"], 4);
     assert_eq!(report["duplicates"], 2);
     assert_eq!(report["conflicts"], 2);
-    let lines: Vec<u64> = report["input_issues"].as_array().unwrap().iter().map(|i| i["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = report["input_issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, [6, 7, 8]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("mine.csv:6: row skipped: `bogus` is not an arXiv id"), "{stderr}");
+    assert!(
+        stderr.contains("mine.csv:6: row skipped: `bogus` is not an arXiv id"),
+        "{stderr}"
+    );
     let mut now = current(&tree);
     now.sort();
     // Latest recorded_at wins for the first; the later row wins the tie.
@@ -148,19 +184,33 @@ fn a_zotero_export_becomes_likes() {
     );
     // Date Added is the event time: a later dislike overrides the library.
     let log = events(&tree);
-    assert!(log.contains("0704.0007,like,2024-01-15T10:23:45.000000Z"), "{log}");
-    tree.cmd(&["prefs", "add", "--dislike", "0704.0007"]).assert().success();
-    tree.cmd(&["prefs", "import", fixture.to_str().unwrap()]).assert().success();
+    assert!(
+        log.contains("0704.0007,like,2024-01-15T10:23:45.000000Z"),
+        "{log}"
+    );
+    tree.cmd(&["prefs", "add", "--dislike", "0704.0007"])
+        .assert()
+        .success();
+    tree.cmd(&["prefs", "import", fixture.to_str().unwrap()])
+        .assert()
+        .success();
     assert!(current(&tree).contains(&("0704.0007".to_string(), "dislike".to_string())));
 }
 
 #[test]
 fn an_unusable_import_file_is_a_usage_error() {
     let tree = tree();
-    std::fs::write(tree.path("x.csv"), "user_id,paper_id,preference_score\nu1,2501.00001,0.8\n").unwrap();
+    std::fs::write(
+        tree.path("x.csv"),
+        "user_id,paper_id,preference_score\nu1,2501.00001,0.8\n",
+    )
+    .unwrap();
     tree.cmd(&["prefs", "import", "x.csv"])
         .assert()
         .code(2)
         .stderr(contains("not a preference file"));
-    tree.cmd(&["prefs", "import", "missing.csv"]).assert().code(1).stderr(contains("missing.csv"));
+    tree.cmd(&["prefs", "import", "missing.csv"])
+        .assert()
+        .code(1)
+        .stderr(contains("missing.csv"));
 }

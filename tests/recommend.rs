@@ -90,7 +90,12 @@ fn records() -> Vec<PaperRecord> {
     let mut out = Vec::new();
     for year in [2007, 2010, 2025] {
         let mut issues = Vec::new();
-        read_records(&sample_dir().join(format!("metadata-{year}.csv")), &mut issues, |_, r| out.push(r)).unwrap();
+        read_records(
+            &sample_dir().join(format!("metadata-{year}.csv")),
+            &mut issues,
+            |_, r| out.push(r),
+        )
+        .unwrap();
     }
     out
 }
@@ -98,8 +103,9 @@ fn records() -> Vec<PaperRecord> {
 /// High-energy physics and gravitation, in any of a paper's categories
 /// (cross-lists count: an astro-ph.CO paper also filed under gr-qc is in it).
 fn in_field(r: &PaperRecord) -> bool {
-    r.category_list()
-        .any(|c| ["hep-th", "hep-ph", "gr-qc", "hep-ex", "hep-lat"].contains(&c.split('.').next().unwrap_or("")))
+    r.category_list().any(|c| {
+        ["hep-th", "hep-ph", "gr-qc", "hep-ex", "hep-lat"].contains(&c.split('.').next().unwrap_or(""))
+    })
 }
 
 /// The field's papers of 2007 and 2010.
@@ -127,7 +133,12 @@ fn scores(tree: &Tree, extra: &[&str]) -> BTreeMap<String, f64> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["id"].as_str().unwrap().to_string(), p["score"].as_f64().unwrap()))
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["score"].as_f64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -144,7 +155,19 @@ fn auc(scores: &BTreeMap<String, f64>, positive: impl Fn(&str) -> bool) -> f64 {
     assert!(!pos.is_empty() && !neg.is_empty());
     let wins: f64 = pos
         .iter()
-        .map(|p| neg.iter().map(|n| if p > n { 1.0 } else if p == n { 0.5 } else { 0.0 }).sum::<f64>())
+        .map(|p| {
+            neg.iter()
+                .map(|n| {
+                    if p > n {
+                        1.0
+                    } else if p == n {
+                        0.5
+                    } else {
+                        0.0
+                    }
+                })
+                .sum::<f64>()
+        })
         .sum();
     wins / (pos.len() * neg.len()) as f64
 }
@@ -157,16 +180,25 @@ fn likes_from_one_field_rank_that_fields_candidates_first() {
     prefs(&tree, &likes, "--like");
     let scores = scores(&tree, &[]);
     assert_eq!(scores.len(), 100, "every 2025 paper is a candidate");
-    let field: HashMap<String, bool> = records().iter().map(|r| (r.paper_id.clone(), in_field(r))).collect();
+    let field: HashMap<String, bool> = records()
+        .iter()
+        .map(|r| (r.paper_id.clone(), in_field(r)))
+        .collect();
     let area = auc(&scores, |id| field[id]);
     // 0.5 is chance; the sample has only ~50 such likes among 300 older papers.
     assert!(area >= 0.85, "AUC {area}");
     let mut ranked: Vec<(&String, &f64)> = scores.iter().collect();
     ranked.sort_by(|a, b| b.1.total_cmp(a.1));
-    let share = field.iter().filter(|(id, f)| **f && scores.contains_key(*id)).count();
+    let share = field
+        .iter()
+        .filter(|(id, f)| **f && scores.contains_key(*id))
+        .count();
     assert!(share <= 25, "the field is a minority of the candidates ({share})");
     let top5: Vec<bool> = ranked.iter().take(5).map(|(id, _)| field[*id]).collect();
-    assert!(top5.iter().filter(|f| **f).count() >= 4, "top 5 in the field: {top5:?}");
+    assert!(
+        top5.iter().filter(|f| **f).count() >= 4,
+        "top 5 in the field: {top5:?}"
+    );
 }
 
 fn stored_vectors(tree: &Tree) -> HashMap<String, Vec<f32>> {
@@ -198,14 +230,26 @@ fn a_dislike_lowers_its_neighbours_scores() {
     let after = scores(&tree, &[]);
     assert!(!after.contains_key(disliked), "a rated paper is no candidate");
     for (id, _) in near.iter().take(5) {
-        assert!(after[*id] < before[*id], "{id}: {} -> {}", before[*id], after[*id]);
+        assert!(
+            after[*id] < before[*id],
+            "{id}: {} -> {}",
+            before[*id],
+            after[*id]
+        );
     }
 }
 
 fn python() -> String {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new("bash").arg(repo.join("scripts/python-env.sh")).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("bash")
+        .arg(repo.join("scripts/python-env.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
@@ -239,12 +283,17 @@ fn scores_agree_with_scikit_learn_on_the_recorded_training_set() {
         .args(["1.0", "1000"])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let check: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(check["spearman"].as_f64().unwrap() >= 0.999, "{check}");
     assert_eq!(check["same_top10"], true, "{check}");
     assert_eq!(check["n_scored"], 100, "{check}");
-    let n_train = report["training"]["positives"].as_u64().unwrap() + report["training"]["negatives"].as_u64().unwrap();
+    let n_train =
+        report["training"]["positives"].as_u64().unwrap() + report["training"]["negatives"].as_u64().unwrap();
     assert_eq!(check["n_train"].as_u64().unwrap(), n_train);
 }
 
@@ -255,11 +304,17 @@ fn two_runs_with_the_same_seed_are_identical_and_complete() {
     let first = run(&tree, &[]);
     let second = run(&tree, &[]);
     assert_ne!(first["run_id"], second["run_id"], "run ids are unique");
-    assert!(first["run_id"].as_str() < second["run_id"].as_str(), "run ids sort by time");
+    assert!(
+        first["run_id"].as_str() < second["run_id"].as_str(),
+        "run ids sort by time"
+    );
     let a = PathBuf::from(first["run_dir"].as_str().unwrap());
     let b = PathBuf::from(second["run_dir"].as_str().unwrap());
     for file in ["predictions.parquet", "recommended.parquet", "training.parquet"] {
-        assert!(std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(), "{file} differs");
+        assert!(
+            std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(),
+            "{file} differs"
+        );
     }
     // The digest differs only in its heading (the run id).
     let body = |dir: &Path| {
@@ -280,7 +335,10 @@ fn two_runs_with_the_same_seed_are_identical_and_complete() {
     );
     let digest = std::fs::read_to_string(a.join("recommended.md")).unwrap();
     let top = first["recommended"][0]["id"].as_str().unwrap();
-    assert!(digest.contains(&format!("<https://arxiv.org/abs/{top}>")), "{digest}");
+    assert!(
+        digest.contains(&format!("<https://arxiv.org/abs/{top}>")),
+        "{digest}"
+    );
     // Nothing but the two runs in the output directory (no temporaries).
     let names: Vec<String> = std::fs::read_dir(tree.path("recommendations"))
         .unwrap()
@@ -291,7 +349,10 @@ fn two_runs_with_the_same_seed_are_identical_and_complete() {
     let mut args = vec!["recommend", "--dry-run", "-q"];
     args.extend(WINDOW);
     tree.json(&args);
-    assert_eq!(std::fs::read_dir(tree.path("recommendations")).unwrap().count(), 2);
+    assert_eq!(
+        std::fs::read_dir(tree.path("recommendations")).unwrap().count(),
+        2
+    );
 }
 
 #[test]
@@ -307,14 +368,24 @@ for path in pathlib.Path(sys.argv[1]).glob("[0-9]*.parquet"):
     table = table.set_column(i, "embedding", table.column("embedding").cast(pa.list_(pa.float64())))
     pq.write_table(table, path)
 "#;
-    let status = Command::new(python()).args(["-c", script]).arg(tree.model_dir()).status().unwrap();
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(tree.model_dir())
+        .status()
+        .unwrap();
     assert!(status.success());
     let schema = Command::new(python())
-        .args(["-c", "import sys, pyarrow.parquet as pq; print(pq.read_schema(sys.argv[1]).field('embedding').type)"])
+        .args([
+            "-c",
+            "import sys, pyarrow.parquet as pq; print(pq.read_schema(sys.argv[1]).field('embedding').type)",
+        ])
         .arg(tree.model_dir().join("2025.parquet"))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&schema.stdout).trim(), "list<element: double>");
+    assert_eq!(
+        String::from_utf8_lossy(&schema.stdout).trim(),
+        "list<element: double>"
+    );
     let as_f64 = scores(&tree, &[]);
     assert_eq!(as_f32.len(), as_f64.len());
     for (id, s) in &as_f32 {
@@ -372,17 +443,29 @@ fn small_tree(extra: &str, papers: &[(&str, &str, &str, [f32; 4])]) -> Tree {
 fn small_papers() -> Vec<(String, &'static str, &'static str, [f32; 4])> {
     let mut papers = Vec::new();
     for i in 0..10 {
-        let theme = if i % 2 == 0 { [1.0, 0.1 * i as f32, 0.0, 0.0] } else { [0.0, 0.0, 1.0, 0.1 * i as f32] };
+        let theme = if i % 2 == 0 {
+            [1.0, 0.1 * i as f32, 0.0, 0.0]
+        } else {
+            [0.0, 0.0, 1.0, 0.1 * i as f32]
+        };
         let date = if i < 6 { "2025-01-10" } else { "2025-03-01" };
         papers.push((format!("2501.{:05}", i + 1), "cs.CL", date, theme));
     }
-    papers.push(("2501.00099".to_string(), "math.AG", "2025-03-01", [0.5, 0.5, 0.5, 0.5]));
+    papers.push((
+        "2501.00099".to_string(),
+        "math.AG",
+        "2025-03-01",
+        [0.5, 0.5, 0.5, 0.5],
+    ));
     papers
 }
 
 fn small(extra: &str) -> Tree {
     let owned = small_papers();
-    let papers: Vec<(&str, &str, &str, [f32; 4])> = owned.iter().map(|(a, b, c, d)| (a.as_str(), *b, *c, *d)).collect();
+    let papers: Vec<(&str, &str, &str, [f32; 4])> = owned
+        .iter()
+        .map(|(a, b, c, d)| (a.as_str(), *b, *c, *d))
+        .collect();
     small_tree(extra, &papers)
 }
 
@@ -393,14 +476,26 @@ fn fails(tree: &Tree, args: &[&str], code: i32, message: &str) {
 #[test]
 fn no_likes_says_how_to_add_some() {
     let tree = small("");
-    fails(&tree, &["recommend", "--from", "2025-03-01", "--until", "2025-03-31"], 1, "papersys prefs add");
-    fails(&tree, &["recommend", "--from", "2025-03-01", "--until", "2025-03-31"], 1, "Zotero");
+    fails(
+        &tree,
+        &["recommend", "--from", "2025-03-01", "--until", "2025-03-31"],
+        1,
+        "papersys prefs add",
+    );
+    fails(
+        &tree,
+        &["recommend", "--from", "2025-03-01", "--until", "2025-03-31"],
+        1,
+        "Zotero",
+    );
 }
 
 #[test]
 fn an_empty_window_names_the_window_and_what_the_metadata_holds() {
     let tree = small("");
-    tree.cmd(&["prefs", "add", "--like", "2501.00001"]).assert().success();
+    tree.cmd(&["prefs", "add", "--like", "2501.00001"])
+        .assert()
+        .success();
     fails(
         &tree,
         &["recommend", "--from", "2030-01-01", "--until", "2030-01-07"],
@@ -419,16 +514,31 @@ fn an_empty_window_names_the_window_and_what_the_metadata_holds() {
         1,
         "holds 5 papers dated in it, 0 of them in the categories cs.AI",
     );
-    fails(&tree, &["recommend", "--last-n-days", "3"], 1, "the last 3 days (since ");
+    fails(
+        &tree,
+        &["recommend", "--last-n-days", "3"],
+        1,
+        "the last 3 days (since ",
+    );
 }
 
 #[test]
 fn a_model_without_vectors_is_named() {
     let tree = small("");
-    tree.cmd(&["prefs", "add", "--like", "2501.00001"]).assert().success();
+    tree.cmd(&["prefs", "add", "--like", "2501.00001"])
+        .assert()
+        .success();
     fails(
         &tree,
-        &["recommend", "--model", "other_v1", "--from", "2025-03-01", "--until", "2025-03-31"],
+        &[
+            "recommend",
+            "--model",
+            "other_v1",
+            "--from",
+            "2025-03-01",
+            "--until",
+            "2025-03-31",
+        ],
         1,
         "model `other_v1` has no vectors",
     );
@@ -444,7 +554,11 @@ fn a_single_class_is_refused_with_what_to_change() {
     tree.cmd(&args).assert().success();
     std::fs::write(
         tree.path("papersys.toml"),
-        SMALL.replace("categories = [\"cs.CL\"]", "categories = [\"cs.CL\", \"math.AG\"]")
+        SMALL
+            .replace(
+                "categories = [\"cs.CL\"]",
+                "categories = [\"cs.CL\", \"math.AG\"]",
+            )
             .replace("background_start_year = 2024", "background_start_year = 2026"),
     )
     .unwrap();
@@ -459,10 +573,18 @@ fn a_single_class_is_refused_with_what_to_change() {
 #[test]
 fn bad_config_and_arguments_are_usage_errors() {
     let tree = small("\n[recommend_pipeline.predict]\nsample_rate = 0\n");
-    tree.cmd(&["prefs", "add", "--like", "2501.00001"]).assert().code(2).stderr(contains("papersys.toml:15: `sample_rate` must lie in (0, 1]"));
+    tree.cmd(&["prefs", "add", "--like", "2501.00001"])
+        .assert()
+        .code(2)
+        .stderr(contains("papersys.toml:15: `sample_rate` must lie in (0, 1]"));
     let tree = small("");
     fails(&tree, &["recommend", "--from", "2025-03-01"], 2, "--until");
-    fails(&tree, &["recommend", "--from", "2025-03-09", "--until", "2025-03-01"], 2, "is after");
+    fails(
+        &tree,
+        &["recommend", "--from", "2025-03-09", "--until", "2025-03-01"],
+        2,
+        "is after",
+    );
     fails(&tree, &["recommend", "--last-n-days", "0"], 2, "last-n-days");
     fails(&tree, &["recommend", "--model", "../x"], 2, "contains '/'");
 }
@@ -471,8 +593,16 @@ fn bad_config_and_arguments_are_usage_errors() {
 fn learns_from_dislikes_and_counts_what_it_leaves_out() {
     let mut owned = small_papers();
     // A candidate with a non-finite vector, and one without any vector.
-    owned.push(("2501.00050".to_string(), "cs.CL", "2025-03-01", [f32::NAN, 0.0, 0.0, 0.0]));
-    let papers: Vec<(&str, &str, &str, [f32; 4])> = owned.iter().map(|(a, b, c, d)| (a.as_str(), *b, *c, *d)).collect();
+    owned.push((
+        "2501.00050".to_string(),
+        "cs.CL",
+        "2025-03-01",
+        [f32::NAN, 0.0, 0.0, 0.0],
+    ));
+    let papers: Vec<(&str, &str, &str, [f32; 4])> = owned
+        .iter()
+        .map(|(a, b, c, d)| (a.as_str(), *b, *c, *d))
+        .collect();
     let tree = small_tree("", &papers);
     let csv = std::fs::read_to_string(tree.path("metadata/metadata-2025.csv")).unwrap();
     std::fs::write(
@@ -480,9 +610,20 @@ fn learns_from_dislikes_and_counts_what_it_leaves_out() {
         format!("{csv}2501.00051,No vector,,cs.CL,cs.CL,,2025-03-01T00:00:00Z,,,,,,\n"),
     )
     .unwrap();
-    tree.cmd(&["prefs", "add", "--like", "2501.00001", "2501.00003"]).assert().success();
-    tree.cmd(&["prefs", "add", "--dislike", "2501.00002"]).assert().success();
-    let report = tree.json(&["recommend", "--from", "2025-03-01", "--until", "2025-03-31", "--force-all"]);
+    tree.cmd(&["prefs", "add", "--like", "2501.00001", "2501.00003"])
+        .assert()
+        .success();
+    tree.cmd(&["prefs", "add", "--dislike", "2501.00002"])
+        .assert()
+        .success();
+    let report = tree.json(&[
+        "recommend",
+        "--from",
+        "2025-03-01",
+        "--until",
+        "2025-03-31",
+        "--force-all",
+    ]);
     let counts = &report["counts"];
     assert_eq!(counts["likes_used"], 2);
     assert_eq!(counts["dislikes_used"], 1);
@@ -491,9 +632,19 @@ fn learns_from_dislikes_and_counts_what_it_leaves_out() {
     assert_eq!(counts["candidates_without_vectors"], 1);
     assert_eq!(counts["scored"], 4);
     // Theme one (even ids, like the likes) above theme two.
-    let order: Vec<&str> = report["recommended"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    let order: Vec<&str> = report["recommended"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
     let theme_one: Vec<&str> = order.iter().take(2).copied().collect();
-    assert!(theme_one.iter().all(|id| ["2501.00007", "2501.00009"].contains(id)), "{order:?}");
+    assert!(
+        theme_one
+            .iter()
+            .all(|id| ["2501.00007", "2501.00009"].contains(id)),
+        "{order:?}"
+    );
     let dir = PathBuf::from(report["run_dir"].as_str().unwrap());
     assert!(dir.join("training.parquet").is_file());
 }

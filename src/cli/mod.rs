@@ -12,12 +12,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::embed::{EmbedOptions, parse_years};
 use crate::commands::recommend::{RecommendOptions, WindowChoice};
-use crate::prefs::Preference;
 use crate::commands::{self, select_models};
 use crate::config::{Config, ModelConfig};
 use crate::error::{EXIT_OK, Error};
 use crate::pipeline::ProgressMode;
 use crate::plan::RefreshOptions;
+use crate::prefs::Preference;
 
 /// papersys keeps sentence embeddings of arXiv paper metadata complete,
 /// correct and up to date.
@@ -119,7 +119,8 @@ pub struct RecommendArgs {
 }
 
 fn parse_date(text: &str) -> Result<jiff::civil::Date, String> {
-    text.parse().map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)"))
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)"))
 }
 
 /// Which models a command works on.

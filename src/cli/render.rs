@@ -327,7 +327,10 @@ mod tests {
 }
 
 /// `papersys prefs add` / `prefs import`.
-pub fn prefs_change(out: &mut impl Write, report: &crate::commands::prefs::PrefsChangeReport) -> io::Result<()> {
+pub fn prefs_change(
+    out: &mut impl Write,
+    report: &crate::commands::prefs::PrefsChangeReport,
+) -> io::Result<()> {
     if let Some(file) = &report.file {
         let format = match report.format {
             Some(crate::prefs::import::ImportFormat::Zotero) => "Zotero export",
@@ -352,7 +355,11 @@ pub fn prefs_change(out: &mut impl Write, report: &crate::commands::prefs::Prefs
         )?;
     }
     if report.not_arxiv > 0 {
-        writeln!(out, "{} items without an arXiv id skipped", thousands(report.not_arxiv))?;
+        writeln!(
+            out,
+            "{} items without an arXiv id skipped",
+            thousands(report.not_arxiv)
+        )?;
     }
     if !report.unknown.is_empty() {
         writeln!(
@@ -362,7 +369,11 @@ pub fn prefs_change(out: &mut impl Write, report: &crate::commands::prefs::Prefs
         )?;
     }
     if !report.input_issues.is_empty() {
-        writeln!(out, "{} rows skipped (see the warnings above)", report.input_issues.len())?;
+        writeln!(
+            out,
+            "{} rows skipped (see the warnings above)",
+            report.input_issues.len()
+        )?;
     }
     Ok(())
 }
@@ -381,7 +392,11 @@ pub fn prefs_list(out: &mut impl Write, report: &crate::commands::prefs::PrefsLi
         rows.push(vec![
             entry.paper_id.clone(),
             entry.preference.to_string(),
-            entry.recorded_at.get(..10).unwrap_or(&entry.recorded_at).to_string(),
+            entry
+                .recorded_at
+                .get(..10)
+                .unwrap_or(&entry.recorded_at)
+                .to_string(),
             title,
         ]);
     }
@@ -397,18 +412,34 @@ pub fn prefs_list(out: &mut impl Write, report: &crate::commands::prefs::PrefsLi
 const PICKS_SHOWN: usize = 20;
 
 /// `papersys recommend`.
-pub fn recommend(out: &mut impl Write, report: &crate::commands::recommend::RecommendReport) -> io::Result<()> {
+pub fn recommend(
+    out: &mut impl Write,
+    report: &crate::commands::recommend::RecommendReport,
+) -> io::Result<()> {
     let c = &report.counts;
     writeln!(
         out,
         "{} papers of {} recommended out of {} scored ({} likes, {} dislikes, {} background papers learned from)",
-        c.recommended, report.window.description, c.scored, c.likes_used, c.dislikes_used, c.background_sampled
+        c.recommended,
+        report.window.description,
+        c.scored,
+        c.likes_used,
+        c.dislikes_used,
+        c.background_sampled
     )?;
     let left_out = c.candidates_without_vectors + c.candidates_non_finite;
     if left_out > 0 {
-        writeln!(out, "{left_out} candidates left out: no usable vector in every model")?;
+        writeln!(
+            out,
+            "{left_out} candidates left out: no usable vector in every model"
+        )?;
     }
-    let mut rows = vec![vec!["score".to_string(), "paper".into(), "date".into(), "title".into()]];
+    let mut rows = vec![vec![
+        "score".to_string(),
+        "paper".into(),
+        "date".into(),
+        "title".into(),
+    ]];
     for pick in report.recommended.iter().take(PICKS_SHOWN) {
         rows.push(vec![
             format!("{:.3}", pick.score),
@@ -431,7 +462,13 @@ pub fn recommend(out: &mut impl Write, report: &crate::commands::recommend::Reco
 fn left_aligned(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for row in rows {
         let cells: Vec<String> = row

@@ -80,7 +80,9 @@ pub struct PrefsListReport {
 }
 
 fn store_of(config: &Config) -> Result<PrefStore, Error> {
-    Ok(PrefStore::new(RecommendConfig::from_config(config)?.preference_dir))
+    Ok(PrefStore::new(
+        RecommendConfig::from_config(config)?.preference_dir,
+    ))
 }
 
 /// Titles of the metadata papers among `wanted` (last row wins), plus the
@@ -128,7 +130,9 @@ fn record(
                 }
             }
             None => {
-                if before.get(&event.paper_id).is_some_and(|(p, _)| *p != event.preference)
+                if before
+                    .get(&event.paper_id)
+                    .is_some_and(|(p, _)| *p != event.preference)
                     && conflicted.insert(&event.paper_id)
                 {
                     conflicts += 1;
@@ -138,7 +142,11 @@ fn record(
     }
     let wanted: HashSet<String> = events.iter().map(|e| e.paper_id.clone()).collect();
     let (known, _) = titles(config, &wanted);
-    let mut unknown: Vec<String> = wanted.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
+    let mut unknown: Vec<String> = wanted
+        .iter()
+        .filter(|id| !known.contains_key(*id))
+        .cloned()
+        .collect();
     unknown.sort();
     store.append(&events).map_err(prefs_err)?;
     if !unknown.is_empty() {
@@ -172,7 +180,11 @@ fn prefs_err(e: crate::prefs::PrefsError) -> Error {
 }
 
 /// `papersys prefs add ID... --like|--dislike|--neutral`.
-pub fn add(config: &Config, paper_ids: &[String], preference: Preference) -> Result<PrefsChangeReport, Error> {
+pub fn add(
+    config: &Config,
+    paper_ids: &[String],
+    preference: Preference,
+) -> Result<PrefsChangeReport, Error> {
     if paper_ids.is_empty() {
         return Err(Error::Usage("give at least one paper id".into()));
     }

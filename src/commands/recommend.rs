@@ -249,7 +249,13 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
     let window = choice.resolve(today)?;
     let (from, until) = match choice {
         WindowChoice::Range { from, until } => (from, Some(until)),
-        WindowChoice::LastDays(_) => (window.from.parse().map_err(|_| Error::Usage("bad window".into()))?, None),
+        WindowChoice::LastDays(_) => (
+            window
+                .from
+                .parse()
+                .map_err(|_| Error::Usage("bad window".into()))?,
+            None,
+        ),
     };
     let in_window = |d: Date| d >= from && until.is_none_or(|u| d <= u);
 
@@ -259,7 +265,11 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
     let mut issues: Vec<InputIssue> = log.issues.clone();
     let current = log.current();
     let with = |p: Preference| -> Vec<String> {
-        current.iter().filter(|(_, (q, _))| *q == p).map(|(id, _)| id.clone()).collect()
+        current
+            .iter()
+            .filter(|(_, (q, _))| *q == p)
+            .map(|(id, _)| id.clone())
+            .collect()
     };
     let (likes, dislikes) = (with(Preference::Like), with(Preference::Dislike));
     let mut counts = Counts {
@@ -269,7 +279,9 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
         ..Counts::default()
     };
     if likes.is_empty() {
-        return Err(rec_err(RecommendError::NoLikes { dir: rc.preference_dir.clone() }));
+        return Err(rec_err(RecommendError::NoLikes {
+            dir: rc.preference_dir.clone(),
+        }));
     }
     let sources: Vec<AliasSource> = aliases
         .iter()
@@ -291,7 +303,8 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
         let read = metadata::read_records(&file.path, &mut issues, |_, record| {
             let id = record.paper_id.trim();
             let date = date_of(&record);
-            let in_categories = categories.is_empty() || record.category_list().any(|c| categories.contains(c));
+            let in_categories =
+                categories.is_empty() || record.category_list().any(|c| categories.contains(c));
             let rated = current.contains_key(id);
             let dated_in = date.is_some_and(in_window);
             if dated_in {
@@ -299,8 +312,9 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
             } else {
                 window_papers.remove(id);
             }
-            let eligible_bg =
-                in_categories && !rated && date.is_some_and(|d| i32::from(d.year()) >= rc.background_start_year);
+            let eligible_bg = in_categories
+                && !rated
+                && date.is_some_and(|d| i32::from(d.year()) >= rc.background_start_year);
             if eligible_bg {
                 background.insert(id.to_string());
             } else {
@@ -355,7 +369,10 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
     );
     let features = features::load(&sources, &wanted).map_err(rec_err)?;
     let usable = |ids: &[String]| -> Vec<String> {
-        ids.iter().filter(|id| features.fixed.contains_key(*id)).cloned().collect()
+        ids.iter()
+            .filter(|id| features.fixed.contains_key(*id))
+            .cloned()
+            .collect()
     };
     let (likes_used, dislikes_used) = (usable(&likes), usable(&dislikes));
     for id in likes.iter().chain(&dislikes) {
@@ -386,12 +403,20 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
     for (ids, label, kind) in [(&likes_used, 1, "like"), (&dislikes_used, 0, "dislike")] {
         for id in ids {
             x.extend_from_slice(&features.fixed[id]);
-            training.push(TrainingRow { paper_id: id.clone(), label, kind });
+            training.push(TrainingRow {
+                paper_id: id.clone(),
+                label,
+                kind,
+            });
         }
     }
     for (id, vector) in &sampled {
         x.extend_from_slice(vector);
-        training.push(TrainingRow { paper_id: id.clone(), label: 0, kind: "background" });
+        training.push(TrainingRow {
+            paper_id: id.clone(),
+            label: 0,
+            kind: "background",
+        });
     }
     let labels: Vec<bool> = training.iter().map(|r| r.label == 1).collect();
     if labels.iter().all(|l| *l) {
@@ -436,18 +461,30 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
         }
     }
     if scored.is_empty() {
-        return Err(no_candidates(counts.candidates_without_vectors + counts.candidates_non_finite));
+        return Err(no_candidates(
+            counts.candidates_without_vectors + counts.candidates_non_finite,
+        ));
     }
     let scores: Vec<f64> = scored.iter().map(|s| s.score).collect();
     let show = if options.force_all {
         vec![true; scores.len()]
     } else {
-        select::adaptive_sample(&scores, rc.sample_rate, rc.high_threshold, rc.boundary_threshold, rc.seed)
+        select::adaptive_sample(
+            &scores,
+            rc.sample_rate,
+            rc.high_threshold,
+            rc.boundary_threshold,
+            rc.seed,
+        )
     };
     for (s, flag) in scored.iter_mut().zip(show) {
         s.show = flag;
     }
-    scored.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.record.paper_id.cmp(&b.record.paper_id)));
+    scored.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.record.paper_id.cmp(&b.record.paper_id))
+    });
     counts.scored = scored.len();
     counts.recommended = scored.iter().filter(|s| s.show).count();
 
@@ -460,7 +497,12 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
             title: one_line(&s.record.title),
             authors: s.record.authors.clone(),
             categories: s.record.categories.clone(),
-            date: s.record.effective_date().get(..10).unwrap_or_default().to_string(),
+            date: s
+                .record
+                .effective_date()
+                .get(..10)
+                .unwrap_or_default()
+                .to_string(),
             score: s.score,
         })
         .collect();
@@ -547,7 +589,10 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
         "warnings": report.warnings,
         "source": "papersys.recommend",
     });
-    let title = format!("papersys recommendations {run_id} ({})", report.window.description);
+    let title = format!(
+        "papersys recommendations {run_id} ({})",
+        report.window.description
+    );
     let dir: PathBuf = output::write_run(
         &rc.output_dir,
         &run_id,
@@ -559,7 +604,12 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
             names: &names,
         },
     )
-    .map_err(|source| rec_err(RecommendError::Write { dir: rc.output_dir.clone(), source }))?;
+    .map_err(|source| {
+        rec_err(RecommendError::Write {
+            dir: rc.output_dir.clone(),
+            source,
+        })
+    })?;
     report.run_id = Some(run_id);
     report.run_dir = Some(dir.display().to_string());
     Ok(report)

@@ -109,10 +109,7 @@ pub fn read_records(
         .headers()
         .map_err(|e| file_issue(format!("cannot read the header: {e}")))?
         .clone();
-    let headers: csv::StringRecord = headers
-        .iter()
-        .map(|h| h.trim_start_matches('\u{feff}'))
-        .collect();
+    let headers: csv::StringRecord = headers.iter().map(|h| h.trim_start_matches('\u{feff}')).collect();
     if !headers.iter().any(|h| h == "paper_id") {
         return Err(file_issue("no `paper_id` column".to_string()));
     }

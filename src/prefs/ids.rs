@@ -56,7 +56,12 @@ pub fn find_all(text: &str) -> Vec<String> {
 /// the byte after it (version included).
 fn parse_at(text: &str, at: usize) -> Option<(String, usize)> {
     let bytes = text.as_bytes();
-    let digits = |from: usize| bytes[from.min(bytes.len())..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let digits = |from: usize| {
+        bytes[from.min(bytes.len())..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count()
+    };
     // New style: four digits, a dot, four or five digits.
     if digits(at) == 4 && bytes.get(at + 4) == Some(&b'.') {
         let tail = digits(at + 5);
@@ -77,7 +82,10 @@ fn parse_at(text: &str, at: usize) -> Option<(String, usize)> {
     }
     let mut slash = at + archive;
     if bytes.get(slash) == Some(&b'.') {
-        let class = bytes[slash + 1..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
+        let class = bytes[slash + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphabetic())
+            .count();
         if class != 2 {
             return None;
         }
@@ -113,12 +121,24 @@ mod tests {
         assert_eq!(normalize("hep-th/9901001v3").as_deref(), Some("hep-th/9901001"));
         assert_eq!(normalize("math.AG/0301001").as_deref(), Some("math/0301001"));
         assert_eq!(normalize("arXiv:2401.00001").as_deref(), Some("2401.00001"));
-        assert_eq!(normalize("ARXIV: hep-th/9901001").as_deref(), Some("hep-th/9901001"));
+        assert_eq!(
+            normalize("ARXIV: hep-th/9901001").as_deref(),
+            Some("hep-th/9901001")
+        );
     }
 
     #[test]
     fn non_ids_are_refused() {
-        for bad in ["", "2401.001", "240.00001", "2401.000011", "hello", "hep-th/990100", "x/9901001", "2401.00001 extra"] {
+        for bad in [
+            "",
+            "2401.001",
+            "240.00001",
+            "2401.000011",
+            "hello",
+            "hep-th/990100",
+            "x/9901001",
+            "2401.00001 extra",
+        ] {
             assert_eq!(normalize(bad), None, "{bad:?}");
         }
     }
@@ -128,7 +148,10 @@ mod tests {
         assert_eq!(find_all("https://arxiv.org/abs/2401.00001v2"), ["2401.00001"]);
         assert_eq!(find_all("http://arxiv.org/pdf/2401.00001v1.pdf"), ["2401.00001"]);
         assert_eq!(find_all("10.48550/arXiv.2401.00001"), ["2401.00001"]);
-        assert_eq!(find_all("http://arxiv.org/abs/hep-th/9901001"), ["hep-th/9901001"]);
+        assert_eq!(
+            find_all("http://arxiv.org/abs/hep-th/9901001"),
+            ["hep-th/9901001"]
+        );
         assert_eq!(
             find_all("arXiv: 2401.00001 [cs.CL]\nCitation Key: x\narXiv:2402.00002v4"),
             ["2401.00001", "2402.00002"]

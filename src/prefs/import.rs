@@ -121,7 +121,8 @@ pub fn read(path: &Path, now: Timestamp) -> Result<Imported, PrefsError> {
         } else if let Some(t) = parse_time(date) {
             t
         } else {
-            out.issues.push(issue(line, format!("row skipped: `{date}` is not a time")));
+            out.issues
+                .push(issue(line, format!("row skipped: `{date}` is not a time")));
             continue;
         };
         match format {
@@ -142,7 +143,8 @@ pub fn read(path: &Path, now: Timestamp) -> Result<Imported, PrefsError> {
             ImportFormat::Preferences => {
                 let raw_id = field(id_column);
                 let Some(paper_id) = ids::normalize(raw_id) else {
-                    out.issues.push(issue(line, format!("row skipped: `{raw_id}` is not an arXiv id")));
+                    out.issues
+                        .push(issue(line, format!("row skipped: `{raw_id}` is not an arXiv id")));
                     continue;
                 };
                 let raw = field(preference_column);
@@ -184,8 +186,18 @@ mod tests {
         let got = read(&path, now()).unwrap();
         assert_eq!(got.format, ImportFormat::Preferences);
         assert_eq!(got.rows, 4);
-        let ids: Vec<_> = got.events.iter().map(|e| (e.paper_id.as_str(), e.preference)).collect();
-        assert_eq!(ids, [("2401.00001", Preference::Like), ("2401.00002", Preference::Dislike)]);
+        let ids: Vec<_> = got
+            .events
+            .iter()
+            .map(|e| (e.paper_id.as_str(), e.preference))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("2401.00001", Preference::Like),
+                ("2401.00002", Preference::Dislike)
+            ]
+        );
         assert!(got.events.iter().all(|e| e.recorded_at == now()));
         let lines: Vec<_> = got.issues.iter().map(|i| i.line).collect();
         assert_eq!(lines, [Some(4), Some(5)]);
@@ -198,6 +210,9 @@ mod tests {
         std::fs::write(&path, "user_id,paper_id,preference_score\nu,2401.00001,0.8\n").unwrap();
         let err = read(&path, now()).unwrap_err();
         assert!(err.is_usage());
-        assert!(err.to_string().contains("user_id, paper_id, preference_score"), "{err}");
+        assert!(
+            err.to_string().contains("user_id, paper_id, preference_score"),
+            "{err}"
+        );
     }
 }

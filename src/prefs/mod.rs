@@ -297,9 +297,14 @@ fn read_event_file(path: &Path, log: &mut EventLog) -> Result<(), PrefsError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(without_bom(&bytes));
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(without_bom(&bytes));
     let headers: Vec<String> = match reader.headers() {
-        Ok(h) => h.iter().map(|s| s.trim_start_matches('\u{feff}').to_string()).collect(),
+        Ok(h) => h
+            .iter()
+            .map(|s| s.trim_start_matches('\u{feff}').to_string())
+            .collect(),
         Err(_) => {
             return Err(PrefsError::NotEventFile {
                 path: path.to_path_buf(),
@@ -330,22 +335,34 @@ fn read_event_file(path: &Path, log: &mut EventLog) -> Result<(), PrefsError> {
         };
         let line = record.position().map_or(0, |p| p.line());
         if record.len() != 3 {
-            log.issues.push(issue(line, format!("row skipped: {} fields, expected 3", record.len())));
+            log.issues.push(issue(
+                line,
+                format!("row skipped: {} fields, expected 3", record.len()),
+            ));
             continue;
         }
         let Some(paper_id) = ids::normalize(&record[0]) else {
-            log.issues.push(issue(line, format!("row skipped: `{}` is not an arXiv id", &record[0])));
+            log.issues.push(issue(
+                line,
+                format!("row skipped: `{}` is not an arXiv id", &record[0]),
+            ));
             continue;
         };
         let Some(preference) = Preference::parse(&record[1]) else {
             log.issues.push(issue(
                 line,
-                format!("row skipped: preference `{}` is not like, dislike or neutral", &record[1]),
+                format!(
+                    "row skipped: preference `{}` is not like, dislike or neutral",
+                    &record[1]
+                ),
             ));
             continue;
         };
         let Some(recorded_at) = parse_time(&record[2]) else {
-            log.issues.push(issue(line, format!("row skipped: recorded_at `{}` is not a time", &record[2])));
+            log.issues.push(issue(
+                line,
+                format!("row skipped: recorded_at `{}` is not a time", &record[2]),
+            ));
             continue;
         };
         log.events.push(Event {
@@ -423,7 +440,10 @@ mod tests {
             .append(&[event("2401.00009", Preference::Neutral, "2025-06-01T00:00:00Z")])
             .unwrap();
         let text = std::fs::read_to_string(prefs.join("events-2025.csv")).unwrap();
-        assert!(text.contains("2401.00004,like,yesterday\n2401.00009,neutral,"), "{text}");
+        assert!(
+            text.contains("2401.00004,like,yesterday\n2401.00009,neutral,"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -438,14 +458,23 @@ mod tests {
             .append(&[event("2401.00009", Preference::Like, "2025-06-01T00:00:00Z")])
             .unwrap_err();
         assert!(matches!(err, PrefsError::NotEventFile { .. }));
-        assert_eq!(std::fs::read_to_string(prefs.join("events-2025.csv")).unwrap(), "id,score\n1,2\n");
+        assert_eq!(
+            std::fs::read_to_string(prefs.join("events-2025.csv")).unwrap(),
+            "id,score\n1,2\n"
+        );
     }
 
     #[test]
     fn times_parse_in_the_spellings_met() {
-        assert_eq!(parse_time("2024-01-15 10:23:45"), Some(at("2024-01-15T10:23:45Z")));
+        assert_eq!(
+            parse_time("2024-01-15 10:23:45"),
+            Some(at("2024-01-15T10:23:45Z"))
+        );
         assert_eq!(parse_time("2024-01-15"), Some(at("2024-01-15T00:00:00Z")));
-        assert_eq!(parse_time("2024-01-15T10:23:45+02:00"), Some(at("2024-01-15T08:23:45Z")));
+        assert_eq!(
+            parse_time("2024-01-15T10:23:45+02:00"),
+            Some(at("2024-01-15T08:23:45Z"))
+        );
         assert_eq!(parse_time("soon"), None);
     }
 }

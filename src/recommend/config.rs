@@ -159,7 +159,12 @@ impl RecommendConfig {
         let at = |s: &std::ops::Range<usize>, message: String| config.invalid_at(s.start, message);
 
         let categories = match &data.categories {
-            Some(c) => c.get_ref().iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            Some(c) => c
+                .get_ref()
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
             None => DEFAULT_CATEGORIES.iter().map(|s| s.to_string()).collect(),
         };
         let embedding_columns = match &data.embedding_columns {
@@ -167,16 +172,23 @@ impl RecommendConfig {
                 if columns.get_ref().is_empty() {
                     return Err(at(
                         &columns.span(),
-                        "`recommend_pipeline.data.embedding_columns` is empty; name at least one model alias".into(),
+                        "`recommend_pipeline.data.embedding_columns` is empty; name at least one model alias"
+                            .into(),
                     ));
                 }
                 let mut aliases = Vec::new();
                 for name in columns.get_ref() {
                     let alias = Alias::parse(name).map_err(|e| {
-                        at(&columns.span(), format!("`embedding_columns` entry {name:?}: {e}"))
+                        at(
+                            &columns.span(),
+                            format!("`embedding_columns` entry {name:?}: {e}"),
+                        )
                     })?;
                     if aliases.contains(&alias) {
-                        return Err(at(&columns.span(), format!("`embedding_columns` names `{name}` twice")));
+                        return Err(at(
+                            &columns.span(),
+                            format!("`embedding_columns` names `{name}` twice"),
+                        ));
                     }
                     aliases.push(alias);
                 }
@@ -184,8 +196,9 @@ impl RecommendConfig {
             }
             None => config.models.iter().take(1).map(|m| m.alias.clone()).collect(),
         };
-        let dir = |value: &Option<Spanned<String>>, key: &str, default: &str| -> Result<PathBuf, ConfigError> {
-            match value {
+        let dir =
+            |value: &Option<Spanned<String>>, key: &str, default: &str| -> Result<PathBuf, ConfigError> {
+                match value {
                 None => Ok(config.data_root.join(default)),
                 Some(v) => inside_root(config, v.get_ref())
                     .ok_or_else(|| at(&v.span(), format!(
@@ -194,9 +207,17 @@ impl RecommendConfig {
                         config.data_root.display()
                     ))),
             }
-        };
-        let preference_dir = dir(&data.preference_dir, "recommend_pipeline.data.preference_dir", "preferences")?;
-        let output_dir = dir(&predict.output_dir, "recommend_pipeline.predict.output_dir", "recommendations")?;
+            };
+        let preference_dir = dir(
+            &data.preference_dir,
+            "recommend_pipeline.data.preference_dir",
+            "preferences",
+        )?;
+        let output_dir = dir(
+            &predict.output_dir,
+            "recommend_pipeline.predict.output_dir",
+            "recommendations",
+        )?;
         let mut warnings = Vec::new();
         for (value, key, actual) in [
             (&data.metadata_dir, "metadata_dir", &config.metadata_dir),
@@ -217,25 +238,40 @@ impl RecommendConfig {
         let background_start_year = match &data.background_start_year {
             None => 2024,
             Some(y) if (1900..=9999).contains(y.get_ref()) => *y.get_ref() as i32,
-            Some(y) => return Err(at(&y.span(), format!("`background_start_year` = {} is not a year", y.get_ref()))),
+            Some(y) => {
+                return Err(at(
+                    &y.span(),
+                    format!("`background_start_year` = {} is not a year", y.get_ref()),
+                ));
+            }
         };
         let seed = match &trainer.seed {
             None => 42,
-            Some(s) => u64::try_from(*s.get_ref())
-                .map_err(|_| at(&s.span(), format!("`seed` must be a non-negative integer, got {}", s.get_ref())))?,
+            Some(s) => u64::try_from(*s.get_ref()).map_err(|_| {
+                at(
+                    &s.span(),
+                    format!("`seed` must be a non-negative integer, got {}", s.get_ref()),
+                )
+            })?,
         };
         let positive = |value: &Option<Spanned<f64>>, key: &str, default: f64| -> Result<f64, ConfigError> {
             match value {
                 None => Ok(default),
                 Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 => Ok(*v.get_ref()),
-                Some(v) => Err(at(&v.span(), format!("`{key}` must be a positive number, got {}", v.get_ref()))),
+                Some(v) => Err(at(
+                    &v.span(),
+                    format!("`{key}` must be a positive number, got {}", v.get_ref()),
+                )),
             }
         };
         let unit = |value: &Option<Spanned<f64>>, key: &str, default: f64| -> Result<f64, ConfigError> {
             match value {
                 None => Ok(default),
                 Some(v) if (0.0..=1.0).contains(v.get_ref()) => Ok(*v.get_ref()),
-                Some(v) => Err(at(&v.span(), format!("`{key}` must lie in [0, 1], got {}", v.get_ref()))),
+                Some(v) => Err(at(
+                    &v.span(),
+                    format!("`{key}` must lie in [0, 1], got {}", v.get_ref()),
+                )),
             }
         };
         let bg_sample_rate = positive(&trainer.bg_sample_rate, "bg_sample_rate", 5.0)?;
@@ -243,21 +279,33 @@ impl RecommendConfig {
         let max_iter = match &logistic.max_iter {
             None => 1000,
             Some(n) if *n.get_ref() >= 1 => *n.get_ref() as u64,
-            Some(n) => return Err(at(&n.span(), format!("`max_iter` must be at least 1, got {}", n.get_ref()))),
+            Some(n) => {
+                return Err(at(
+                    &n.span(),
+                    format!("`max_iter` must be at least 1, got {}", n.get_ref()),
+                ));
+            }
         };
         let last_n_days = match &predict.last_n_days {
             None => 7,
             Some(n) if (1..=100_000).contains(n.get_ref()) => *n.get_ref() as u32,
-            Some(n) => return Err(at(&n.span(), format!("`last_n_days` must be at least 1, got {}", n.get_ref()))),
+            Some(n) => {
+                return Err(at(
+                    &n.span(),
+                    format!("`last_n_days` must be at least 1, got {}", n.get_ref()),
+                ));
+            }
         };
         let date = |value: &Option<Spanned<String>>, key: &str| -> Result<Option<Date>, ConfigError> {
             match value {
-                Some(v) if !v.get_ref().trim().is_empty() => v
-                    .get_ref()
-                    .trim()
-                    .parse::<Date>()
-                    .map(Some)
-                    .map_err(|_| at(&v.span(), format!("`{key}` = {:?} is not a date (YYYY-MM-DD)", v.get_ref()))),
+                Some(v) if !v.get_ref().trim().is_empty() => {
+                    v.get_ref().trim().parse::<Date>().map(Some).map_err(|_| {
+                        at(
+                            &v.span(),
+                            format!("`{key}` = {:?} is not a date (YYYY-MM-DD)", v.get_ref()),
+                        )
+                    })
+                }
                 _ => Ok(None),
             }
         };
@@ -267,28 +315,48 @@ impl RecommendConfig {
             && start > end
             && let Some(v) = &predict.start_date
         {
-            return Err(at(&v.span(), format!("`start_date` {start} is after `end_date` {end}")));
+            return Err(at(
+                &v.span(),
+                format!("`start_date` {start} is after `end_date` {end}"),
+            ));
         }
         if start_date.is_some() != end_date.is_some() {
-            let span = predict.start_date.as_ref().or(predict.end_date.as_ref()).map(|v| v.span()).unwrap_or(0..0);
-            return Err(at(&span, "set both `start_date` and `end_date`, or neither (then `last_n_days` applies)".into()));
+            let span = predict
+                .start_date
+                .as_ref()
+                .or(predict.end_date.as_ref())
+                .map(|v| v.span())
+                .unwrap_or(0..0);
+            return Err(at(
+                &span,
+                "set both `start_date` and `end_date`, or neither (then `last_n_days` applies)".into(),
+            ));
         }
         let high_threshold = unit(&predict.high_threshold, "high_threshold", 0.85)?;
         let boundary_threshold = unit(&predict.boundary_threshold, "boundary_threshold", 0.6)?;
         if boundary_threshold > high_threshold
             && let Some(v) = &predict.boundary_threshold
         {
-            return Err(at(&v.span(), format!(
-                "`boundary_threshold` {boundary_threshold} is above `high_threshold` {high_threshold}"
-            )));
+            return Err(at(
+                &v.span(),
+                format!(
+                    "`boundary_threshold` {boundary_threshold} is above `high_threshold` {high_threshold}"
+                ),
+            ));
         }
         let sample_rate = match &predict.sample_rate {
             Some(v) if *v.get_ref() <= 0.0 => {
-                return Err(at(&v.span(), format!("`sample_rate` must lie in (0, 1], got {}", v.get_ref())));
+                return Err(at(
+                    &v.span(),
+                    format!("`sample_rate` must lie in (0, 1], got {}", v.get_ref()),
+                ));
             }
             other => unit(other, "sample_rate", 0.001)?,
         };
-        let file = |value: &Option<Spanned<String>>, key: &str, default: &str| -> Result<String, ConfigError> {
+        let file = |value: &Option<Spanned<String>>,
+                    key: &str,
+                    default: &str|
+         -> Result<String, ConfigError> {
             match value {
                 None => Ok(default.to_string()),
                 Some(v) => {
@@ -298,21 +366,39 @@ impl RecommendConfig {
                     if plain && !reserved {
                         Ok(name.to_string())
                     } else {
-                        Err(at(&v.span(), format!(
-                            "`{key}` = {:?} must be a plain file name (it is written inside each run's directory), \
+                        Err(at(
+                            &v.span(),
+                            format!(
+                                "`{key}` = {:?} must be a plain file name (it is written inside each run's directory), \
                              other than training.parquet and recommended.md",
-                            v.get_ref()
-                        )))
+                                v.get_ref()
+                            ),
+                        ))
                     }
                 }
             }
         };
         let output_path = file(&predict.output_path, "output_path", "predictions.parquet")?;
-        let recommended_path = file(&predict.recommended_path, "recommended_path", "recommended.parquet")?;
+        let recommended_path = file(
+            &predict.recommended_path,
+            "recommended_path",
+            "recommended.parquet",
+        )?;
         let manifest_path = file(&predict.manifest_path, "manifest_path", "manifest.json")?;
-        if output_path == recommended_path || output_path == manifest_path || recommended_path == manifest_path {
-            let span = predict.output_path.as_ref().or(predict.recommended_path.as_ref()).map(|v| v.span()).unwrap_or(0..0);
-            return Err(at(&span, "`output_path`, `recommended_path` and `manifest_path` must differ".into()));
+        if output_path == recommended_path
+            || output_path == manifest_path
+            || recommended_path == manifest_path
+        {
+            let span = predict
+                .output_path
+                .as_ref()
+                .or(predict.recommended_path.as_ref())
+                .map(|v| v.span())
+                .unwrap_or(0..0);
+            return Err(at(
+                &span,
+                "`output_path`, `recommended_path` and `manifest_path` must differ".into(),
+            ));
         }
         warnings.extend(near_misses(config));
         Ok(RecommendConfig {
@@ -346,7 +432,11 @@ fn inside_root(config: &Config, value: &str) -> Option<PathBuf> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Unknown keys of the section that are one or two edits from a known key
@@ -370,7 +460,11 @@ fn near_misses(config: &Config) -> Vec<String> {
                 continue;
             }
             if let Some(near) = known.iter().find(|k| is_near(key, k)) {
-                let prefix = if table.is_empty() { String::new() } else { format!("{table}.") };
+                let prefix = if table.is_empty() {
+                    String::new()
+                } else {
+                    format!("{table}.")
+                };
                 warnings.push(format!(
                     "{}: unknown key `recommend_pipeline.{prefix}{key}` is ignored; did you mean `{near}`?",
                     config.path.display()
@@ -393,7 +487,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
         let mut previous = row[0];
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
-            let next = (previous + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            let next = (previous + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
             previous = row[j + 1];
             row[j + 1] = next;
         }
@@ -448,7 +544,10 @@ manifest_path = "manifest.json"
 "#,
         );
         let r = RecommendConfig::from_config(&c).unwrap();
-        assert_eq!(r.embedding_columns.iter().map(|a| a.as_str()).collect::<Vec<_>>(), ["jasper_v1", "conan_v1"]);
+        assert_eq!(
+            r.embedding_columns.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+            ["jasper_v1", "conan_v1"]
+        );
         assert_eq!(r.preference_dir, Path::new("/data/preferences"));
         assert_eq!(r.output_dir, Path::new("/data/recommendations"));
         assert_eq!((r.c, r.max_iter, r.seed, r.last_n_days), (1.0, 1000, 42, 7));
@@ -460,19 +559,34 @@ manifest_path = "manifest.json"
         let r = RecommendConfig::from_config(&config("")).unwrap();
         assert_eq!(r.embedding_columns[0].as_str(), "m1");
         assert_eq!(r.categories.len(), 7);
-        assert_eq!((r.high_threshold, r.boundary_threshold, r.sample_rate), (0.85, 0.6, 0.001));
+        assert_eq!(
+            (r.high_threshold, r.boundary_threshold, r.sample_rate),
+            (0.85, 0.6, 0.001)
+        );
     }
 
     #[test]
     fn bad_values_name_their_line_and_near_misses_warn() {
-        let err = RecommendConfig::from_config(&config("[recommend_pipeline.predict]\n\nhigh_threshold = 1.5\n"))
-            .unwrap_err();
-        assert!(err.to_string().contains("papersys.toml:8: `high_threshold` must lie in [0, 1]"), "{err}");
-        let err = RecommendConfig::from_config(&config("[recommend_pipeline.predict]\noutput_dir = \"../x\"\n"))
-            .unwrap_err();
-        assert!(err.to_string().contains(":7: `recommend_pipeline.predict.output_dir`"), "{err}");
-        let err = RecommendConfig::from_config(&config("[recommend_pipeline.predict]\nstart_date = \"2025-01-01\"\n"))
-            .unwrap_err();
+        let err =
+            RecommendConfig::from_config(&config("[recommend_pipeline.predict]\n\nhigh_threshold = 1.5\n"))
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("papersys.toml:8: `high_threshold` must lie in [0, 1]"),
+            "{err}"
+        );
+        let err =
+            RecommendConfig::from_config(&config("[recommend_pipeline.predict]\noutput_dir = \"../x\"\n"))
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(":7: `recommend_pipeline.predict.output_dir`"),
+            "{err}"
+        );
+        let err = RecommendConfig::from_config(&config(
+            "[recommend_pipeline.predict]\nstart_date = \"2025-01-01\"\n",
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("set both"), "{err}");
         let r = RecommendConfig::from_config(&config(
             "[recommend_pipeline.predict]\nhigh_treshold = 0.9\nsomething_else = 1\n",

@@ -103,8 +103,17 @@ impl AliasSource {
     /// Describes `alias` stored in `dir`; `configured` is the config's dimension if any.
     pub fn open(alias: Alias, dir: PathBuf, configured: Option<usize>) -> Result<AliasSource, FeatureError> {
         let files: Vec<PathBuf> = manifest::year_files(&dir)
-            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(e) })
-            .map_err(|source| FeatureError::Io { dir: dir.clone(), source })?
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(Vec::new())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|source| FeatureError::Io {
+                dir: dir.clone(),
+                source,
+            })?
             .into_iter()
             .map(|(_, path)| path)
             .collect();
@@ -193,7 +202,12 @@ pub fn load(sources: &[AliasSource], wanted: &Wanted<'_>) -> Result<Features, Fe
             part.valid.insert(id.to_string());
             let key = (background_key(wanted.seed, id), id.to_string());
             let full = part.background.len() >= wanted.background_max;
-            if !full || part.background.last_key_value().is_some_and(|(last, _)| key < *last) {
+            if !full
+                || part
+                    .background
+                    .last_key_value()
+                    .is_some_and(|(last, _)| key < *last)
+            {
                 part.background.insert(key, v.to_vec());
                 if part.background.len() > wanted.background_max {
                     part.background.pop_last();

@@ -32,7 +32,11 @@ pub struct Model {
 impl Model {
     /// The probability of the positive class for one feature row.
     pub fn probability(&self, x: &[f32]) -> f64 {
-        let z: f64 = self.intercept + x.iter().zip(&self.weights).map(|(a, w)| f64::from(*a) * w).sum::<f64>();
+        let z: f64 = self.intercept
+            + x.iter()
+                .zip(&self.weights)
+                .map(|(a, w)| f64::from(*a) * w)
+                .sum::<f64>();
         sigmoid(z)
     }
 }
@@ -48,7 +52,11 @@ fn sigmoid(z: f64) -> f64 {
 
 /// `log(1 + exp(-m))`, stable for any margin.
 fn log_loss(m: f64) -> f64 {
-    if m > 0.0 { (-m).exp().ln_1p() } else { -m + m.exp().ln_1p() }
+    if m > 0.0 {
+        (-m).exp().ln_1p()
+    } else {
+        -m + m.exp().ln_1p()
+    }
 }
 
 /// Why no model could be fitted.
@@ -122,7 +130,14 @@ impl Gradient for Problem<'_> {
 
 /// Fits on `x` (row-major, `dim` columns, one row per label) with labels
 /// true = positive. `tolerance` bounds the gradient norm at convergence.
-pub fn fit(x: &[f32], dim: usize, labels: &[bool], c: f64, max_iter: u64, tolerance: f64) -> Result<Model, FitError> {
+pub fn fit(
+    x: &[f32],
+    dim: usize,
+    labels: &[bool],
+    c: f64,
+    max_iter: u64,
+    tolerance: f64,
+) -> Result<Model, FitError> {
     let n = labels.len();
     let positives = labels.iter().filter(|l| **l).count();
     if positives == 0 || positives == n {
@@ -197,6 +212,9 @@ mod tests {
 
     #[test]
     fn one_class_is_refused() {
-        assert!(matches!(fit(&[1.0, 2.0], 1, &[true, true], 1.0, 10, 1e-8), Err(FitError::SingleClass)));
+        assert!(matches!(
+            fit(&[1.0, 2.0], 1, &[true, true], 1.0, 10, 1e-8),
+            Err(FitError::SingleClass)
+        ));
     }
 }

@@ -96,8 +96,14 @@ pub fn predictions_batch(rows: &[Scored]) -> Result<RecordBatch, arrow_schema::A
         ("authors", text(|r| &r.authors)),
         ("published_at", text(|r| &r.published_at)),
         ("updated_at", text(|r| &r.updated_at)),
-        ("score", Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.score)))),
-        ("show", Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| i8::from(r.show))))),
+        (
+            "score",
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.score))),
+        ),
+        (
+            "show",
+            Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| i8::from(r.show)))),
+        ),
     ];
     let fields: Vec<Field> = columns
         .iter()
@@ -118,7 +124,9 @@ fn training_batch(rows: &[TrainingRow]) -> Result<RecordBatch, arrow_schema::Arr
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.paper_id.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.paper_id.as_str()),
+            )),
             Arc::new(Int8Array::from_iter_values(rows.iter().map(|r| r.label))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.kind))),
         ],
@@ -136,7 +144,10 @@ pub fn digest(title: &str, shown: &[&Scored]) -> String {
         let one_line = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
         out.push_str(&format!("## {}. {}\n\n", i + 1, one_line(&r.title)));
         if !r.authors.is_empty() {
-            out.push_str(&format!("*{}*\n\n", r.authors.split(';').map(str::trim).collect::<Vec<_>>().join(", ")));
+            out.push_str(&format!(
+                "*{}*\n\n",
+                r.authors.split(';').map(str::trim).collect::<Vec<_>>().join(", ")
+            ));
         }
         let categories: Vec<&str> = r.category_list().collect();
         out.push_str(&format!(

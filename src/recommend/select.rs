@@ -45,7 +45,9 @@ pub fn adaptive_sample(scores: &[f64], sample_rate: f64, high: f64, boundary: f6
         show[i] = true;
     }
     let mut remaining = target - high_idx.len();
-    let band: Vec<usize> = (0..n).filter(|&i| scores[i] >= boundary && scores[i] < high).collect();
+    let band: Vec<usize> = (0..n)
+        .filter(|&i| scores[i] >= boundary && scores[i] < high)
+        .collect();
     if !band.is_empty() && remaining > 0 {
         let amount = remaining.min(band.len());
         let weight = |k: usize| (scores[band[k]] - boundary).max(0.0);
