@@ -311,21 +311,6 @@ pub fn status(out: &mut impl Write, report: &StatusReport) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_are_grouped() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(2_800_000), "2,800,000");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(3_600_000_000), "3.6 GB");
-    }
-}
-
 /// `papersys prefs add` / `prefs import`.
 pub fn prefs_change(
     out: &mut impl Write,
@@ -479,4 +464,19 @@ fn left_aligned(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
         writeln!(out, "{}", cells.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(2_800_000), "2,800,000");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3_600_000_000), "3.6 GB");
+    }
 }
