@@ -2,7 +2,7 @@
 # Creates the repo's Python environment, used only by tests and tools that
 # compare papersys with the Python stack. papersys itself needs no Python.
 #
-#   scripts/python-env.sh            # pyarrow + polars + numpy (the test suite's readers)
+#   scripts/python-env.sh            # pyarrow + polars + numpy (the test suite's readers), scikit-learn (the recommender's reference)
 #   scripts/python-env.sh --full     # also sentence-transformers + torch (fixtures, benchmarks)
 #
 # The venv lives in $PAPERSYS_VENV (default: .venv in the repo); prints its python.
@@ -17,7 +17,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 need=()
-"$py" -c 'import pyarrow, polars, numpy' 2>/dev/null || need+=(pyarrow polars numpy)
+"$py" -c 'import pyarrow, polars, numpy, sklearn, scipy' 2>/dev/null || need+=(pyarrow polars numpy scikit-learn scipy)
 if [ "$full" = 1 ]; then
   "$py" -c 'import sentence_transformers, torch, transformers' 2>/dev/null || need+=(torch sentence-transformers transformers)
 fi

@@ -36,6 +36,23 @@ pub enum Error {
     /// A run that did its work but must be reported as failed.
     #[error("{0}")]
     Run(String),
+    /// The preference store could not be read or written.
+    #[error(transparent)]
+    Prefs(#[from] crate::prefs::PrefsError),
+    /// A recommendation run could not be made.
+    #[error(transparent)]
+    Recommend(#[from] crate::recommend::RecommendError),
+    /// Ctrl-C or SIGTERM stopped the work; what was done is saved.
+    #[error("{0}")]
+    Interrupted(String),
+    /// A stage of `papersys update` failed; the later stages did not run.
+    #[error("{stage} failed: {source}")]
+    Stage {
+        /// The stage (`ingest`, `embed`, `recommend`).
+        stage: &'static str,
+        /// Its error; the run's exit code is this error's.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -74,6 +91,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Usage(_) => EXIT_USAGE,
+            Error::Prefs(e) if e.is_usage() => EXIT_USAGE,
+            Error::Recommend(e) => e.exit_code(),
+            Error::Interrupted(_) => crate::interrupt::EXIT_INTERRUPTED,
+            Error::Stage { source, .. } => source.exit_code(),
             // A metadata directory that does not exist is a config mistake
             // (data_root or [ingestion].output_dir), not a run-time failure.
             Error::Discovery(crate::metadata::DiscoveryError::Unreadable { source, .. })

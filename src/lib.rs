@@ -17,6 +17,8 @@ pub mod fault;
 pub mod ingest;
 pub mod interrupt;
 pub mod metadata;
+pub mod prefs;
+pub mod recommend;
 pub mod pipeline;
 pub mod plan;
 pub mod query;

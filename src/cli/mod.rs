@@ -12,11 +12,13 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::embed::{EmbedOptions, parse_years};
 use crate::commands::search::QueryOptions;
+use crate::commands::recommend::{RecommendOptions, WindowChoice};
 use crate::commands::{self, select_models};
 use crate::config::{Config, ModelConfig};
 use crate::error::{EXIT_OK, Error};
 use crate::pipeline::ProgressMode;
 use crate::plan::RefreshOptions;
+use crate::prefs::Preference;
 use crate::query::CacheMode;
 
 /// papersys keeps sentence embeddings of arXiv paper metadata complete,
@@ -56,6 +58,79 @@ pub enum CommandArgs {
     Similar(SimilarArgs),
     /// Harvest arXiv metadata (OAI-PMH; incremental by default) or import Kaggle's snapshot into metadata-YYYY.csv
     Ingest(IngestArgs),
+    /// Record or show what you like and dislike (what the recommender learns from)
+    #[command(subcommand)]
+    Prefs(PrefsArgs),
+    /// Learn from your preferences and pick the recent papers worth reading
+    Recommend(RecommendArgs),
+    /// The daily job: ingest (incremental), embed every model, recommend; stops at the first failure
+    Update,
+}
+
+/// `papersys prefs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PrefsArgs {
+    /// Record a preference for papers (ids, arXiv URLs or DOIs; versions are ignored)
+    Add(PrefsAddArgs),
+    /// Import a preference CSV (id/paper_id/arxiv_id + preference [+ recorded_at]) or a Zotero CSV export (as likes)
+    Import(PrefsImportArgs),
+    /// Show every paper's current preference, newest first
+    List,
+}
+
+/// Arguments of `papersys prefs add`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("preference").required(true).multiple(false))]
+pub struct PrefsAddArgs {
+    /// arXiv ids, e.g. 2401.00001 hep-th/9901001 arXiv:2401.00001v2
+    #[arg(value_name = "PAPER_ID", required = true)]
+    ids: Vec<String>,
+    /// Papers you want more of
+    #[arg(long, group = "preference")]
+    like: bool,
+    /// Papers you want fewer of
+    #[arg(long, group = "preference")]
+    dislike: bool,
+    /// Seen, no opinion: neither learned from nor recommended again
+    #[arg(long, group = "preference")]
+    neutral: bool,
+}
+
+/// Arguments of `papersys prefs import`.
+#[derive(Debug, Args)]
+pub struct PrefsImportArgs {
+    /// The CSV file
+    #[arg(value_name = "FILE.csv")]
+    file: PathBuf,
+}
+
+/// Arguments of `papersys recommend`.
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// Model alias whose vectors are used (repeatable; concatenated in order)
+    /// [default: recommend_pipeline.data.embedding_columns]
+    #[arg(long = "model", value_name = "ALIAS")]
+    models: Vec<String>,
+    /// Score the papers of the last N days [default: predict.last_n_days]
+    #[arg(long, value_name = "N", conflicts_with_all = ["from", "until"], value_parser = clap::value_parser!(u32).range(1..))]
+    last_n_days: Option<u32>,
+    /// First date to score (YYYY-MM-DD), with --until
+    #[arg(long, value_name = "DATE", requires = "until", value_parser = parse_date)]
+    from: Option<jiff::civil::Date>,
+    /// Last date to score (YYYY-MM-DD, included), with --from
+    #[arg(long, value_name = "DATE", requires = "from", value_parser = parse_date)]
+    until: Option<jiff::civil::Date>,
+    /// Show every candidate, not the adaptive sample
+    #[arg(long)]
+    force_all: bool,
+    /// Train and score, but write nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_date(text: &str) -> Result<jiff::civil::Date, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)"))
 }
 
 /// Which models a command works on.
@@ -237,6 +312,37 @@ pub enum HiArgs {
         /// Aliases of the chosen models.
         models: Vec<String>,
     },
+    /// `papersys prefs ...`.
+    Prefs {
+        /// The config.
+        config: Config,
+        /// What to do.
+        action: PrefsAction,
+    },
+    /// `papersys recommend`.
+    Recommend {
+        /// The config.
+        config: Config,
+        /// What to do.
+        options: RecommendOptions,
+    },
+    /// `papersys update`.
+    Update {
+        /// The config.
+        config: Config,
+        /// How the stages run.
+        options: commands::update::UpdateOptions,
+    },
+}
+
+/// A `papersys prefs` action, resolved.
+pub enum PrefsAction {
+    /// Record `preference` for these ids.
+    Add(Vec<String>, Preference),
+    /// Import a file.
+    Import(PathBuf),
+    /// Show the store.
+    List,
 }
 
 impl HiArgs {
@@ -312,6 +418,47 @@ impl HiArgs {
                 model: query_model(&config, &args.query)?,
                 ids: args.ids.clone(),
                 options: query_options(&args.query)?,
+                config,
+            },
+            CommandArgs::Prefs(args) => HiArgs::Prefs {
+                action: match args {
+                    PrefsArgs::Add(add) => PrefsAction::Add(
+                        add.ids.clone(),
+                        if add.like {
+                            Preference::Like
+                        } else if add.dislike {
+                            Preference::Dislike
+                        } else {
+                            Preference::Neutral
+                        },
+                    ),
+                    PrefsArgs::Import(import) => PrefsAction::Import(import.file.clone()),
+                    PrefsArgs::List => PrefsAction::List,
+                },
+                config,
+            },
+            CommandArgs::Update => HiArgs::Update {
+                options: commands::update::UpdateOptions {
+                    progress: if low.quiet || low.json {
+                        ProgressMode::Quiet
+                    } else {
+                        ProgressMode::Auto
+                    },
+                },
+                config,
+            },
+            CommandArgs::Recommend(args) => HiArgs::Recommend {
+                options: RecommendOptions {
+                    models: args.models.clone(),
+                    window: match (args.last_n_days, args.from, args.until) {
+                        (Some(n), _, _) => Some(WindowChoice::LastDays(n)),
+                        (None, Some(from), Some(until)) => Some(WindowChoice::Range { from, until }),
+                        _ => None,
+                    },
+                    force_all: args.force_all,
+                    dry_run: args.dry_run,
+                    today: None,
+                },
                 config,
             },
             CommandArgs::Status(args) => HiArgs::Status {
@@ -461,6 +608,58 @@ pub fn run(low: LowArgs) -> Result<i32, Error> {
             } else {
                 render::search(&mut out, &report, render::terminal_width())
             }
+        }
+        HiArgs::Prefs { config, action } => match action {
+            PrefsAction::List => {
+                let report = commands::prefs::list(&config)?;
+                render::warn_issues(&report.input_issues);
+                if json {
+                    render::json(&mut out, &report)
+                } else {
+                    render::prefs_list(&mut out, &report)
+                }
+            }
+            PrefsAction::Add(ids, preference) => {
+                let report = commands::prefs::add(&config, &ids, preference)?;
+                if json {
+                    render::json(&mut out, &report)
+                } else {
+                    render::prefs_change(&mut out, &report)
+                }
+            }
+            PrefsAction::Import(file) => {
+                let report = commands::prefs::import_file(&config, &file)?;
+                if json {
+                    render::json(&mut out, &report)
+                } else {
+                    render::prefs_change(&mut out, &report)
+                }
+            }
+        },
+        HiArgs::Recommend { config, options } => {
+            let report = commands::recommend::run(&config, &options)?;
+            render::warn_issues(&report.input_issues);
+            if json {
+                render::json(&mut out, &report)
+            } else {
+                render::recommend(&mut out, &report)
+            }
+        }
+        HiArgs::Update { config, options } => {
+            if let Err(e) = crate::interrupt::install() {
+                tracing::warn!("Ctrl-C cannot be handled gracefully ({e}); it ends the run at once");
+            }
+            let outcome = commands::update::run(&config, &options);
+            let written = if json {
+                render::json(&mut out, &outcome.report)
+            } else {
+                render::update(&mut out, &outcome.report)
+            };
+            if let Some(error) = outcome.error {
+                let _ = written.and_then(|()| out.flush());
+                return Err(error);
+            }
+            written
         }
         HiArgs::Status { config, models } => {
             let report = commands::status::run(&config, &models_of(&config, &models))?;

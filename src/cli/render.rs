@@ -528,6 +528,186 @@ fn cut(text: &str, room: Option<usize>) -> String {
     }
 }
 
+/// `papersys prefs add` / `prefs import`.
+pub fn prefs_change(
+    out: &mut impl Write,
+    report: &crate::commands::prefs::PrefsChangeReport,
+) -> io::Result<()> {
+    if let Some(file) = &report.file {
+        let format = match report.format {
+            Some(crate::prefs::import::ImportFormat::Zotero) => "Zotero export",
+            _ => "preference file",
+        };
+        writeln!(out, "{file} ({format}): {} rows", thousands(report.rows))?;
+    }
+    writeln!(
+        out,
+        "recorded {} preferences ({} likes, {} dislikes, {} neutral) in {}",
+        thousands(report.recorded as u64),
+        report.likes,
+        report.dislikes,
+        report.neutral,
+        report.store
+    )?;
+    if report.duplicates > 0 || report.conflicts > 0 {
+        writeln!(
+            out,
+            "{} ids repeated, {} papers with a changed or conflicting preference (the latest recorded_at wins)",
+            report.duplicates, report.conflicts
+        )?;
+    }
+    if report.not_arxiv > 0 {
+        writeln!(
+            out,
+            "{} items without an arXiv id skipped",
+            thousands(report.not_arxiv)
+        )?;
+    }
+    if !report.unknown.is_empty() {
+        writeln!(
+            out,
+            "{} papers are not in the metadata yet (kept; they count once ingested and embedded)",
+            thousands(report.unknown.len() as u64)
+        )?;
+    }
+    if !report.input_issues.is_empty() {
+        writeln!(
+            out,
+            "{} rows skipped (see the warnings above)",
+            report.input_issues.len()
+        )?;
+    }
+    Ok(())
+}
+
+/// `papersys prefs list`.
+pub fn prefs_list(out: &mut impl Write, report: &crate::commands::prefs::PrefsListReport) -> io::Result<()> {
+    let mut rows = vec![vec![
+        "paper".to_string(),
+        "preference".into(),
+        "recorded".into(),
+        "title".into(),
+    ]];
+    for entry in &report.preferences {
+        let title = entry.title.as_deref().unwrap_or("(not in the metadata)");
+        let title: String = title.chars().take(70).collect();
+        rows.push(vec![
+            entry.paper_id.clone(),
+            entry.preference.to_string(),
+            entry
+                .recorded_at
+                .get(..10)
+                .unwrap_or(&entry.recorded_at)
+                .to_string(),
+            title,
+        ]);
+    }
+    left_aligned(out, &rows)?;
+    writeln!(
+        out,
+        "{} likes, {} dislikes, {} neutral in {} ({} not in the metadata)",
+        report.likes, report.dislikes, report.neutral, report.store, report.unknown
+    )
+}
+
+/// Papers of a recommendation shown on the terminal.
+const PICKS_SHOWN: usize = 20;
+
+/// `papersys recommend`.
+pub fn recommend(
+    out: &mut impl Write,
+    report: &crate::commands::recommend::RecommendReport,
+) -> io::Result<()> {
+    let c = &report.counts;
+    writeln!(
+        out,
+        "{} papers of {} recommended out of {} scored ({} likes, {} dislikes, {} background papers learned from)",
+        c.recommended,
+        report.window.description,
+        c.scored,
+        c.likes_used,
+        c.dislikes_used,
+        c.background_sampled
+    )?;
+    let left_out = c.candidates_without_vectors + c.candidates_non_finite;
+    if left_out > 0 {
+        writeln!(
+            out,
+            "{left_out} candidates left out: no usable vector in every model"
+        )?;
+    }
+    let mut rows = vec![vec![
+        "score".to_string(),
+        "paper".into(),
+        "date".into(),
+        "title".into(),
+    ]];
+    for pick in report.recommended.iter().take(PICKS_SHOWN) {
+        rows.push(vec![
+            format!("{:.3}", pick.score),
+            pick.id.clone(),
+            pick.date.clone(),
+            pick.title.chars().take(70).collect(),
+        ]);
+    }
+    left_aligned(out, &rows)?;
+    if report.recommended.len() > PICKS_SHOWN {
+        writeln!(out, "... and {} more", report.recommended.len() - PICKS_SHOWN)?;
+    }
+    match &report.run_dir {
+        Some(dir) => writeln!(out, "written to {dir} (recommended.md to read)"),
+        None => writeln!(out, "dry run: nothing written"),
+    }
+}
+
+/// Rows as left-aligned columns (the last one, a title, unpadded).
+fn left_aligned(out: &mut impl Write, rows: &[Vec<String>]) -> io::Result<()> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
+            .collect();
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
+    }
+    Ok(())
+}
+
+/// The summary of `papersys update`: one line per stage.
+pub fn update(out: &mut impl Write, report: &crate::commands::update::UpdateReport) -> io::Result<()> {
+    use crate::commands::update::StageStatus;
+    for stage in &report.stages {
+        let status = match stage.status {
+            StageStatus::Ok => "ok",
+            StageStatus::Failed => "FAILED",
+            StageStatus::Skipped => "skipped",
+        };
+        let detail = match (&stage.summary, &stage.error) {
+            (_, Some(error)) => error.as_str(),
+            (Some(summary), None) => summary.as_str(),
+            (None, None) => "",
+        };
+        writeln!(
+            out,
+            "{:<10} {:<8} {:>7.1} s  {detail}",
+            stage.stage.as_str(),
+            status,
+            stage.seconds
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,9 +3,12 @@
 
 pub mod backlog;
 pub mod embed;
+pub mod prefs;
+pub mod recommend;
 pub mod search;
 pub mod ingest;
 pub mod status;
+pub mod update;
 
 use serde::Serialize;
 

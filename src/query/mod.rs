@@ -600,11 +600,24 @@ fn collect_rows(path: &Path, dimension: usize, files: &[MetadataFile]) -> Result
 fn read_vectors(path: &Path, dimension: usize) -> Result<(Vec<String>, Vec<f32>), QueryError> {
     let mut ids = Vec::new();
     let mut vectors = Vec::new();
-    let sorted = year_file::for_each_vector(path, dimension, |id, v| {
-        ids.push(id.to_string());
-        vectors.extend_from_slice(v);
+    let mut without_vector = None;
+    let scan = year_file::for_each_vector(path, dimension, |id, v| match v {
+        Some(v) => {
+            ids.push(id.to_string());
+            vectors.extend_from_slice(v);
+        }
+        None => {
+            without_vector.get_or_insert_with(|| id.to_string());
+        }
     })?;
-    if sorted {
+    if let Some(id) = without_vector {
+        return Err(year_file::YearFileError::Damaged {
+            path: path.to_path_buf(),
+            message: format!("paper {id} has no vector, or one with null elements"),
+        }
+        .into());
+    }
+    if scan.sorted_unique {
         return Ok((ids, vectors));
     }
     // Another tool's file: rows in any order. Without repeated ids a

@@ -313,53 +313,6 @@ pub fn read_rows(path: &Path, dimension: usize) -> Result<Vec<VectorRow>, YearFi
     Ok(rows)
 }
 
-/// Streams the ids and vectors of a year file in file order, batch by
-/// batch, checking every vector's length against `dimension`: for readers
-/// that keep their own copy (the search cache) without a `VectorRow` per
-/// paper. Returns whether the ids came sorted and unique, as papersys
-/// writes them; when not (a file from another tool), the caller should read
-/// it with [`read_rows`] and [`sort_and_dedup`] instead.
-pub fn for_each_vector(
-    path: &Path,
-    dimension: usize,
-    mut on_row: impl FnMut(&str, &[f32]),
-) -> Result<bool, YearFileError> {
-    let mut reader = open_columns(path, &["paper_id", "embedding", "model_dim"], false)?;
-    let mut sorted_unique = true;
-    let mut last = String::new();
-    for batch in reader.batches() {
-        let batch = batch?;
-        let ids = batch.column(0).as_string::<i32>();
-        let lists = batch.column(1).as_list::<i32>();
-        check_model_dim(path, batch.column(2), dimension)?;
-        let values = lists.values().as_primitive::<Float32Type>();
-        let offsets = lists.value_offsets();
-        for i in 0..batch.num_rows() {
-            if ids.is_null(i) {
-                return Err(YearFileError::damaged(path, "a row has no paper_id"));
-            }
-            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
-            if lists.is_null(i) || end - start != dimension || end > values.len() {
-                return Err(YearFileError::Dimension {
-                    path: path.to_path_buf(),
-                    found: if lists.is_null(i) { 0 } else { end - start },
-                    expected: dimension,
-                });
-            }
-            let id = ids.value(i);
-            if sorted_unique && !last.is_empty() && last.as_str() >= id {
-                sorted_unique = false;
-            }
-            if sorted_unique {
-                last.clear();
-                last.push_str(id);
-            }
-            on_row(id, &values.values()[start..end]);
-        }
-    }
-    Ok(sorted_unique)
-}
-
 const ALL_COLUMNS: [&str; 6] = [
     "paper_id",
     "embedding",
@@ -783,6 +736,70 @@ pub fn write_rows_as(
         writer.finish()
     })
     .map_err(|e| YearFileError::io(path, e))
+}
+
+/// What [`for_each_vector`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VectorScan {
+    /// Rows visited.
+    pub rows: u64,
+    /// The ids came sorted and unique, as papersys writes them; when not (a
+    /// file from another tool), a reader that needs one row per paper should
+    /// use [`read_rows`] and [`sort_and_dedup`] instead.
+    pub sorted_unique: bool,
+}
+
+/// Streams every row's `paper_id` and vector in file order, holding one
+/// batch at a time, for readers that keep their own copy (the search cache,
+/// the recommender's features) without a `VectorRow` per paper:
+/// `visit(id, Some(vector))`, or `None` for a null vector or one with null
+/// elements. Float64 vectors (the Python original's) are read as Float32. A
+/// vector of another length than `dimension` is an error.
+pub fn for_each_vector(
+    path: &Path,
+    dimension: usize,
+    mut visit: impl FnMut(&str, Option<&[f32]>),
+) -> Result<VectorScan, YearFileError> {
+    let mut reader = open_columns(path, &["paper_id", "embedding"], false)?;
+    let mut rows = 0u64;
+    let mut sorted_unique = true;
+    let mut last = String::new();
+    for batch in reader.batches() {
+        let batch = batch?;
+        let ids = batch.column(0).as_string::<i32>();
+        let lists = batch.column(1).as_list::<i32>();
+        let values = lists.values().as_primitive::<Float32Type>();
+        let offsets = lists.value_offsets();
+        for i in 0..batch.num_rows() {
+            if ids.is_null(i) {
+                return Err(YearFileError::damaged(path, "a row has no paper_id"));
+            }
+            rows += 1;
+            let id = ids.value(i);
+            if sorted_unique {
+                if !last.is_empty() && last.as_str() >= id {
+                    sorted_unique = false;
+                }
+                last.clear();
+                last.push_str(id);
+            }
+            if lists.is_null(i) {
+                visit(id, None);
+                continue;
+            }
+            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+            if end - start != dimension {
+                return Err(YearFileError::Dimension {
+                    path: path.to_path_buf(),
+                    found: end - start,
+                    expected: dimension,
+                });
+            }
+            let has_nulls = values.null_count() > 0 && (start..end).any(|j| values.is_null(j));
+            visit(id, (!has_nulls).then(|| &values.values()[start..end]));
+        }
+    }
+    Ok(VectorScan { rows, sorted_unique })
 }
 
 #[cfg(test)]
