@@ -5,7 +5,9 @@
 # re-imports the snapshot onto the tree it produced and checks that no byte
 # changed.
 #
-#   bench/ingest.sh [--records N] [--work DIR] [--part snapshot|daily|all] [--no-polars]
+#   bench/ingest.sh [--records N] [--work DIR] [--part snapshot|daily|all] [--no-polars] [--bin PATH]
+#
+# --bin: time this papersys binary instead of building target/release/papersys.
 #
 # polars holds the whole snapshot in memory (about 6x the file: ~27 GB at
 # full size); --no-polars times papersys alone, for machines that cannot.
@@ -24,19 +26,23 @@ records=2800000
 work=/tmp/papersys-ingest-bench
 part=all
 polars=1
+bin=
 while [ $# -gt 0 ]; do
   case "$1" in
     --records) records="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --part) part="$2"; shift 2 ;;
     --no-polars) polars=0; shift ;;
+    --bin) bin="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 cd "$repo"
-cargo build --release -q --bin papersys
-bin="$repo/target/release/papersys"
+if [ -z "$bin" ]; then
+  cargo build --release -q --bin papersys
+  bin="$repo/target/release/papersys"
+fi
 py="$(scripts/python-env.sh)"
 mkdir -p "$work"
 # generate FILE ARGS...: a snapshot-format file, made once.
@@ -54,7 +60,7 @@ measure() {
   local stats
   stats=$(mktemp)
   /usr/bin/time -o "$stats" -f '%e %M %U %S' "$@" >/dev/null 2>"$stats.err" || { cat "$stats.err" >&2; exit 1; }
-  awk '{printf "%.1f %.0f %.1f", $1, $2/1024, $3+$4}' "$stats"
+  awk '{printf "%.1f %.0f %.1f\n", $1, $2/1024, $3+$4}' "$stats"
   rm -f "$stats" "$stats.err"
 }
 
@@ -106,9 +112,10 @@ else
   echo "year files: $(ls "$tree"/metadata/metadata-*.csv | wc -l); rows: $p_rows (polars not run)"
 fi
 
-before=$(cd "$tree/metadata" && find . -type f | sort | xargs sha256sum)
+# The metadata files (the lock file beside them holds the writer's pid).
+before=$(cd "$tree/metadata" && find . -type f ! -name '.*' | sort | xargs sha256sum)
 read -r r_s r_mb r_cpu < <(measure "$bin" --config "$tree/papersys.toml" ingest --snapshot "$snapshot")
-after=$(cd "$tree/metadata" && find . -type f | sort | xargs sha256sum)
+after=$(cd "$tree/metadata" && find . -type f ! -name '.*' | sort | xargs sha256sum)
 echo "re-import onto its own tree: ${r_s} s, peak ${r_mb} MB"
 if [ "$before" = "$after" ]; then
   echo "re-import: no byte changed ($(echo "$after" | wc -l) files compared)"

@@ -101,29 +101,84 @@ pub enum SnapshotError {
 }
 
 /// One snapshot line (`null` reads as absent; other keys are ignored).
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Line {
     id: String,
-    #[serde(default)]
     title: Option<String>,
-    #[serde(default, rename = "abstract")]
     abstract_text: Option<String>,
-    #[serde(default)]
     authors: Option<String>,
-    #[serde(default)]
     authors_parsed: Option<Vec<Vec<String>>>,
-    #[serde(default)]
     categories: Option<String>,
-    #[serde(default)]
     versions: Option<Vec<Version>>,
-    #[serde(default)]
     comments: Option<String>,
-    #[serde(default, rename = "journal-ref")]
     journal_ref: Option<String>,
-    #[serde(default)]
     doi: Option<String>,
-    #[serde(default)]
     license: Option<String>,
+}
+
+/// The keys of a snapshot line that are read.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Key {
+    Id,
+    Title,
+    Abstract,
+    Authors,
+    AuthorsParsed,
+    Categories,
+    Versions,
+    Comments,
+    #[serde(rename = "journal-ref")]
+    JournalRef,
+    Doi,
+    License,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Line {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Line, D::Error> {
+        struct LineVisitor;
+        impl<'de> serde::de::Visitor<'de> for LineVisitor {
+            type Value = Line;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
+                use serde::de::IgnoredAny;
+                let mut line = Line::default();
+                let mut id = None;
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Id => id = Some(map.next_value::<String>()?),
+                        Key::Title => line.title = map.next_value()?,
+                        Key::Abstract => line.abstract_text = map.next_value()?,
+                        Key::Authors => line.authors = map.next_value()?,
+                        // Only used without an author string; Kaggle puts it
+                        // last, so it is usually skipped without allocating.
+                        Key::AuthorsParsed if line.authors.is_some() => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        Key::AuthorsParsed => line.authors_parsed = map.next_value()?,
+                        Key::Categories => line.categories = map.next_value()?,
+                        Key::Versions => line.versions = map.next_value()?,
+                        Key::Comments => line.comments = map.next_value()?,
+                        Key::JournalRef => line.journal_ref = map.next_value()?,
+                        Key::Doi => line.doi = map.next_value()?,
+                        Key::License => line.license = map.next_value()?,
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                line.id = id.ok_or_else(|| serde::de::Error::missing_field("id"))?;
+                Ok(line)
+            }
+        }
+        deserializer.deserialize_map(LineVisitor)
+    }
 }
 
 #[derive(Deserialize)]
