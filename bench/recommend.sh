@@ -77,7 +77,7 @@ measure() {
 echo "tree: $tree ($(du -sh "$tree/metadata" | cut -f1) CSV, $(du -sh "$tree/embeddings/$alias" | cut -f1) Parquet), $likes likes, window ${window[1]}..${window[3]}"
 echo "machine load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$bin" --config "$tree/papersys.toml" -q recommend "${window[@]}" --dry-run --json \
-  | "$py" -c 'import json,sys; r=json.load(sys.stdin); c=r["counts"]; print(f"papersys: {c[\"likes_used\"]} likes, {c[\"background_sampled\"]} background, {c[\"scored\"]} scored, {c[\"recommended\"]} shown")'
+  | "$py" -c "import json,sys; c=json.load(sys.stdin)['counts']; print('papersys: %d likes, %d background, %d scored, %d shown' % (c['likes_used'], c['background_sampled'], c['scored'], c['recommended']))"
 printf '%-10s %10s %10s %12s %12s\n' trial papersys_s baseline_s papersys_MB baseline_MB
 best_p=""; best_b=""; peak_p=0; peak_b=0
 for t in $(seq 1 "$trials"); do
