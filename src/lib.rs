@@ -17,11 +17,11 @@ pub mod fault;
 pub mod ingest;
 pub mod interrupt;
 pub mod metadata;
-pub mod prefs;
-pub mod recommend;
 pub mod pipeline;
 pub mod plan;
+pub mod prefs;
 pub mod query;
+pub mod recommend;
 pub mod store;
 pub mod text;
 

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::embed::{EmbedOptions, parse_years};
-use crate::commands::search::QueryOptions;
 use crate::commands::recommend::{RecommendOptions, WindowChoice};
+use crate::commands::search::QueryOptions;
 use crate::commands::{self, select_models};
 use crate::config::{Config, ModelConfig};
 use crate::error::{EXIT_OK, Error};

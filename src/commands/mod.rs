@@ -3,10 +3,10 @@
 
 pub mod backlog;
 pub mod embed;
+pub mod ingest;
 pub mod prefs;
 pub mod recommend;
 pub mod search;
-pub mod ingest;
 pub mod status;
 pub mod update;
 

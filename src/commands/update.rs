@@ -222,7 +222,12 @@ fn run_stage(stage: Stage, config: &Config, options: &UpdateOptions) -> Result<S
             let summary = report
                 .models
                 .iter()
-                .map(|m| format!("{}: {} embedded, {} waiting", m.alias, m.embedded, m.waiting_after))
+                .map(|m| {
+                    format!(
+                        "{}: {} embedded, {} waiting",
+                        m.alias, m.embedded, m.waiting_after
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
             Ok(StageDone {

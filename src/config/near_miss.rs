@@ -154,7 +154,10 @@ mod tests {
         let text = "[ingestion]\nrequest_intervall = 3\ncategores = []\nenabled = true\ncurated_dir = \"c\"\nwindow_days = 7\n";
         let found = find(text);
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found[0].message.contains("`ingestion.request_interval`"), "{found:?}");
+        assert!(
+            found[0].message.contains("`ingestion.request_interval`"),
+            "{found:?}"
+        );
         assert_eq!(found[1].line, Some(3));
         assert!(found[1].message.contains("`ingestion.categories`"), "{found:?}");
     }

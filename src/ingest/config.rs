@@ -399,7 +399,6 @@ pub fn set_spec_category(spec: &str) -> String {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,5 +490,4 @@ mod tests {
             assert!(message.contains(expected), "{line}: {message}");
         }
     }
-
 }
