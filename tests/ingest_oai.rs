@@ -574,7 +574,13 @@ fn snapshot_flag_imports_a_kaggle_file_with_the_config_categories() {
         ),
     )
     .unwrap();
+    // What a killed import leaves: spilled runs of a process that is gone.
+    // Pids are below 2^22 on Linux.
+    let leftover = tree.path("metadata/.tmp-99999999-spill1");
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("run-0"), b"x").unwrap();
     let report = ingest(&tree, &["--snapshot", file.to_str().unwrap()]);
+    assert!(!leftover.exists(), "a dead import's spill directory is removed");
     assert_eq!(report["imported"], 1, "{report}");
     assert_eq!(report["filtered_out"], 1, "{report}");
     let stored = rows(&tree);

@@ -93,7 +93,21 @@ pub fn run(config: &Config, options: &IngestOptions) -> Result<IngestReport, Err
                 ingest.metadata_dir.display()
             ))
         })?;
-        Some(WriterLock::acquire(&ingest.metadata_dir).map_err(StoreError::from)?)
+        let lock = WriterLock::acquire(&ingest.metadata_dir).map_err(StoreError::from)?;
+        // A killed import leaves its spilled runs and half-written CSVs
+        // behind as temporaries of a dead process: only those go.
+        match crate::store::atomic::remove_orphaned_temporaries(&ingest.metadata_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "{}: removed {n} temporary file(s) left by an interrupted ingest",
+                ingest.metadata_dir.display()
+            ),
+            Err(e) => tracing::warn!(
+                "{}: cannot remove the temporaries of an interrupted ingest: {e}",
+                ingest.metadata_dir.display()
+            ),
+        }
+        Some(lock)
     };
     if let Some(file) = &options.snapshot {
         let categories = if options.categories.is_empty() {
