@@ -10,6 +10,12 @@
 
 mod near_miss;
 
+/// The key a stage reads that `key` is likely a typo of (see
+/// `near_miss::suggestion`): one rule for every section's "did you mean".
+pub fn suggest_key<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    near_miss::suggestion(key, known)
+}
+
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;

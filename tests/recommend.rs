@@ -14,16 +14,7 @@ use papersys::metadata::{PaperRecord, read_records};
 use papersys::store::year_file;
 use predicates::str::contains;
 
-const MODEL: &str = r#"
-[embedding]
-checkpoint_interval = 1000
-
-[[embedding.models]]
-alias = "jasper_v1"
-name = "sentence-transformers/all-MiniLM-L6-v2"
-dimension = 384
-batch_size = 32
-"#;
+const MODEL: &str = common::REAL_MODEL;
 
 /// Every category, every year: the sample is physics and mathematics.
 const SECTION: &str = r#"

@@ -15,16 +15,7 @@ use papersys::query::{CacheMode, Filter, VectorIndex};
 use papersys::store::year_file::{self, VectorRow};
 use serde_json::Value;
 
-const MODEL_CONFIG: &str = r#"
-[embedding]
-checkpoint_interval = 1000
-
-[[embedding.models]]
-alias = "jasper_v1"
-name = "sentence-transformers/all-MiniLM-L6-v2"
-dimension = 384
-batch_size = 32
-"#;
+const MODEL_CONFIG: &str = common::REAL_MODEL;
 
 /// Papers of the 2025 sample held back from the template, added by tests.
 const HELD_BACK: usize = 10;

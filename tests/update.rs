@@ -10,16 +10,7 @@ use common::Tree;
 use oai_server::{Fault, OaiServer, real_records};
 use predicates::str::contains;
 
-const MODEL: &str = r#"
-[embedding]
-checkpoint_interval = 1000
-
-[[embedding.models]]
-alias = "jasper_v1"
-name = "sentence-transformers/all-MiniLM-L6-v2"
-dimension = 384
-batch_size = 32
-"#;
+const MODEL: &str = common::REAL_MODEL;
 
 /// Every category; the window holds the real records' 2007-2008 dates.
 const RECOMMEND: &str = r#"

@@ -74,17 +74,20 @@ pub fn find(text: &str) -> Vec<NearMiss> {
     found
 }
 
-/// The known key `key` is a near miss of, if any.
-fn suggestion<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+/// The known key `key` is a near miss of, if any: equal ignoring case and
+/// `-`/`_`, or (for keys of four characters or more) at most two edits
+/// away. The stages that own a section (`[recommend_pipeline]`) use it too.
+pub(crate) fn suggestion<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     if known.contains(&key) {
         return None;
     }
-    let lowered = key.to_ascii_lowercase().replace('-', "_");
+    let fold = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let lowered = fold(key);
     known
         .iter()
         .copied()
-        .filter(|k| lowered == *k || (key.len() >= 4 && distance(&lowered, k) <= 2))
-        .min_by_key(|k| distance(&lowered, k))
+        .filter(|k| lowered == fold(k) || (key.len() >= 4 && distance(&lowered, k) <= 2))
+        .min_by_key(|k| distance(&lowered, &fold(k)))
 }
 
 /// Edit distance with adjacent transpositions (optimal string alignment).
@@ -147,6 +150,14 @@ mod tests {
         assert!(found[1].message.contains("[embeding]") && found[1].message.contains("`embedding`"));
         assert_eq!(found[2].line, Some(8));
         assert!(found[2].message.contains("ingestion.output_dir"), "{found:?}");
+    }
+
+    #[test]
+    fn case_and_dashes_do_not_hide_a_key() {
+        assert_eq!(suggestion("c", &["C", "max_iter"]), Some("C"));
+        assert_eq!(suggestion("Max-Iter", &["C", "max_iter"]), Some("max_iter"));
+        assert_eq!(suggestion("C", &["C", "max_iter"]), None);
+        assert_eq!(suggestion("xyz", &["C", "max_iter"]), None);
     }
 
     #[test]

@@ -459,7 +459,7 @@ fn near_misses(config: &Config) -> Vec<String> {
             if known.contains(&key.as_str()) {
                 continue;
             }
-            if let Some(near) = known.iter().find(|k| is_near(key, k)) {
+            if let Some(near) = crate::config::suggest_key(key, known) {
                 let prefix = if table.is_empty() {
                     String::new()
                 } else {
@@ -473,28 +473,6 @@ fn near_misses(config: &Config) -> Vec<String> {
         }
     }
     warnings
-}
-
-fn is_near(a: &str, b: &str) -> bool {
-    let fold = |s: &str| s.to_ascii_lowercase().replace('-', "_");
-    fold(a) == fold(b) || edit_distance(a, b) <= 2
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let next = (previous + usize::from(ca != *cb))
-                .min(row[j] + 1)
-                .min(row[j + 1] + 1);
-            previous = row[j + 1];
-            row[j + 1] = next;
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]

@@ -64,6 +64,20 @@ name = "test/model"
 dimension = 4
 "#;
 
+/// The `[embedding]` part of a config with the real model
+/// (sentence-transformers/all-MiniLM-L6-v2, installed by
+/// scripts/fetch-model.sh) under the alias `jasper_v1`.
+pub const REAL_MODEL: &str = r#"
+[embedding]
+checkpoint_interval = 1000
+
+[[embedding.models]]
+alias = "jasper_v1"
+name = "sentence-transformers/all-MiniLM-L6-v2"
+dimension = 384
+batch_size = 32
+"#;
+
 impl Tree {
     pub fn new() -> Tree {
         Tree::with_config(CONFIG)
