@@ -40,20 +40,7 @@ fn tree(server: &TestServer) -> Tree {
         1000,
         "max_concurrency = 1",
     ));
-    let rows: Vec<(String, String, String)> = (0..PAPERS)
-        .map(|i| {
-            (
-                format!("2401.{i:05}"),
-                format!("Paper {i}"),
-                format!("Abstract {i}."),
-            )
-        })
-        .collect();
-    let borrowed: Vec<(&str, &str, &str)> = rows
-        .iter()
-        .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
-        .collect();
-    tree.csv("metadata/metadata-2024.csv", &borrowed);
+    tree.generated_papers(0..PAPERS);
     tree
 }
 

@@ -115,6 +115,25 @@ impl Tree {
         writer.flush().unwrap();
     }
 
+    /// Writes `metadata/metadata-2024.csv` with generated papers
+    /// `2401.<i>` ("Paper i", "Abstract i.") for every `i` of `range`.
+    pub fn generated_papers(&self, range: std::ops::Range<usize>) {
+        let rows: Vec<(String, String, String)> = range
+            .map(|i| {
+                (
+                    format!("2401.{i:05}"),
+                    format!("Paper {i}"),
+                    format!("Abstract {i}."),
+                )
+            })
+            .collect();
+        let borrowed: Vec<(&str, &str, &str)> = rows
+            .iter()
+            .map(|(a, b, c)| (a.as_str(), b.as_str(), c.as_str()))
+            .collect();
+        self.csv("metadata/metadata-2024.csv", &borrowed);
+    }
+
     /// `papersys --config <root>/papersys.toml <args>`, run from the root.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::cargo_bin("papersys").unwrap();
