@@ -2,10 +2,10 @@
 //! backend crates exist. Everything downstream talks to the trait.
 
 use papersys_backend_core::{EmbedError, Embedder};
-use papersys_backend_native::{NativeEmbedder, NativeOptions};
+use papersys_backend_native::{NativeEmbedder, NativeOptions, NativeTable};
 use papersys_backend_remote::{RemoteEmbedder, RemoteOptions};
 
-use crate::config::{BackendConfig, ModelConfig, NativeConfig};
+use crate::config::{BackendConfig, ModelConfig};
 use crate::error::Error;
 
 /// Builds (loads) the backend of `model`. For a server backend, every
@@ -19,7 +19,7 @@ pub fn build(model: &ModelConfig) -> Result<Box<dyn Embedder>, Error> {
             Ok(Box::new(embedder))
         }
         BackendConfig::Remote(remote) => {
-            if remote.base_urls.is_empty() {
+            if remote.table.base_urls().is_empty() {
                 return Err(Error::Usage(format!(
                     "model `{}` uses backend \"{}\" but has no base_url: papersys talks to a running \
                      OpenAI-compatible server rather than starting one. Start it (for vLLM: \
@@ -28,19 +28,18 @@ pub fn build(model: &ModelConfig) -> Result<Box<dyn Embedder>, Error> {
                     model.alias, remote.flavor, model.name
                 )));
             }
-            let mut options = RemoteOptions::new(&model.name, remote.base_urls.clone(), model.dimension);
-            options.api_key = match &remote.api_key {
+            let api_key = match &remote.api_key {
                 Some(source) => Some(source.resolve("api_key", &model.alias)?),
                 None => None,
             };
-            options.request_batch_size = remote.request_batch_size;
-            options.max_concurrency = remote.max_concurrency;
-            options.timeout = remote.timeout;
-            options.max_retries = remote.max_retries;
-            options.tokens_per_minute = remote.tokens_per_minute;
-            options.dimensions = remote.dimensions;
-            options.truncate_prompt_tokens = remote.truncate_prompt_tokens;
-            options.document_prefix = model.document_prefix.clone().unwrap_or_default();
+            let options = RemoteOptions::from_table(
+                &model.name,
+                model.dimension,
+                model.batch_size,
+                model.document_prefix.clone(),
+                api_key,
+                &remote.table,
+            );
             let embedder = RemoteEmbedder::new(options).map_err(|e| in_model(model, e))?;
             for check in embedder.check().map_err(|e| in_model(model, e))? {
                 match check.outcome {
@@ -56,27 +55,25 @@ pub fn build(model: &ModelConfig) -> Result<Box<dyn Embedder>, Error> {
 }
 
 /// The native engine's options for `model` (what [`build`] loads).
-pub fn native_options(model: &ModelConfig, native: &NativeConfig) -> NativeOptions {
-    NativeOptions {
-        name: model.name.clone(),
-        model_path: native.model_path.clone(),
-        max_length: Some(model.max_length),
-        batch_size: model.batch_size,
-        device: model.device.clone(),
-        precision: model.precision.as_str().to_string(),
-        threads: native.threads,
-        document_prefix: model.document_prefix.clone(),
-        expected_dimension: Some(model.dimension),
-    }
+pub fn native_options(model: &ModelConfig, native: &NativeTable) -> NativeOptions {
+    NativeOptions::from_table(
+        &model.name,
+        model.batch_size,
+        model.dimension,
+        model.document_prefix.clone(),
+        native,
+    )
 }
 
-/// `error` with the model's alias in its message, usage errors as such.
+/// `error` with the model's alias in its message; usage errors as such,
+/// an option the backend refused as a config error at the option's line.
 pub fn in_model(model: &ModelConfig, error: EmbedError) -> Error {
     match error {
         EmbedError::Load(message) => {
             Error::Embed(EmbedError::Load(format!("model `{}`: {message}", model.alias)))
         }
         EmbedError::Unsupported(message) => Error::Usage(format!("model `{}`: {message}", model.alias)),
+        EmbedError::BadOption { key, message } => Error::Config(model.invalid_key(key, message)),
         other => Error::Embed(other),
     }
 }

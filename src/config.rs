@@ -8,6 +8,7 @@
 //! flags: `Raw*` structs mirror the TOML with spans, then [`Config`] holds
 //! resolved, checked values the rest of the program can trust.
 
+mod model;
 mod near_miss;
 
 /// The key a stage reads that `key` is likely a typo of (see
@@ -16,9 +17,8 @@ pub fn suggest_key<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     near_miss::suggestion(key, known)
 }
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
 
 use papersys_backend_core::Secret;
 use serde::Deserialize;
@@ -88,28 +88,6 @@ pub enum BacklogPriority {
     RecentFirst,
     /// Oldest year first, oldest ids first.
     OldestFirst,
-}
-
-/// Compute precision requested for a model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// Whatever is fastest and exact enough on the device.
-    Auto,
-    /// 32-bit floats.
-    Float32,
-    /// 16-bit floats where the device supports them.
-    Float16,
-}
-
-impl Precision {
-    /// The spelling used in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Precision::Auto => "auto",
-            Precision::Float32 => "float32",
-            Precision::Float16 => "float16",
-        }
-    }
 }
 
 /// A model alias: a directory name under the embeddings directory.
@@ -194,53 +172,31 @@ impl SecretSource {
     }
 }
 
-/// Settings of the in-process engine.
-#[derive(Clone, Debug, PartialEq)]
-pub struct NativeConfig {
-    /// Local directory holding the model files, tried before the HF cache.
-    pub model_path: Option<PathBuf>,
-    /// CPU threads; `None` uses every core.
-    pub threads: Option<usize>,
-}
-
-/// Settings of an OpenAI-compatible server backend.
+/// A server backend's settings: its typed keys (owned by the remote
+/// backend crate) and the credential, which only this module handles.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RemoteConfig {
     /// The protocol name the config used (`openai`, `vllm`, `tei`, ...),
     /// kept for messages.
     pub flavor: String,
-    /// Servers; may be empty in a config carried over from the Python
-    /// project, which is an error only when the model is used.
-    pub base_urls: Vec<String>,
+    /// The server keys of the table, parsed by the remote backend.
+    pub table: papersys_backend_remote::RemoteTable,
     /// Bearer token.
     pub api_key: Option<SecretSource>,
-    /// Texts per request.
-    pub request_batch_size: usize,
-    /// Requests in flight per server.
-    pub max_concurrency: usize,
-    /// Per-request timeout.
-    pub timeout: Duration,
-    /// Retries of a failed request.
-    pub max_retries: u32,
-    /// Token budget per minute, shared by all servers.
-    pub tokens_per_minute: Option<u64>,
-    /// `dimensions` sent to models that support shortened outputs.
-    pub dimensions: Option<usize>,
-    /// vLLM's `truncate_prompt_tokens`: cut texts to this many tokens on the
-    /// server (vLLM otherwise refuses texts longer than the model's limit).
-    pub truncate_prompt_tokens: Option<usize>,
 }
 
-/// Which engine computes a model's vectors.
+/// Which engine computes a model's vectors, with the keys of the table only
+/// that engine reads (parsed by its crate).
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackendConfig {
     /// The native engine (`backend = "sentence_transformer"`, the default).
-    Native(NativeConfig),
+    Native(papersys_backend_native::NativeTable),
     /// A server speaking the OpenAI embeddings protocol.
     Remote(RemoteConfig),
 }
 
-/// One `[[embedding.models]]` table, resolved.
+/// One `[[embedding.models]]` table, resolved. The keys every backend
+/// shares are here; the rest live in [`ModelConfig::backend`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     /// Directory name of the model's store.
@@ -251,18 +207,38 @@ pub struct ModelConfig {
     pub dimension: usize,
     /// Texts per batch.
     pub batch_size: usize,
-    /// Truncation limit in tokens (the model's own limit may be lower).
-    pub max_length: usize,
-    /// `""` or `cpu` (the CPU engine), `cuda`, `cuda:N` (a GPU, in a `cuda` build).
-    pub device: String,
-    /// Compute precision.
-    pub precision: Precision,
     /// Explicit document prefix; `None` lets the model's own config decide.
     pub document_prefix: Option<String>,
-    /// Engine settings.
+    /// Engine and its settings.
     pub backend: BackendConfig,
     /// Line of the model table in the config file, for messages.
     pub line: usize,
+    /// Where each key of the table was written, for errors found only when
+    /// the model is loaded (a `model_path` that does not exist).
+    pub spans: TableSpans,
+}
+
+/// The file and the line of every key of one model table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableSpans {
+    /// The config file.
+    pub path: PathBuf,
+    /// Line of the table's header.
+    pub line: usize,
+    /// Line of each key written in the table.
+    pub keys: BTreeMap<String, usize>,
+}
+
+impl ModelConfig {
+    /// A [`ConfigError::Invalid`] about `key` of this model's table, at the
+    /// key's line (the table's when the key is not written there).
+    pub fn invalid_key(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.spans.path.clone(),
+            line: self.spans.keys.get(key).copied().unwrap_or(self.spans.line),
+            message: format!("model `{}`: `{key}`: {message}", self.alias),
+        }
+    }
 }
 
 /// The resolved config: absolute paths, checked values.
@@ -419,38 +395,9 @@ struct RawEmbedding {
     output_dir: Option<Spanned<String>>,
     backlog_priority: Option<Spanned<String>>,
     checkpoint_interval: Option<Spanned<i64>>,
-    #[serde(default)]
-    models: Vec<Spanned<RawModel>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    alias: Spanned<String>,
-    name: Spanned<String>,
-    dimension: Spanned<i64>,
-    batch_size: Option<Spanned<i64>>,
-    max_length: Option<Spanned<i64>>,
-    device: Option<Spanned<String>>,
-    precision: Option<Spanned<String>>,
-    backend: Option<Spanned<String>>,
-    model_path: Option<Spanned<String>>,
-    document_prefix: Option<String>,
-    threads: Option<Spanned<i64>>,
-    base_url: Option<Spanned<String>>,
-    base_urls: Option<Spanned<Vec<String>>>,
-    api_key: Option<Spanned<String>>,
-    request_batch_size: Option<Spanned<i64>>,
-    max_concurrency: Option<Spanned<i64>>,
-    timeout_s: Option<Spanned<f64>>,
-    max_retries: Option<Spanned<i64>>,
-    tokens_per_minute: Option<Spanned<i64>>,
-    dimensions: Option<Spanned<i64>>,
-    truncate_prompt_tokens: Option<Spanned<i64>>,
-    /// Used by the Python project's Infinity backend to pick its engine;
-    /// accepted so its configs load, and ignored.
-    #[serde(rename = "infinity_engine")]
-    _infinity_engine: Option<String>,
+    /// Read from the spanned document by `model::tables`, key by key.
+    #[serde(rename = "models")]
+    _models: Option<serde::de::IgnoredAny>,
 }
 
 struct Resolver<'a> {
@@ -490,16 +437,6 @@ impl Resolver<'_> {
         }
     }
 
-    fn non_negative(&self, key: &str, value: &Spanned<i64>) -> Result<u64, ConfigError> {
-        match u64::try_from(*value.get_ref()) {
-            Ok(n) => Ok(n),
-            Err(_) => self.invalid(
-                value.span().start,
-                format!("`{key}` must not be negative, got {}", value.get_ref()),
-            ),
-        }
-    }
-
     fn resolve(&self, raw: RawFile) -> Result<Config, ConfigError> {
         let config_dir = self.path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let data_root = match &raw.data_root {
@@ -518,7 +455,7 @@ impl Resolver<'_> {
             output_dir: None,
             backlog_priority: None,
             checkpoint_interval: None,
-            models: Vec::new(),
+            _models: None,
         });
         let embeddings_dir = match &embedding.output_dir {
             Some(dir) => {
@@ -557,17 +494,18 @@ impl Resolver<'_> {
             Some(n) => self.positive("checkpoint_interval", n)?,
         };
         let mut seen = HashSet::new();
-        let mut models = Vec::with_capacity(embedding.models.len());
-        for table in &embedding.models {
+        let mut models = Vec::new();
+        for table in model::tables(self)? {
             let model = self.model(table, &config_dir)?;
             if !seen.insert(model.alias.clone()) {
-                return self.invalid(
-                    table.get_ref().alias.span().start,
-                    format!(
+                return Err(ConfigError::Invalid {
+                    path: self.path.to_path_buf(),
+                    line: model.spans.keys.get("alias").copied().unwrap_or(model.line),
+                    message: format!(
                         "model alias `{}` is used twice; aliases must be unique",
                         model.alias
                     ),
-                );
+                });
             }
             models.push(model);
         }
@@ -583,251 +521,12 @@ impl Resolver<'_> {
             text: self.text.to_string(),
         })
     }
-
-    fn model(&self, table: &Spanned<RawModel>, config_dir: &Path) -> Result<ModelConfig, ConfigError> {
-        let raw = table.get_ref();
-        let line = self.line_of(table.span().start);
-        let alias = match Alias::parse(raw.alias.get_ref()) {
-            Ok(alias) => alias,
-            Err(message) => return self.invalid(raw.alias.span().start, message),
-        };
-        if raw.name.get_ref().trim().is_empty() {
-            return self.invalid(
-                raw.name.span().start,
-                format!("model `{alias}` has an empty `name`"),
-            );
-        }
-        let dimension = self.positive("dimension", &raw.dimension)?;
-        let batch_size = match &raw.batch_size {
-            Some(n) => self.positive("batch_size", n)?,
-            None => 32,
-        };
-        let max_length = match &raw.max_length {
-            Some(n) => self.positive("max_length", n)?,
-            None => 512,
-        };
-        let device = raw
-            .device
-            .as_ref()
-            .map(|d| d.get_ref().trim().to_string())
-            .unwrap_or_default();
-        if let Some(d) = &raw.device {
-            let value = d.get_ref().trim();
-            let cuda_index = value.strip_prefix("cuda:").map(|n| n.parse::<u32>().is_ok());
-            if !(value.is_empty() || value == "cpu" || value == "cuda" || cuda_index == Some(true)) {
-                return self.invalid(
-                    d.span().start,
-                    format!("`device` = {value:?}; expected \"\", \"cpu\", \"cuda\" or \"cuda:N\""),
-                );
-            }
-        }
-        let precision = match &raw.precision {
-            None => Precision::Auto,
-            Some(p) => match p.get_ref().as_str() {
-                "auto" => Precision::Auto,
-                "float32" | "fp32" => Precision::Float32,
-                "float16" | "fp16" => Precision::Float16,
-                other => {
-                    return self.invalid(
-                        p.span().start,
-                        format!("`precision` = {other:?}; expected \"auto\", \"float32\" or \"float16\""),
-                    );
-                }
-            },
-        };
-        let backend_name = raw
-            .backend
-            .as_ref()
-            .map(|b| b.get_ref().trim().to_ascii_lowercase())
-            .unwrap_or_else(|| "sentence_transformer".into());
-        let backend = match backend_name.as_str() {
-            "sentence_transformer" | "sentence_transformers" | "sentence-transformers" | "native" => {
-                self.reject_remote_keys(raw, &alias)?;
-                let model_path = match &raw.model_path {
-                    Some(p) if !p.get_ref().trim().is_empty() => {
-                        Some(normalize(&config_dir.join(p.get_ref().trim())))
-                    }
-                    _ => None,
-                };
-                let threads = match &raw.threads {
-                    Some(n) => Some(self.positive("threads", n)?),
-                    None => None,
-                };
-                BackendConfig::Native(NativeConfig { model_path, threads })
-            }
-            "openai" | "vllm" | "tei" | "infinity" | "ollama" => {
-                BackendConfig::Remote(self.remote(raw, &alias, &backend_name, batch_size)?)
-            }
-            other => {
-                let offset = raw
-                    .backend
-                    .as_ref()
-                    .map_or(table.span().start, |b| b.span().start);
-                return self.invalid(
-                    offset,
-                    format!(
-                        "model `{alias}`: unknown backend {other:?}; expected \"sentence_transformer\" (native) or one of \"openai\", \"vllm\", \"tei\", \"infinity\", \"ollama\" (an OpenAI-compatible server)"
-                    ),
-                );
-            }
-        };
-        Ok(ModelConfig {
-            alias,
-            name: raw.name.get_ref().trim().to_string(),
-            dimension,
-            batch_size,
-            max_length,
-            device,
-            precision,
-            document_prefix: raw.document_prefix.clone(),
-            backend,
-            line,
-        })
-    }
-
-    fn reject_remote_keys(&self, raw: &RawModel, alias: &Alias) -> Result<(), ConfigError> {
-        let present = [
-            ("base_url", raw.base_url.as_ref().map(|s| s.span().start)),
-            ("base_urls", raw.base_urls.as_ref().map(|s| s.span().start)),
-            ("api_key", raw.api_key.as_ref().map(|s| s.span().start)),
-            (
-                "request_batch_size",
-                raw.request_batch_size.as_ref().map(|s| s.span().start),
-            ),
-            (
-                "max_concurrency",
-                raw.max_concurrency.as_ref().map(|s| s.span().start),
-            ),
-            ("timeout_s", raw.timeout_s.as_ref().map(|s| s.span().start)),
-            ("max_retries", raw.max_retries.as_ref().map(|s| s.span().start)),
-            (
-                "tokens_per_minute",
-                raw.tokens_per_minute.as_ref().map(|s| s.span().start),
-            ),
-            ("dimensions", raw.dimensions.as_ref().map(|s| s.span().start)),
-            (
-                "truncate_prompt_tokens",
-                raw.truncate_prompt_tokens.as_ref().map(|s| s.span().start),
-            ),
-        ];
-        for (key, offset) in present {
-            if let Some(offset) = offset {
-                return self.invalid(
-                    offset,
-                    format!(
-                        "model `{alias}`: `{key}` only applies to server backends; set backend = \"openai\" (or vllm/tei/infinity) or remove it"
-                    ),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    fn remote(
-        &self,
-        raw: &RawModel,
-        alias: &Alias,
-        flavor: &str,
-        batch_size: usize,
-    ) -> Result<RemoteConfig, ConfigError> {
-        for (key, offset) in [
-            ("model_path", raw.model_path.as_ref().map(|s| s.span().start)),
-            ("threads", raw.threads.as_ref().map(|s| s.span().start)),
-        ] {
-            if let Some(offset) = offset {
-                return self.invalid(
-                    offset,
-                    format!("model `{alias}`: `{key}` only applies to the native backend; remove it"),
-                );
-            }
-        }
-        let mut base_urls = Vec::new();
-        if let Some(url) = &raw.base_url {
-            base_urls.push((url.get_ref().trim().to_string(), url.span().start));
-        }
-        if let Some(urls) = &raw.base_urls {
-            for url in urls.get_ref() {
-                base_urls.push((url.trim().to_string(), urls.span().start));
-            }
-        }
-        for (url, offset) in &base_urls {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return self.invalid(
-                    *offset,
-                    format!("model `{alias}`: base URL {url:?} must start with http:// or https://"),
-                );
-            }
-        }
-        if let Some(key) = &raw.api_key
-            && let Some(var) = key.get_ref().strip_prefix("env:")
-        {
-            let var = var.trim();
-            if var.is_empty() || var.contains(['=', '\0']) {
-                return self.invalid(
-                    key.span().start,
-                    format!(
-                        "model `{alias}`: `api_key` = \"env:{var}\" does not name an environment variable; write api_key = \"env:NAME\""
-                    ),
-                );
-            }
-        }
-        let request_batch_size = match &raw.request_batch_size {
-            Some(n) => self.positive("request_batch_size", n)?,
-            None => batch_size,
-        };
-        let max_concurrency = match &raw.max_concurrency {
-            Some(n) => self.positive("max_concurrency", n)?,
-            None => 4,
-        };
-        let timeout = match &raw.timeout_s {
-            None => Duration::from_secs(120),
-            Some(t) => match Duration::try_from_secs_f64(*t.get_ref()) {
-                Ok(d) if !d.is_zero() => d,
-                _ => {
-                    return self.invalid(
-                        t.span().start,
-                        format!(
-                            "`timeout_s` must be a positive number of seconds, got {}",
-                            t.get_ref()
-                        ),
-                    );
-                }
-            },
-        };
-        let max_retries = match &raw.max_retries {
-            Some(n) => u32::try_from(self.non_negative("max_retries", n)?).unwrap_or(u32::MAX),
-            None => 5,
-        };
-        let tokens_per_minute = match &raw.tokens_per_minute {
-            Some(n) => Some(self.positive("tokens_per_minute", n)? as u64),
-            None => None,
-        };
-        let dimensions = match &raw.dimensions {
-            Some(n) => Some(self.positive("dimensions", n)?),
-            None => None,
-        };
-        let truncate_prompt_tokens = match &raw.truncate_prompt_tokens {
-            Some(n) => Some(self.positive("truncate_prompt_tokens", n)?),
-            None => None,
-        };
-        Ok(RemoteConfig {
-            flavor: flavor.to_string(),
-            base_urls: base_urls.into_iter().map(|(url, _)| url).collect(),
-            api_key: raw.api_key.as_ref().map(|k| SecretSource::parse(k.get_ref())),
-            request_batch_size,
-            max_concurrency,
-            timeout,
-            max_retries,
-            tokens_per_minute,
-            dimensions,
-            truncate_prompt_tokens,
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/srv/papers/config/papersys.toml"))
@@ -852,8 +551,11 @@ dimension = 384
         assert_eq!(config.checkpoint_interval, 1000);
         assert_eq!(config.backlog_priority, BacklogPriority::RecentFirst);
         let model = &config.models[0];
-        assert_eq!((model.batch_size, model.max_length), (32, 512));
-        assert!(matches!(model.backend, BackendConfig::Native(_)));
+        assert_eq!(model.batch_size, 32);
+        let BackendConfig::Native(native) = &model.backend else {
+            panic!("native by default");
+        };
+        assert_eq!(native, &papersys_backend_native::NativeTable::default());
     }
 
     #[test]
@@ -873,8 +575,9 @@ dimension = 384
     fn unknown_key_in_a_model_table_names_key_and_line() {
         let text = format!("{MINIMAL}batchsize = 8\n");
         let message = parse(&text).unwrap_err().to_string();
-        assert!(message.contains("batchsize"), "{message}");
-        assert!(message.contains("line 9"), "{message}");
+        assert!(message.contains("unknown key `batchsize`"), "{message}");
+        assert!(message.contains(":9:"), "{message}");
+        assert!(message.contains("did you mean `batch_size`?"), "{message}");
     }
 
     #[test]
@@ -916,7 +619,10 @@ dimension = 384
     #[test]
     fn wrong_type_is_reported_by_the_parser_with_its_line() {
         let message = parse(&MINIMAL.replace("384", "\"384\"")).unwrap_err().to_string();
-        assert!(message.contains("line 8"), "{message}");
+        assert!(
+            message.contains(":8:") && message.contains("`dimension`"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -950,8 +656,11 @@ timeout_s = 2.5
         let BackendConfig::Remote(remote) = &config.models[0].backend else {
             panic!("expected a remote backend");
         };
-        assert_eq!(remote.base_urls.len(), 2);
-        assert_eq!(remote.timeout, Duration::from_millis(2500));
+        assert_eq!(remote.table.base_urls().len(), 2);
+        assert_eq!(
+            remote.table.timeout_s.map(|t| t.duration()),
+            Some(Duration::from_millis(2500))
+        );
         let key = remote.api_key.as_ref().unwrap();
         assert_eq!(format!("{key:?}"), "env:PAPERSYS_TEST_UNSET_KEY");
         let err = key.resolve("api_key", &config.models[0].alias).unwrap_err();
@@ -981,6 +690,90 @@ api_key = "sk-live-abcdef123456"
         assert!(
             message.contains("`base_url` only applies to server backends"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn native_keys_on_a_remote_model_are_refused_with_their_line() {
+        let remote = "[[embedding.models]]\nalias = \"r\"\nname = \"n\"\ndimension = 4\nbackend = \"vllm\"\nbase_url = \"http://x\"\n";
+        for (key, value) in [
+            ("device", "\"cuda\""),
+            ("precision", "\"float16\""),
+            ("max_length", "128"),
+            ("model_path", "\"m\""),
+            ("threads", "2"),
+        ] {
+            let err = parse(&format!("{remote}{key} = {value}\n")).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { line: 7, .. }),
+                "{key}: {err}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("`{key}` only applies to the native engine"))
+                    && message.contains("backend = \"vllm\""),
+                "{message}"
+            );
+        }
+        assert!(parse(remote).is_ok());
+    }
+
+    #[test]
+    fn device_and_precision_are_parsed_once_into_the_native_table() {
+        use papersys_backend_native::{Device, Precision};
+        let cases = [
+            ("", "auto", Device::Cpu, None),
+            ("cpu", "float32", Device::Cpu, Some(Precision::F32)),
+            ("cuda", "fp16", Device::Cuda(0), Some(Precision::F16)),
+            ("cuda:1", "float16", Device::Cuda(1), Some(Precision::F16)),
+            ("CUDA:2", "FP32", Device::Cuda(2), Some(Precision::F32)),
+        ];
+        for (device, precision, want_device, want_precision) in cases {
+            let text = format!(
+                "{MINIMAL}device = \"{device}\"\nprecision = \"{precision}\"\nmodel_path = \"../model\"\n"
+            );
+            let config = parse(&text).unwrap();
+            let BackendConfig::Native(native) = &config.models[0].backend else {
+                panic!("native");
+            };
+            assert_eq!(
+                (native.device, native.precision),
+                (want_device, want_precision),
+                "{device} {precision}"
+            );
+            assert_eq!(native.model_path.as_deref(), Some(Path::new("/srv/papers/model")));
+        }
+        let message = parse(&format!("{MINIMAL}precision = \"int4\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(":9:") && message.contains("`precision`") && message.contains("\"int4\""),
+            "{message}"
+        );
+        let message = parse(&format!("{MINIMAL}threads = 0\n")).unwrap_err().to_string();
+        assert!(
+            message.contains(":9:") && message.contains("`threads`") && message.contains("positive integer"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn key_lines_are_kept_for_errors_found_when_the_model_loads() {
+        let config = parse(&format!("{MINIMAL}model_path = \"\"\n")).unwrap();
+        let model = &config.models[0];
+        let BackendConfig::Native(native) = &model.backend else {
+            panic!("native");
+        };
+        assert_eq!(native.model_path, None, "an empty model_path means none");
+        let err = model.invalid_key("model_path", "nope".into()).to_string();
+        assert_eq!(
+            err,
+            "/srv/papers/config/papersys.toml:9: model `jasper_v1`: `model_path`: nope"
+        );
+        let err = model.invalid_key("device", "nope".into()).to_string();
+        assert!(
+            err.contains(":5:"),
+            "a key not written falls back to the table's line: {err}"
         );
     }
 

@@ -293,12 +293,12 @@ fn bad_configs_exit_2_naming_file_and_key_and_write_nothing() {
         (
             "a wrong type",
             model.replace("dimension = 4", "dimension = \"384\""),
-            vec!["line 4", "dimension"],
+            vec![":4:", "`dimension`"],
         ),
         (
             "an unknown key in a model",
             format!("{model}batchsize = 8\n"),
-            vec!["batchsize", "line 5"],
+            vec!["unknown key `batchsize`", ":5:", "did you mean `batch_size`?"],
         ),
         (
             "an unknown key in [embedding]",
@@ -380,6 +380,30 @@ fn bad_configs_exit_2_naming_file_and_key_and_write_nothing() {
             "a server key on a native model",
             format!("{model}base_url = \"http://x\"\n"),
             vec![":5:", "`base_url` only applies to server backends"],
+        ),
+        (
+            "a native-only key on a server model: device",
+            format!("{remote}device = \"cuda\"\n"),
+            vec![
+                ":6:",
+                "`device` only applies to the native engine",
+                "backend = \"openai\"",
+            ],
+        ),
+        (
+            "a native-only key on a server model: precision",
+            format!("{remote}base_url = \"http://127.0.0.1:9\"\nprecision = \"float16\"\n"),
+            vec![":7:", "`precision` only applies to the native engine"],
+        ),
+        (
+            "a native-only key on a server model: max_length",
+            format!("{remote}max_length = 256\n"),
+            vec![":6:", "`max_length` only applies to the native engine"],
+        ),
+        (
+            "a threads value of zero",
+            format!("{model}threads = 0\n"),
+            vec![":5:", "`threads`", "a positive integer"],
         ),
         (
             "a base_url without a scheme",
@@ -508,8 +532,8 @@ fn broken_model_directories_and_a_wrong_dimension_stop_before_anything_is_embedd
             "a model path that does not exist",
             |d| std::fs::remove_dir_all(d).unwrap(),
             32,
-            &["model"],
-            1,
+            &["papersys.toml:5:", "`model_path`", "does not exist"],
+            2,
         ),
     ];
     for (name, damage, dimension, wanted, code) in cases {
@@ -529,6 +553,15 @@ fn broken_model_directories_and_a_wrong_dimension_stop_before_anything_is_embedd
         assert_eq!(out.status.code(), Some(code), "{name}: {}", text(&out));
         for w in wanted {
             assert!(stderr(&out).contains(w), "{name}: wanted {w:?}: {}", text(&out));
+        }
+        if code == 2 {
+            // The path itself, never a silent fall-back to the cache's copy.
+            let shown = model.display().to_string();
+            assert!(
+                stderr(&out).contains(&shown),
+                "{name}: wanted {shown}: {}",
+                text(&out)
+            );
         }
         assert!(
             stderr(&out).contains("`tiny`"),

@@ -12,6 +12,16 @@ pub enum EmbedError {
     /// The configuration asks for something this build or model cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// One option of the model table cannot work (a `model_path` that does
+    /// not exist, a `device` this build cannot run on). The caller, which
+    /// knows where the option was written, names its file and line.
+    #[error("`{key}`: {message}")]
+    BadOption {
+        /// The option's key in the model table.
+        key: &'static str,
+        /// What is wrong with its value and what to do.
+        message: String,
+    },
     /// Tokenisation failed.
     #[error("tokenization failed: {0}")]
     Tokenize(String),

@@ -11,11 +11,13 @@
 mod batch;
 mod error;
 mod identity;
+mod options;
 mod secret;
 
 pub use batch::{BatchingHint, Embeddings, PreparedBatch, TokenBatch};
 pub use error::EmbedError;
 pub use identity::{IdentityMismatch, ModelIdentity, Pooling};
+pub use options::{Positive, Seconds};
 pub use secret::Secret;
 
 /// A model that turns prepared texts into fixed-length `f32` vectors.

@@ -13,6 +13,7 @@
 mod config;
 mod loader;
 mod models;
+mod options;
 mod pooling;
 mod tokenize;
 mod weights;
@@ -22,7 +23,6 @@ mod candle_engine;
 
 pub mod kernels;
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use papersys_backend_core::{
@@ -31,6 +31,10 @@ use papersys_backend_core::{
 
 pub use loader::{ModelFiles, ModelSource, hf_hub_cache_dir, resolve_model};
 pub use models::SUPPORTED_MODEL_TYPES;
+pub use options::{
+    BACKEND_NAMES, DEFAULT_MAX_LENGTH, DEFAULT_MODEL, Device, NATIVE_KEYS, NativeOptions, NativeTable,
+    Precision,
+};
 
 use config::{SentenceConfig, TransformerConfig};
 use models::encoder::{Encoder, Scratch};
@@ -41,126 +45,6 @@ use weights::WeightsFile;
 /// bounds the activation buffers (~14 KiB per token for MiniLM) without
 /// costing speed (the GEMMs are already large at this size).
 const TOKENS_PER_PASS: usize = 4096;
-
-/// The model papersys uses when none is configured.
-pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-/// How to find and run a model: the native part of a model table.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NativeOptions {
-    /// Hub model id (`sentence-transformers/all-MiniLM-L6-v2`), also the
-    /// recorded model name.
-    pub name: String,
-    /// A local model directory, tried before the Hugging Face cache.
-    pub model_path: Option<PathBuf>,
-    /// Truncation limit in tokens; the effective one is the smallest of
-    /// this, the model's `max_seq_length` and its position table.
-    pub max_length: Option<usize>,
-    /// Texts per batch the pipeline should send.
-    pub batch_size: usize,
-    /// `""` or `"cpu"`; `"cuda"` / `"cuda:N"` in builds with the `cuda` feature.
-    pub device: String,
-    /// `"auto"`, `"float32"` or `"float16"` (f16 only on CUDA; the CPU
-    /// computes in f32).
-    pub precision: String,
-    /// Worker threads; `None` uses every core.
-    pub threads: Option<usize>,
-    /// Text put before every document; `None` takes the model's own document
-    /// prompt from `config_sentence_transformers.json` (E5 needs `passage: `).
-    pub document_prefix: Option<String>,
-    /// The vector length the model table declares (`dimension`), checked
-    /// against the model's.
-    pub expected_dimension: Option<usize>,
-}
-
-impl Default for NativeOptions {
-    fn default() -> Self {
-        NativeOptions {
-            name: DEFAULT_MODEL.into(),
-            model_path: None,
-            max_length: None,
-            batch_size: 32,
-            device: String::new(),
-            precision: "auto".into(),
-            threads: None,
-            document_prefix: None,
-            expected_dimension: None,
-        }
-    }
-}
-
-/// Where the forward pass runs, parsed from [`NativeOptions::device`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Device {
-    /// The native CPU engine.
-    Cpu,
-    /// A CUDA GPU (ordinal), through the candle engine.
-    Cuda(usize),
-}
-
-impl Device {
-    /// Parses a device string; `cuda` in a build without the `cuda` feature
-    /// is an error that says how to build one with it.
-    pub fn parse(device: &str) -> Result<Self, EmbedError> {
-        let d = device.trim().to_ascii_lowercase();
-        let parsed = match d.as_str() {
-            "" | "cpu" => Device::Cpu,
-            "cuda" | "gpu" => Device::Cuda(0),
-            other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-                Some(ordinal) => Device::Cuda(ordinal),
-                None => {
-                    return Err(EmbedError::Unsupported(format!(
-                        "device {device:?} is not supported (supported: \"cpu\", \"cuda\", \"cuda:N\")"
-                    )));
-                }
-            },
-        };
-        if matches!(parsed, Device::Cuda(_)) && !cfg!(feature = "cuda") {
-            return Err(cuda_not_built(device));
-        }
-        Ok(parsed)
-    }
-}
-
-fn cuda_not_built(device: &str) -> EmbedError {
-    EmbedError::Unsupported(format!(
-        "device {device:?} needs a GPU build, but this papersys was built without the `cuda` \
-         cargo feature of papersys-backend-native; rebuild on a machine with the CUDA toolkit \
-         with that feature enabled (cargo build --release --features papersys-backend-native/cuda), \
-         or set device = \"cpu\""
-    ))
-}
-
-/// Numeric precision of the forward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 everywhere.
-    F32,
-    /// f16 weights and activations (CUDA only); vectors are still stored as f32.
-    F16,
-}
-
-fn parse_precision(precision: &str, device: Device) -> Result<Precision, EmbedError> {
-    let wanted = match precision.trim().to_ascii_lowercase().as_str() {
-        "" | "auto" => None,
-        "float32" | "fp32" | "f32" => Some(Precision::F32),
-        "float16" | "fp16" | "f16" | "half" => Some(Precision::F16),
-        other => {
-            return Err(EmbedError::Unsupported(format!(
-                "precision {other:?} is not supported (supported: \"auto\", \"float32\", \"float16\")"
-            )));
-        }
-    };
-    Ok(match (device, wanted) {
-        (Device::Cpu, Some(Precision::F16)) => {
-            tracing::info!("precision float16 requested: the CPU engine computes in float32");
-            Precision::F32
-        }
-        (Device::Cpu, _) => Precision::F32,
-        (Device::Cuda(_), None) => Precision::F16,
-        (Device::Cuda(_), Some(p)) => p,
-    })
-}
 
 /// Everything read from a model directory before the weights are run.
 struct ModelSetup {
@@ -266,9 +150,12 @@ pub fn query_prompt(opts: &NativeOptions) -> Result<String, EmbedError> {
     Ok(sentence.query_prompt.unwrap_or_default())
 }
 
-/// SHA-256 of the weights: the cache blob name when there is one, else hashed.
-fn weights_sha256(files: &ModelFiles, weights: &WeightsFile) -> String {
-    files.weights_sha256.clone().unwrap_or_else(|| weights.sha256())
+/// SHA-256 of the weights, hashed from their content (streamed). For a
+/// Hugging Face cache this equals the blob's name (LFS blobs are named by
+/// the SHA-256 of their content), so identities recorded when the name was
+/// trusted still match; a blob whose name lies no longer decides it.
+fn weights_sha256(weights: &WeightsFile) -> String {
+    weights.sha256()
 }
 
 fn resolve_threads(threads: Option<usize>) -> usize {
@@ -305,9 +192,8 @@ pub struct NativeEmbedder {
 impl NativeEmbedder {
     /// Finds and loads the model of `opts` onto its device.
     pub fn load(opts: &NativeOptions) -> Result<Self, EmbedError> {
-        let device = Device::parse(&opts.device)?;
-        let precision = parse_precision(&opts.precision, device)?;
-        match device {
+        let precision = Precision::effective(opts.precision, opts.device);
+        match opts.device {
             Device::Cpu => Self::load_cpu(opts),
             Device::Cuda(ordinal) => Self::load_cuda(opts, ordinal, precision),
         }
@@ -320,7 +206,7 @@ impl NativeEmbedder {
 
     #[cfg(not(feature = "cuda"))]
     fn load_cuda(opts: &NativeOptions, _ordinal: usize, _precision: Precision) -> Result<Self, EmbedError> {
-        Err(cuda_not_built(&opts.device))
+        Err(options::cuda_not_built(opts.device))
     }
 
     fn load_cpu(opts: &NativeOptions) -> Result<Self, EmbedError> {
@@ -334,7 +220,7 @@ impl NativeEmbedder {
         })?;
         let weights = WeightsFile::open(&setup.files.weights())?;
         let encoder = models::load_encoder(&setup.transformer, &weights.tensors()?)?;
-        let sha = weights_sha256(&setup.files, &weights);
+        let sha = weights_sha256(&weights);
         drop(weights);
         let threads = resolve_threads(opts.threads);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -381,7 +267,7 @@ impl NativeEmbedder {
             other => Err(models::unsupported_model_type(other)),
         })?;
         let weights = WeightsFile::open(&setup.files.weights())?;
-        let sha = weights_sha256(&setup.files, &weights);
+        let sha = weights_sha256(&weights);
         drop(weights);
         let engine = candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
         let identity = Self::identity_of(opts, &setup, sha);
@@ -515,41 +401,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cuda_without_the_feature_is_a_clear_error() {
+    fn cuda_without_the_feature_is_an_error_about_device() {
         if cfg!(feature = "cuda") {
             return;
         }
-        for device in ["cuda", "cuda:1", "CUDA"] {
-            let e = Device::parse(device).unwrap_err().to_string();
-            assert!(e.contains("`cuda`"), "{e}");
-            assert!(e.contains("--features"), "{e}");
-        }
         let opts = NativeOptions {
-            device: "cuda".into(),
+            device: Device::Cuda(0),
             ..NativeOptions::default()
         };
-        assert!(matches!(
-            NativeEmbedder::load(&opts),
-            Err(EmbedError::Unsupported(_))
-        ));
+        match NativeEmbedder::load(&opts) {
+            Err(EmbedError::BadOption { key, message }) => {
+                assert_eq!(key, "device");
+                assert!(message.contains("--features"), "{message}");
+            }
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a CPU-only build loaded a CUDA model"),
+        }
     }
 
+    /// A cache blob whose name is not the SHA-256 of its content: the
+    /// identity takes the content's hash.
     #[test]
-    fn devices_and_precisions_parse() {
-        assert_eq!(Device::parse("").unwrap(), Device::Cpu);
-        assert_eq!(Device::parse("cpu").unwrap(), Device::Cpu);
-        assert!(
-            Device::parse("metal")
-                .unwrap_err()
-                .to_string()
-                .contains("not supported")
-        );
-        assert_eq!(parse_precision("float16", Device::Cpu).unwrap(), Precision::F32);
-        assert_eq!(parse_precision("auto", Device::Cuda(0)).unwrap(), Precision::F16);
+    fn the_weights_hash_comes_from_the_content_not_the_blob_name() {
+        let _guard = loader::tests::ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert");
+        let cache = tempfile::tempdir().unwrap();
+        let repo = cache.path().join("models--org--tiny");
+        let commit = "e".repeat(40);
+        let snap = repo.join("snapshots").join(&commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), &commit).unwrap();
+        for sub in ["", "1_Pooling", "2_Normalize"] {
+            std::fs::create_dir_all(snap.join(sub)).unwrap();
+            for entry in std::fs::read_dir(fixture.join(sub)).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_file() {
+                    std::fs::copy(entry.path(), snap.join(sub).join(entry.file_name())).unwrap();
+                }
+            }
+        }
+        let liar = "ab".repeat(32);
+        std::fs::rename(snap.join("model.safetensors"), repo.join("blobs").join(&liar)).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/{liar}"), snap.join("model.safetensors")).unwrap();
+        // SAFETY: tests touching the environment hold ENV_LOCK.
+        unsafe {
+            std::env::set_var("HF_HUB_CACHE", cache.path());
+            std::env::set_var("HF_HUB_OFFLINE", "1");
+        }
+        let loaded = NativeEmbedder::load(&NativeOptions {
+            name: "org/tiny".into(),
+            ..NativeOptions::default()
+        });
+        unsafe { std::env::remove_var("HF_HUB_CACHE") };
+        let embedder = loaded.unwrap();
+        let content = WeightsFile::open(&fixture.join("model.safetensors"))
+            .unwrap()
+            .sha256();
+        assert_ne!(content, liar);
         assert_eq!(
-            parse_precision("float32", Device::Cuda(0)).unwrap(),
-            Precision::F32
+            embedder.identity().weights_sha256.as_deref(),
+            Some(content.as_str())
         );
-        assert!(parse_precision("int8", Device::Cpu).is_err());
+        assert_eq!(embedder.identity().revision.as_deref(), Some(commit.as_str()));
     }
 }

@@ -40,9 +40,6 @@ pub struct ModelFiles {
     pub source: ModelSource,
     /// Hub commit of a cache snapshot.
     pub revision: Option<String>,
-    /// SHA-256 of `model.safetensors` when known without reading it (the
-    /// name of the cache blob it links to).
-    pub weights_sha256: Option<String>,
 }
 
 impl ModelFiles {
@@ -95,30 +92,31 @@ fn check_dir(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Finds the snapshot of model `name` in the hub cache at `cache`.
+/// Finds the snapshot of model `name` in the hub cache at `cache`, the
+/// way `hf_hub::Cache` reads it (`refs/main`, then `snapshots/<commit>/`).
 fn find_in_cache(cache: &Path, name: &str) -> Result<ModelFiles, String> {
-    let repo = cache.join(format!("models--{}", name.replace('/', "--")));
-    let reference = repo.join("refs").join("main");
-    let commit = std::fs::read_to_string(&reference).map_err(|_| {
-        format!(
-            "no {} in the Hugging Face cache ({} is missing)",
-            name,
-            reference.display()
-        )
-    })?;
-    let commit = commit.trim().to_string();
-    let dir = repo.join("snapshots").join(&commit);
+    let repo = hf_hub::Cache::new(cache.to_path_buf()).model(name.to_string());
+    let Some(config) = repo.get("config.json") else {
+        let folder = cache.join(format!("models--{}", name.replace('/', "--")));
+        return Err(format!(
+            "no {name} in the Hugging Face cache (no {} naming a snapshot with config.json)",
+            folder.join("refs").join("main").display()
+        ));
+    };
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{} has no parent directory", config.display()))?;
     check_dir(&dir)?;
-    let weights_sha256 = std::fs::read_link(dir.join("model.safetensors"))
-        .ok()
-        .and_then(|target| target.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .filter(|n| is_hex(n, 64));
+    let commit = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let revision = is_hex(&commit, 40).then_some(commit);
     Ok(ModelFiles {
         dir,
         source: ModelSource::HfCache,
         revision,
-        weights_sha256,
     })
 }
 
@@ -154,26 +152,33 @@ fn download(cache: &Path, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Locates the model of `opts` without loading it: `model_path`, then (if
-/// `name` is a directory) `name`, then the Hugging Face cache, then a hub
-/// download unless `HF_HUB_OFFLINE` is set. When all fail, the error lists
-/// every place tried and what to do.
+/// Locates the model of `opts` without loading it: `model_path` when set
+/// (which must then exist: [`EmbedError::BadOption`] otherwise), else `name`
+/// if it is a directory, else the Hugging Face cache, else a hub download
+/// unless `HF_HUB_OFFLINE` is set. When all fail, the error lists every
+/// place tried and what to do.
 pub fn resolve_model(opts: &NativeOptions) -> Result<ModelFiles, EmbedError> {
     let mut tried = Vec::new();
     let local = |dir: &Path| ModelFiles {
         dir: dir.to_path_buf(),
         source: ModelSource::Path,
         revision: None,
-        weights_sha256: None,
     };
     if let Some(path) = &opts.model_path {
-        if path.exists() {
-            // An explicit path that exists but is incomplete is the user's
-            // intent gone wrong: say so instead of silently using another copy.
-            check_dir(path).map_err(|e| EmbedError::Load(format!("model_path: {e}")))?;
-            return Ok(local(path));
+        // An explicit path is the user's intent: when it is wrong, say so
+        // instead of silently using another copy of the model.
+        if !path.exists() {
+            return Err(EmbedError::BadOption {
+                key: "model_path",
+                message: format!(
+                    "{} does not exist; set model_path to a directory holding config.json, \
+                     tokenizer.json and model.safetensors, or remove it to use the Hugging Face cache",
+                    path.display()
+                ),
+            });
         }
-        tried.push(format!("model_path: {} does not exist", path.display()));
+        check_dir(path).map_err(|e| EmbedError::Load(format!("model_path: {e}")))?;
+        return Ok(local(path));
     }
     let as_path = Path::new(&opts.name);
     if as_path.is_dir() {
@@ -259,7 +264,6 @@ pub(crate) mod tests {
         assert_eq!(files.dir, snap);
         assert_eq!(files.source, ModelSource::HfCache);
         assert_eq!(files.revision.as_deref(), Some(commit.as_str()));
-        assert_eq!(files.weights_sha256, Some("ab".repeat(32)));
         unsafe {
             std::env::set_var("HF_HUB_CACHE", tmp.path().join("hub"));
             std::env::set_var("HF_HOME", "/nonexistent");
@@ -295,8 +299,20 @@ pub(crate) mod tests {
         std::fs::remove_file(own.join("tokenizer.json")).unwrap();
         let e = resolve_model(&o).unwrap_err().to_string();
         assert!(e.contains("tokenizer.json"), "{e}");
-        // A model_path that does not exist falls through to the cache.
+        // A model_path that does not exist is an error about that key,
+        // never a silent fall-back to the cache's copy.
         o.model_path = Some(tmp.path().join("absent"));
+        match resolve_model(&o) {
+            Err(EmbedError::BadOption { key, message }) => {
+                assert_eq!(key, "model_path");
+                assert!(
+                    message.contains("absent") && message.contains("does not exist"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a model_path error, got {other:?}"),
+        }
+        o.model_path = None;
         assert_eq!(resolve_model(&o).unwrap().dir, snap);
         unsafe { std::env::remove_var("HF_HUB_CACHE") };
     }
@@ -309,11 +325,8 @@ pub(crate) mod tests {
             std::env::set_var("HF_HUB_CACHE", tmp.path());
             std::env::set_var("HF_HUB_OFFLINE", "1");
         }
-        let mut o = opts("org/absent-model");
-        o.model_path = Some(tmp.path().join("nowhere"));
+        let o = opts("org/absent-model");
         let e = resolve_model(&o).unwrap_err().to_string();
-        assert!(e.contains("model_path: "), "{e}");
-        assert!(e.contains("nowhere"), "{e}");
         assert!(e.contains("Hugging Face cache"), "{e}");
         assert!(e.contains("models--org--absent-model"), "{e}");
         assert!(e.contains("HF_HUB_OFFLINE"), "{e}");

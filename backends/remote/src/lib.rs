@@ -59,5 +59,7 @@ mod transport;
 
 pub use embedder::{RemoteEmbedder, ServerCheck};
 pub use fleet::ServerStats;
-pub use options::{BACKEND_NAMES, Encoding, RemoteOptions};
+pub use options::{
+    BACKEND_NAMES, BaseUrl, DEFAULT_TIMEOUT, Encoding, REMOTE_KEYS, RemoteOptions, RemoteTable,
+};
 pub use rate::estimate_tokens;

@@ -2,11 +2,97 @@
 
 use std::time::Duration;
 
-use papersys_backend_core::{EmbedError, Secret};
+use papersys_backend_core::{EmbedError, Positive, Seconds, Secret};
+use serde::Deserialize;
+use serde::de::{Deserializer, Error as _};
 
 /// Names a model table's `backend` may give for this protocol: all mean
 /// "an OpenAI-compatible `/v1/embeddings` server".
-pub const BACKEND_NAMES: &[&str] = &["openai", "vllm", "tei", "infinity"];
+pub const BACKEND_NAMES: &[&str] = &["openai", "vllm", "tei", "infinity", "ollama"];
+
+/// The keys of a model table only a server backend reads: the fields of
+/// [`RemoteTable`], and `api_key`, which the config loader keeps itself
+/// (a secret, resolved from the environment only when used).
+pub const REMOTE_KEYS: &[&str] = &[
+    "base_url",
+    "base_urls",
+    "request_batch_size",
+    "max_concurrency",
+    "timeout_s",
+    "max_retries",
+    "tokens_per_minute",
+    "dimensions",
+    "truncate_prompt_tokens",
+    "api_key",
+];
+
+/// Per-request timeout of a model table without `timeout_s`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A server backend's keys of a model table, typed (all but `api_key`, see
+/// [`REMOTE_KEYS`]). Unknown keys are refused.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteTable {
+    /// One server.
+    pub base_url: Option<BaseUrl>,
+    /// Several servers (added after `base_url` when both are given).
+    pub base_urls: Option<Vec<BaseUrl>>,
+    /// Texts per request; absent: the model table's `batch_size`.
+    pub request_batch_size: Option<Positive>,
+    /// Requests in flight per server; absent: 4.
+    pub max_concurrency: Option<Positive>,
+    /// Per-request timeout; absent: [`DEFAULT_TIMEOUT`].
+    pub timeout_s: Option<Seconds>,
+    /// Retries of a failed request; absent: 5.
+    pub max_retries: Option<u64>,
+    /// Token budget per minute, shared by all servers.
+    pub tokens_per_minute: Option<Positive>,
+    /// `dimensions` sent to models that support shortened outputs.
+    pub dimensions: Option<Positive>,
+    /// vLLM's `truncate_prompt_tokens`.
+    pub truncate_prompt_tokens: Option<Positive>,
+}
+
+impl RemoteTable {
+    /// Every server of the table, `base_url` first. May be empty in a
+    /// config carried over from the Python project, which is an error only
+    /// when the model is used.
+    pub fn base_urls(&self) -> Vec<String> {
+        self.base_url
+            .iter()
+            .chain(self.base_urls.iter().flatten())
+            .map(|url| url.0.clone())
+            .collect()
+    }
+}
+
+/// A server address as a model table writes it: `http://` or `https://`
+/// (checked while parsing; [`crate::RemoteEmbedder::new`] checks the rest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseUrl(String);
+
+impl BaseUrl {
+    /// The address, surrounding spaces removed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for BaseUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        let url = raw.trim();
+        if url.starts_with("http://") || url.starts_with("https://") {
+            Ok(BaseUrl(url.to_string()))
+        } else {
+            Err(D::Error::custom(format!(
+                "base URL {:?} must start with http:// or https://",
+                mask_userinfo(url)
+            )))
+        }
+    }
+}
 
 /// How vectors travel in responses (`encoding_format` of the request).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -110,6 +196,34 @@ impl RemoteOptions {
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
         }
+    }
+
+    /// The options of a model table: `table` (its server keys), the keys
+    /// every backend shares and the resolved `api_key`. Defaults differ
+    /// from [`RemoteOptions::new`]'s where the config file documents its
+    /// own: `request_batch_size` is the table's `batch_size`, the timeout
+    /// [`DEFAULT_TIMEOUT`].
+    pub fn from_table(
+        model: &str,
+        dimension: usize,
+        batch_size: usize,
+        document_prefix: Option<String>,
+        api_key: Option<Secret>,
+        table: &RemoteTable,
+    ) -> Self {
+        let mut options = RemoteOptions::new(model, table.base_urls(), dimension);
+        options.api_key = api_key;
+        options.request_batch_size = table.request_batch_size.map_or(batch_size, Positive::get);
+        options.max_concurrency = table.max_concurrency.map_or(4, Positive::get);
+        options.timeout = table.timeout_s.map_or(DEFAULT_TIMEOUT, Seconds::duration);
+        options.max_retries = table
+            .max_retries
+            .map_or(5, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        options.tokens_per_minute = table.tokens_per_minute.map(|n| n.get() as u64);
+        options.dimensions = table.dimensions.map(Positive::get);
+        options.truncate_prompt_tokens = table.truncate_prompt_tokens.map(Positive::get);
+        options.document_prefix = document_prefix.unwrap_or_default();
+        options
     }
 
     /// Rejects settings that cannot work, with a message naming the setting.
@@ -310,6 +424,35 @@ mod tests {
         assert!(!debug.contains("hunter2") && !debug.contains("sk-abc"), "{debug}");
         let err = ServerUrl::parse("ftp://user:hunter2@h").unwrap_err().to_string();
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_table_parses_typed_and_becomes_options() {
+        let table: RemoteTable = serde_json::from_str(
+            r#"{"base_url": " http://a:1 ", "base_urls": ["http://b:2"], "timeout_s": 2.5, "max_retries": 0}"#,
+        )
+        .unwrap();
+        assert_eq!(table.base_urls(), ["http://a:1", "http://b:2"]);
+        let options = RemoteOptions::from_table("m", 8, 16, None, None, &table);
+        assert_eq!(options.timeout, Duration::from_millis(2500));
+        assert_eq!((options.request_batch_size, options.max_retries), (16, 0));
+        let defaults = RemoteOptions::from_table("m", 8, 16, None, None, &RemoteTable::default());
+        assert_eq!((defaults.timeout, defaults.max_concurrency), (DEFAULT_TIMEOUT, 4));
+        let e = serde_json::from_str::<RemoteTable>(r#"{"base_url": "gpu1:8000"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must start with http://"), "{e}");
+        let e = serde_json::from_str::<RemoteTable>(r#"{"timeout_s": -1}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("positive number of seconds"), "{e}");
+        // REMOTE_KEYS are the struct's fields plus `api_key`.
+        let e = serde_json::from_str::<RemoteTable>(r#"{"zzz": 1}"#)
+            .unwrap_err()
+            .to_string();
+        let mut listed: Vec<&str> = e.split('`').skip(3).step_by(2).collect();
+        listed.push("api_key");
+        assert_eq!(listed, REMOTE_KEYS, "{e}");
     }
 
     #[test]
