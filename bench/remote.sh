@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What `papersys embed` costs when the embedding is done elsewhere: the
 # whole pipeline (CSV reading, batching, the HTTP client, checks, the
-# committer's deltas and year files) against a loopback server that answers
+# committer's checkpoints and year files) against a loopback server that answers
 # at once with precomputed vectors (backends/remote/examples/instant_server,
 # a separate process so its CPU is not counted as papersys'). Prints
 # papers/s of each run and the CPU seconds papersys used per 1000 papers,

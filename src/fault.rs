@@ -9,12 +9,12 @@
 //! * `PAPERSYS_FAULT_POINT=<name>:<n>` — the process sends itself SIGKILL
 //!   the n-th time (1-based) it reaches the point `<name>`; `any:<n>` counts
 //!   every point. Points are listed in `tests/faults.rs` and
-//!   `scripts/torture.sh`: `embed.after_batch`, `checkpoint.after_delta`,
-//!   `fold.after_merge`, `fold.before_remove_deltas`,
+//!   `scripts/torture.sh`: `embed.after_batch`, `checkpoint.after_write`,
+//!   `fold.after_merge`, `fold.before_remove_checkpoints`,
 //!   `promote.after_intent`, `promote.move_old`, `promote.move_new`,
 //!   `promote.before_cleanup`, and `<kind>.before_rename` /
 //!   `<kind>.after_rename` inside every atomic file replacement, where
-//!   `<kind>` is `year`, `delta`, `manifest`, `backlog`, `intent` or `other`.
+//!   `<kind>` is `year`, `checkpoint`, `manifest`, `backlog`, `intent` or `other`.
 //! * `PAPERSYS_FAULT_WRITE_LIMIT=<bytes>` — once atomic file writes have
 //!   written that many bytes in total, every further one fails with ENOSPC
 //!   ("No space left on device"), as a full disk would.
@@ -24,15 +24,15 @@ use std::path::Path;
 /// The kind of file an atomic write replaces, for point names.
 pub fn file_kind(path: &Path) -> &'static str {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let in_pending = path
+    let in_checkpoints = path
         .parent()
         .and_then(|p| p.file_name())
-        .is_some_and(|n| n == crate::store::pending::PENDING_DIR);
+        .is_some_and(|n| n == crate::store::checkpoint::CHECKPOINT_DIR);
     match name {
         "manifest.json" => "manifest",
         "backlog.parquet" => "backlog",
         "promote.json" => "intent",
-        _ if name.ends_with(".parquet") && in_pending => "delta",
+        _ if name.ends_with(".parquet") && in_checkpoints => "checkpoint",
         _ if name.strip_suffix(".parquet").is_some_and(|s| s.len() == 4) => "year",
         _ => "other",
     }
@@ -139,7 +139,10 @@ mod tests {
     fn kinds_follow_the_file_names() {
         assert_eq!(file_kind(Path::new("/d/m/manifest.json")), "manifest");
         assert_eq!(file_kind(Path::new("/d/m/2024.parquet")), "year");
-        assert_eq!(file_kind(Path::new("/d/m/.pending/2024-x-1.parquet")), "delta");
+        assert_eq!(
+            file_kind(Path::new("/d/m/.pending/2024-x-1.parquet")),
+            "checkpoint"
+        );
         assert_eq!(file_kind(Path::new("/d/m/backlog.parquet")), "backlog");
         assert_eq!(file_kind(Path::new("/d/m/.cache/refresh-state.json")), "other");
     }

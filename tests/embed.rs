@@ -284,7 +284,7 @@ fn stored_vectors_are_the_engines_and_python_reads_them() {
 }
 
 /// Checkpoint files in `.pending/` now.
-fn pending_deltas(tree: &Tree) -> BTreeSet<String> {
+fn checkpoint_files(tree: &Tree) -> BTreeSet<String> {
     std::fs::read_dir(tree.model_dir().join(".pending"))
         .map(|entries| {
             entries
@@ -302,7 +302,7 @@ fn sigkill_mid_run_then_rerun_embeds_every_paper_exactly_once() {
     // Each run is killed once it has committed this many checkpoints of its
     // own (8 papers each): after embedding began, long before the end.
     for (trial, checkpoints) in [1usize, 2, 2].into_iter().enumerate() {
-        let old = pending_deltas(&tree);
+        let old = checkpoint_files(&tree);
         let mut child = tree.spawn_embed();
         let mut seen: BTreeSet<String> = BTreeSet::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(300);
@@ -315,7 +315,7 @@ fn sigkill_mid_run_then_rerun_embeds_every_paper_exactly_once() {
                 std::time::Instant::now() < deadline,
                 "trial {trial}: no checkpoint"
             );
-            seen.extend(pending_deltas(&tree).difference(&old).cloned());
+            seen.extend(checkpoint_files(&tree).difference(&old).cloned());
             std::thread::sleep(Duration::from_millis(5));
         }
         let _ = child.kill(); // SIGKILL
@@ -394,7 +394,11 @@ fn reembed_under_a_new_model_stages_then_replaces_every_vector_at_once() {
     assert_eq!(partial["models"][0]["embedded"], 4);
     assert_eq!(partial["models"][0]["replacement"]["promoted"], false);
     assert_eq!(partial["models"][0]["replacement"]["remaining"], 6);
-    assert_eq!(stored(&tree), old, "live vectors untouched while staging");
+    assert_eq!(
+        stored(&tree),
+        old,
+        "live vectors untouched while the replacement store fills"
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(tree.model_dir().join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["model_identity"]["document_prefix"], "");

@@ -405,12 +405,12 @@ mod kill_points {
 
     #[test]
     fn killed_inside_a_checkpoint_before_its_rename() {
-        trial("delta.before_rename", 2, 0);
+        trial("checkpoint.before_rename", 2, 0);
     }
 
     #[test]
     fn killed_right_after_a_checkpoint() {
-        trial("checkpoint.after_delta", 3, 10);
+        trial("checkpoint.after_write", 3, 10);
     }
 
     #[test]
@@ -422,7 +422,7 @@ mod kill_points {
     #[test]
     fn killed_between_a_year_file_and_its_manifest() {
         trial("fold.after_merge", 1, 10);
-        trial("fold.before_remove_deltas", 2, 10);
+        trial("fold.before_remove_checkpoints", 2, 10);
     }
 
     #[test]
@@ -442,7 +442,7 @@ mod kill_points {
         let out = run(
             &tree,
             &["embed", "-q"],
-            &[("PAPERSYS_FAULT_POINT", "checkpoint.after_delta:3".into())],
+            &[("PAPERSYS_FAULT_POINT", "checkpoint.after_write:3".into())],
         );
         assert!(killed(&out), "{}", text(&out));
         let dir = model_dir(&tree);
@@ -456,7 +456,7 @@ mod kill_points {
         check_complete(&tree, &expected, "", "damaged year file under checkpoints");
     }
 
-    /// A model change (`document_prefix`) replaced through staging, killed
+    /// A model change (`document_prefix`) replaced through a replacement store, killed
     /// during promotion; the rerun finishes it and every vector is the new
     /// model's.
     pub fn promotion_trial(point: &str, nth: u32) {
@@ -555,16 +555,16 @@ fn torture() {
     let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
     // Named points, each at several n. Each bound is at most the times the
     // point is reached in the least interleaved run (batches of 4, checkpoints
-    // of 5: seven deltas from scratch, six after ten papers are done).
+    // of 5: seven checkpoints from scratch, six after ten papers are done).
     let points = [
         ("embed.after_batch", 12, 0),
-        ("checkpoint.after_delta", 6, 10),
-        ("delta.before_rename", 6, 0),
-        ("delta.after_rename", 6, 10),
+        ("checkpoint.after_write", 6, 10),
+        ("checkpoint.before_rename", 6, 0),
+        ("checkpoint.after_rename", 6, 10),
         ("year.before_rename", 2, 10),
         ("year.after_rename", 2, 10),
         ("fold.after_merge", 2, 10),
-        ("fold.before_remove_deltas", 2, 0),
+        ("fold.before_remove_checkpoints", 2, 0),
         ("manifest.before_rename", 2, 10),
         ("manifest.after_rename", 2, 10),
         ("backlog.before_rename", 1, 10),
@@ -664,8 +664,8 @@ batch_size = 8
     let python = python();
     let points = [
         ("embed.after_batch", 2),
-        ("delta.before_rename", 2),
-        ("checkpoint.after_delta", 3),
+        ("checkpoint.before_rename", 2),
+        ("checkpoint.after_write", 3),
         ("year.before_rename", 1),
         ("year.after_rename", 1),
         ("fold.after_merge", 1),

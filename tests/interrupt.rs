@@ -92,13 +92,13 @@ fn vectors_on_disk(tree: &Tree) -> usize {
                 .ids,
         );
     }
-    for delta in papersys::store::pending::list(&dir)
+    for checkpoint in papersys::store::checkpoint::list(&dir)
         .unwrap()
         .into_values()
         .flatten()
     {
         ids.extend(
-            papersys::store::year_file::read_ids(&delta, REMOTE_DIM)
+            papersys::store::year_file::read_ids(&checkpoint, REMOTE_DIM)
                 .unwrap()
                 .ids,
         );

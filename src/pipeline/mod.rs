@@ -8,8 +8,8 @@
 //! * **workers** (one per batch the backend takes at once) embed, retry a
 //!   failed batch once, and check every vector (count, dimension, finite);
 //! * the **committer** (the calling thread) buffers vectors, makes them
-//!   durable every `checkpoint_interval` papers as per-year deltas, and
-//!   folds a year's deltas into its year file once the year is done.
+//!   durable every `checkpoint_interval` papers as per-year checkpoints, and
+//!   folds a year's checkpoints into its year file once the year is done.
 //!
 //! A crash at any point loses at most the vectors since the last
 //! checkpoint; the next writer folds what was committed.
@@ -281,7 +281,7 @@ struct Committer<'a> {
     buffered: usize,
     checkpoint_interval: usize,
     run_tag: String,
-    deltas: u64,
+    checkpoints: u64,
     /// Papers queued per year (known once the producer is done with it).
     queued: HashMap<Year, usize>,
     settled: HashMap<Year, usize>,
@@ -303,10 +303,10 @@ impl Committer<'_> {
                 continue;
             }
             self.buffered -= rows.len();
-            self.deltas += 1;
-            let tag = format!("{}-{:06}", self.run_tag, self.deltas);
-            self.writer.write_delta(year, &tag, rows, self.identity)?;
-            crate::fault::point("checkpoint.after_delta");
+            self.checkpoints += 1;
+            let tag = format!("{}-{:06}", self.run_tag, self.checkpoints);
+            self.writer.write_checkpoint(year, &tag, rows, self.identity)?;
+            crate::fault::point("checkpoint.after_write");
         }
         Ok(())
     }
@@ -349,7 +349,7 @@ fn commit(
             .strftime("%Y%m%dT%H%M%S%.3fZ")
             .to_string()
             .replace('.', ""),
-        deltas: 0,
+        checkpoints: 0,
         queued: HashMap::new(),
         settled: HashMap::new(),
         folded: BTreeSet::new(),
@@ -433,10 +433,10 @@ fn commit(
     committer.checkpoint(None)?;
     committer.outcome.interrupted = crate::interrupt::requested();
     if !committer.outcome.interrupted {
-        for year in crate::store::pending::list(&writer.dir)?.into_keys() {
+        for year in crate::store::checkpoint::list(&writer.dir)?.into_keys() {
             writer.fold_year(year, Some(identity))?;
         }
-        writer.clear_pending()?;
+        writer.clear_checkpoints()?;
     }
     progress.finish();
     Ok(committer.outcome)

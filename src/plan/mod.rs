@@ -36,7 +36,7 @@ use crate::store::backlog::{self, BacklogRow, MissingReason};
 use crate::store::cache::{FileStamp, RefreshState, YearInputs, YearIssue, YearSummary, prefix_hash};
 use crate::store::manifest::now_iso;
 use crate::store::year_file::{self, YearFileError, YearIds};
-use crate::store::{ModelStore, StoreError, StoreWriter, pending};
+use crate::store::{ModelStore, StoreError, StoreWriter, checkpoint};
 use diff::{count_reasons, diff_year};
 use index::year_metadata;
 
@@ -156,7 +156,7 @@ impl<'a> PlanInputs<'a> {
 /// Computes every waiting paper without writing the backlog. With
 /// [`Access::Write`], damaged year files are moved aside and the metadata
 /// index is saved; with [`Access::ReadOnly`] nothing on disk changes.
-/// Vectors committed in checkpoint deltas but not yet folded count as
+/// Vectors committed in checkpoints but not yet folded count as
 /// present.
 pub fn compute(
     access: Access<'_>,
@@ -177,7 +177,7 @@ pub fn compute(
         }
     };
     let backlog_path = store.dir.join(backlog::BACKLOG_FILE);
-    let pending = pending::list(&store.dir)?;
+    let checkpoints = checkpoint::list(&store.dir)?;
     let trusted = old_state.as_ref().filter(|s| {
         s.prefix_hash == prefix_hash
             && s.dimension == store.dimension
@@ -214,7 +214,7 @@ pub fn compute(
             let key = year.to_string();
             let cached = trusted
                 .and_then(|s| s.years.get(&key))
-                .filter(|s| s.inputs == inputs_now && !pending.contains_key(&year));
+                .filter(|s| s.inputs == inputs_now && !checkpoints.contains_key(&year));
             if let Some(summary) = cached {
                 let rows = old_rows_by_year.get(&year).cloned().unwrap_or_default();
                 return Ok(YearOutcome {
@@ -326,7 +326,7 @@ fn compute_year(
     } else {
         None
     };
-    let committed = pending::ids(&store.dir, year, store.dimension)?;
+    let committed = checkpoint::ids(&store.dir, year, store.dimension)?;
     if !committed.is_empty() {
         let ids = stored.get_or_insert_with(YearIds::default);
         for id in committed {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use crate::metadata::{Discovery, MetadataFile, Year};
 use crate::store::backlog;
 use crate::store::cache::{FileStamp, RefreshState};
-use crate::store::{ModelStore, pending};
+use crate::store::{ModelStore, checkpoint};
 
 /// Origin and stamp of each file, the key of the per-year caches.
 pub fn metadata_stamps(files: &[&MetadataFile]) -> Vec<(String, FileStamp)> {
@@ -33,10 +33,10 @@ pub fn is_current(store: &ModelStore, discovery: &Discovery) -> bool {
     if state.backlog != FileStamp::of(&store.dir.join(backlog::BACKLOG_FILE)) {
         return false;
     }
-    let (Ok(year_files), Ok(pending)) = (store.year_files(), pending::list(&store.dir)) else {
+    let (Ok(year_files), Ok(checkpoints)) = (store.year_files(), checkpoint::list(&store.dir)) else {
         return false;
     };
-    if !pending.is_empty() {
+    if !checkpoints.is_empty() {
         return false;
     }
     let years: BTreeSet<Year> = discovery

@@ -8,12 +8,12 @@
 pub mod atomic;
 pub mod backlog;
 pub mod cache;
+pub mod checkpoint;
 pub mod lock;
 pub mod manifest;
 pub mod parquet_input;
-pub mod pending;
 pub mod provenance;
-pub mod staging;
+pub mod replacement;
 pub mod year_file;
 
 use std::path::{Path, PathBuf};
@@ -147,7 +147,7 @@ impl ModelStore {
         let mut removed = 0;
         for dir in [
             self.dir.clone(),
-            self.dir.join(pending::PENDING_DIR),
+            self.dir.join(checkpoint::CHECKPOINT_DIR),
             self.dir.join(cache::CACHE_DIR),
         ] {
             removed += atomic::remove_stale_temporaries(&dir).map_err(|e| StoreError::io(&dir, e))?;

@@ -10,7 +10,7 @@
 use papersys_backend_core::ModelIdentity;
 
 use super::year_file::{self, YearFileError};
-use super::{ModelStore, StoreError, pending};
+use super::{ModelStore, StoreError, checkpoint};
 
 impl ModelStore {
     /// The model that made the vectors on disk: the manifest's record, else
@@ -28,7 +28,7 @@ impl ModelStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(pending::recorded_identity(&self.dir))
+        Ok(checkpoint::recorded_identity(&self.dir))
     }
 
     /// Checks every year file and checkpoint that records a model against
@@ -53,7 +53,7 @@ impl ModelStore {
     /// Year files, then checkpoints.
     fn recorded_files(&self) -> Result<Vec<std::path::PathBuf>, StoreError> {
         let mut paths: Vec<_> = self.year_files()?.into_iter().map(|(_, p)| p).collect();
-        paths.extend(pending::list(&self.dir)?.into_values().flatten());
+        paths.extend(checkpoint::list(&self.dir)?.into_values().flatten());
         Ok(paths)
     }
 }

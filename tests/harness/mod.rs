@@ -166,7 +166,7 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 /// What a killed run may leave: every Parquet file (year files, checkpoint
-/// deltas, staged files) reads; year files are sorted and unique, and no
+/// checkpoints, replacement files) reads; year files are sorted and unique, and no
 /// paper has rows in two year files; `status` works. Returns the live
 /// vectors (id -> vector).
 pub fn check_after_kill(tree: &Tree, context: &str) -> BTreeMap<String, Vec<f32>> {
@@ -224,7 +224,7 @@ pub fn live_vectors(dir: &Path, context: &str) -> BTreeMap<String, Vec<f32>> {
 /// After a completed run: the live year files hold exactly `expected`
 /// (id -> text), each paper once with the server's vector of
 /// `prefix + text`; the manifest lists exactly the files and their row
-/// counts; no temporary file, checkpoint or staged store is left anywhere.
+/// counts; no temporary file, checkpoint or replacement store is left anywhere.
 pub fn check_complete(tree: &Tree, expected: &BTreeMap<String, String>, prefix: &str, context: &str) {
     let dir = model_dir(tree);
     let live = live_vectors(&dir, context);
@@ -251,7 +251,10 @@ pub fn check_complete(tree: &Tree, expected: &BTreeMap<String, String>, prefix: 
         !dir.join(".pending").exists(),
         "{context}: checkpoints left unfolded"
     );
-    assert!(!dir.join(".reembed").exists(), "{context}: staged store left");
+    assert!(
+        !dir.join(".reembed").exists(),
+        "{context}: replacement store left"
+    );
     assert!(
         !dir.join("backlog.parquet").exists(),
         "{context}: papers still wait"

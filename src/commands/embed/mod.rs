@@ -1,6 +1,6 @@
 //! `papersys embed`: give every paper that lacks a usable vector one.
 //!
-//! [`replacement`] handles `--reembed` under a changed model (staging the
+//! [`replacement`] handles `--reembed` under a changed model (filling the
 //! new vectors and promoting them); this module selects the work and runs
 //! the pipeline for both.
 
@@ -22,7 +22,7 @@ use crate::store::backlog::{self, BACKLOG_FILE, BacklogRow, MissingReason};
 use crate::store::cache::RefreshState;
 use crate::store::manifest::MANIFEST_FILE;
 use crate::store::year_file::YearFileError;
-use crate::store::{ModelStore, StoreError, StoreWriter, pending};
+use crate::store::{ModelStore, StoreError, StoreWriter, checkpoint};
 pub use replacement::Replacement;
 use replacement::replace_model;
 
@@ -470,7 +470,7 @@ fn run_model(
 ) -> Result<ModelRun, Error> {
     let recorded = writer.manifest()?.and_then(|m| m.model_identity);
     // Replacing every vector loads the model first: a changed model is then
-    // allowed, through staging. Otherwise nothing is loaded unless work waits.
+    // allowed, through a replacement store. Otherwise nothing is loaded unless work waits.
     let loaded = if options.reembed && options.years.is_none() {
         let embedder = load(model)?;
         if let Some((old, _)) = recorded_mismatch(writer, embedder.identity())? {
@@ -505,11 +505,11 @@ fn run_model(
             if let Some((_, details)) = recorded_mismatch(writer, embedder.identity())? {
                 return Err(refuse_mix(model, &details));
             }
-            if writer.has_staging() {
+            if writer.has_replacement() {
                 return Err(Error::Usage(format!(
                     "model `{alias}`: a replacement of every vector by this model is half done in {}; \
                      finish it with `papersys embed --model {alias} --reembed`",
-                    writer.staging().dir.display(),
+                    writer.replacement_store().dir.display(),
                     alias = model.alias
                 )));
             }
@@ -584,7 +584,7 @@ fn execute(
     report.files = if outcome.interrupted {
         // The vectors wait in checkpoints; no year file was rewritten.
         [
-            writer.dir.join(pending::PENDING_DIR),
+            writer.dir.join(checkpoint::CHECKPOINT_DIR),
             writer.dir.join(BACKLOG_FILE),
         ]
         .into_iter()

@@ -1,8 +1,8 @@
 //! `papersys embed --reembed` over all years under a changed model: the new
-//! model's vectors are embedded into the staged store (`.reembed/`, see
-//! [`crate::store::staging`]), and the staged store is promoted once every
+//! model's vectors are embedded into the replacement store (`.reembed/`, see
+//! [`crate::store::replacement`]), and the replacement store is promoted once every
 //! paper has its new vector. Lives with the command, not the store, because
-//! it drives the pipeline; the store only stages and promotes files.
+//! it drives the pipeline; the store only holds and promotes files.
 
 use std::collections::BTreeMap;
 
@@ -32,7 +32,7 @@ pub struct Replacement {
     pub remaining: u64,
 }
 
-/// `--reembed` over all years under a changed model: embed into the staged
+/// `--reembed` over all years under a changed model: embed into the replacement
 /// store, and promote it once every paper has its new vector.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn replace_model(
@@ -46,50 +46,50 @@ pub(super) fn replace_model(
     issues: &mut Vec<crate::metadata::InputIssue>,
 ) -> Result<ModelRun, Error> {
     let identity = embedder.identity().clone();
-    let staging = writer.staging().open_writer()?;
-    if let Some(staged) = staging.manifest()?.and_then(|m| m.model_identity)
-        && !identity.mismatches(&staged).is_empty()
+    let store = writer.replacement_store().open_writer()?;
+    if let Some(recorded) = store.manifest()?.and_then(|m| m.model_identity)
+        && !identity.mismatches(&recorded).is_empty()
     {
         return Err(Error::Usage(format!(
             "model `{}`: {} holds vectors of yet another model ({}); delete that directory to replace the \
              vectors with {} instead",
             model.alias,
-            staging.dir.display(),
-            staged.name,
+            store.dir.display(),
+            recorded.name,
             identity.name
         )));
     }
     tracing::warn!(
-        "{}: replacing every vector made by {} with {}; new vectors are staged in {} and replace the old \
+        "{}: replacing every vector made by {} with {}; new vectors go to {} and replace the old \
          ones in one step once every paper has one",
         model.alias,
         old.name,
         identity.name,
-        staging.dir.display()
+        store.dir.display()
     );
-    // Relative to the staged store, "missing" is exactly what is left to do.
-    let staged_options = EmbedOptions {
+    // Relative to the replacement store, "missing" is exactly what is left to do.
+    let replacement_options = EmbedOptions {
         reembed: false,
         ..options.clone()
     };
     let work = select_work(
         model,
-        Access::Write(&staging),
+        Access::Write(&store),
         config,
         discovery,
-        &staged_options,
+        &replacement_options,
         issues,
     )?;
     let mut report = execute(
         config,
         model,
-        &staging,
+        &store,
         discovery,
-        &staged_options,
+        &replacement_options,
         &work,
         embedder,
     )?;
-    let remaining = backlog::read(&staging.dir)
+    let remaining = backlog::read(&store.dir)
         .map(|rows| rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64)
         .unwrap_or(u64::MAX);
     let mut replacement = Replacement {
@@ -99,10 +99,10 @@ pub(super) fn replace_model(
         old_vectors: None,
         remaining,
     };
-    // An interrupted run leaves checkpoints in the staged store: never promote before they are folded.
+    // An interrupted run leaves checkpoints in the replacement store: never promote before they are folded.
     if remaining == 0 && report.failed == 0 && !report.interrupted {
-        drop(staging);
-        let moved = writer.promote_staging(&identity)?;
+        drop(store);
+        let moved = writer.promote_replacement(&identity)?;
         let after = plan::refresh(writer, PlanInputs::new(discovery, &identity.document_prefix))?;
         report.waiting_after = after.rows.iter().filter(|r| r.reason.is_embeddable()).count() as u64;
         replacement.promoted = true;

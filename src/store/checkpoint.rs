@@ -1,12 +1,14 @@
-//! Checkpoints of a running embed: `<alias>/.pending/YYYY-<run>-<n>.parquet`.
+//! Checkpoints of a running embed: `<alias>/.pending/YYYY-<run>-<n>.parquet`
+//! (the directory keeps its on-disk name `.pending/`; the files in it are
+//! checkpoints).
 //!
 //! Every `checkpoint_interval` papers the new vectors are written, per year,
-//! into a small delta file (same schema as a year file) and made durable:
+//! into a small checkpoint file (same schema as a year file) and made durable:
 //! from then on a crash cannot lose them. Year files are not rewritten per
-//! checkpoint; a year's deltas are folded into its year file once, when the
+//! checkpoint; a year's checkpoints are folded into its year file once, when the
 //! run is done with the year (or by the next writer after a crash). Folding
 //! is idempotent: the merge keeps one row per paper, the one committed last
-//! (delta order, never the clock), so deltas that survive a crash after
+//! (checkpoint order, never the clock), so checkpoints that survive a crash after
 //! their fold are folded again harmlessly.
 //! The directory is hidden, so readers globbing `*.parquet` never see it.
 
@@ -20,11 +22,12 @@ use super::year_file::{self, MergeOutcome, VectorRow, YearFileError};
 use super::{StoreError, StoreWriter};
 use crate::metadata::Year;
 
-/// Directory of checkpoint deltas inside a model directory.
-pub const PENDING_DIR: &str = ".pending";
+/// Directory of checkpoints inside a model directory (its on-disk name is
+/// `.pending`, kept for stores written before the naming pass).
+pub const CHECKPOINT_DIR: &str = ".pending";
 
 /// Bytes of new vectors a fold holds in memory at most: a year with more
-/// pending is merged in several passes, which keeps a backfill's memory
+/// checkpointed vectors is merged in several passes, which keeps a backfill's memory
 /// bounded whatever its size and dimension, at the cost of one more rewrite
 /// of that year file per pass. At 384 dimensions this is ~260,000 vectors,
 /// so a year of up to ~500,000 new papers (arXiv's largest is under
@@ -45,23 +48,23 @@ fn fold_rows_in_memory(dimension: usize) -> usize {
     (FOLD_BYTES_IN_MEMORY / per_row).max(1)
 }
 
-/// The model that made the pending vectors, for a recovery that runs before
+/// The model that made the checkpointed vectors, for a recovery that runs before
 /// any model is loaded.
 const IDENTITY_FILE: &str = "identity.json";
 
-/// The identity recorded beside pending deltas, if any.
+/// The identity recorded beside the checkpoints, if any.
 pub fn recorded_identity(model_dir: &Path) -> Option<ModelIdentity> {
-    let bytes = std::fs::read(model_dir.join(PENDING_DIR).join(IDENTITY_FILE)).ok()?;
+    let bytes = std::fs::read(model_dir.join(CHECKPOINT_DIR).join(IDENTITY_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Delta files per year, in the order they were written.
+/// Checkpoint files per year, in the order they were written.
 pub fn list(model_dir: &Path) -> Result<BTreeMap<Year, Vec<PathBuf>>, StoreError> {
-    let dir = model_dir.join(PENDING_DIR);
-    let mut deltas: BTreeMap<Year, Vec<PathBuf>> = BTreeMap::new();
+    let dir = model_dir.join(CHECKPOINT_DIR);
+    let mut checkpoints: BTreeMap<Year, Vec<PathBuf>> = BTreeMap::new();
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(deltas),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(checkpoints),
         Err(e) => return Err(StoreError::io(&dir, e)),
     };
     for entry in entries {
@@ -72,16 +75,16 @@ pub fn list(model_dir: &Path) -> Result<BTreeMap<Year, Vec<PathBuf>>, StoreError
             .and_then(|stem| stem.split('-').next())
             .and_then(Year::parse);
         if let Some(year) = year {
-            deltas.entry(year).or_default().push(entry.path());
+            checkpoints.entry(year).or_default().push(entry.path());
         }
     }
-    for files in deltas.values_mut() {
+    for files in checkpoints.values_mut() {
         files.sort();
     }
-    Ok(deltas)
+    Ok(checkpoints)
 }
 
-/// Ids present in a year's deltas (vectors committed but not yet folded).
+/// Ids present in a year's checkpoints (vectors committed but not yet folded).
 pub fn ids(model_dir: &Path, year: Year, dimension: usize) -> Result<Vec<String>, StoreError> {
     let mut ids = Vec::new();
     for path in list(model_dir)?.remove(&year).unwrap_or_default() {
@@ -93,16 +96,16 @@ pub fn ids(model_dir: &Path, year: Year, dimension: usize) -> Result<Vec<String>
 }
 
 impl StoreWriter {
-    /// Writes one checkpoint delta for `year` durably. `tag` makes the name
+    /// Writes one checkpoint for `year` durably. `tag` makes the name
     /// unique within the run (run start time and a counter).
-    pub fn write_delta(
+    pub fn write_checkpoint(
         &self,
         year: Year,
         tag: &str,
         rows: Vec<VectorRow>,
         identity: &ModelIdentity,
     ) -> Result<PathBuf, StoreError> {
-        let dir = self.dir.join(PENDING_DIR);
+        let dir = self.dir.join(CHECKPOINT_DIR);
         super::atomic::create_owned_dir(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let identity_path = dir.join(IDENTITY_FILE);
         if !identity_path.exists() {
@@ -118,9 +121,9 @@ impl StoreWriter {
         Ok(path)
     }
 
-    /// Folds every delta of `year` into the year file, records `identity` in
-    /// the manifest and removes the folded deltas. Returns what the merge
-    /// did, or `None` when the year had no deltas.
+    /// Folds every checkpoint of `year` into the year file, records `identity` in
+    /// the manifest and removes the folded checkpoints. Returns what the merge
+    /// did, or `None` when the year had no checkpoints.
     pub fn fold_year(
         &self,
         year: Year,
@@ -130,17 +133,17 @@ impl StoreWriter {
     }
 
     /// [`Self::fold_year`], holding at most about `max_rows` new vectors in
-    /// memory: deltas are merged in groups, oldest first, each group
-    /// committed (year file, manifest, deltas removed) before the next.
-    /// A delta made by another model than `identity` (or than the first
-    /// delta, when `identity` is unknown) is refused, naming it.
+    /// memory: checkpoints are merged in groups, oldest first, each group
+    /// committed (year file, manifest, checkpoints removed) before the next.
+    /// A checkpoint made by another model than `identity` (or than the first
+    /// checkpoint, when `identity` is unknown) is refused, naming it.
     fn fold_year_within(
         &self,
         year: Year,
         identity: Option<&ModelIdentity>,
         max_rows: usize,
     ) -> Result<Option<MergeOutcome>, StoreError> {
-        let Some(deltas) = list(&self.dir)?.remove(&year) else {
+        let Some(checkpoints) = list(&self.dir)?.remove(&year) else {
             return Ok(None);
         };
         let year_path = self.year_path(year);
@@ -157,19 +160,19 @@ impl StoreWriter {
         let mut rows: Vec<VectorRow> = Vec::new();
         let mut group: Vec<&PathBuf> = Vec::new();
         let mut identity = identity.cloned();
-        for path in &deltas {
+        for path in &checkpoints {
             match year_file::read_rows(path, self.dimension) {
-                Ok(delta) => {
+                Ok(checkpoint_rows) => {
                     if let Some(recorded) = year_file::footer(path)?.identity {
                         match &identity {
                             Some(current) => year_file::check_identity(path, current, &recorded)?,
                             None => identity = Some(recorded),
                         }
                     }
-                    rows.extend(delta);
+                    rows.extend(checkpoint_rows);
                     group.push(path);
                 }
-                // A delta is only ever renamed into place whole, so a damaged
+                // A checkpoint is only ever renamed into place whole, so a damaged
                 // one was damaged on disk after the fact: keep it aside.
                 Err(YearFileError::Damaged { message, .. }) => {
                     let moved = self.quarantine(path)?;
@@ -195,8 +198,8 @@ impl StoreWriter {
     }
 
     /// Merges one group's rows into the year file, then makes the manifest
-    /// true and removes the group's deltas. A crash in between leaves
-    /// deltas that are folded again, harmlessly.
+    /// true and removes the group's checkpoints. A crash in between leaves
+    /// checkpoints that are folded again, harmlessly.
     fn commit_group(
         &self,
         year_path: &Path,
@@ -207,14 +210,14 @@ impl StoreWriter {
         let outcome = year_file::merge_as(year_path, rows, self.dimension, identity)?;
         crate::fault::point("fold.after_merge");
         self.sync_manifest(identity)?;
-        crate::fault::point("fold.before_remove_deltas");
+        crate::fault::point("fold.before_remove_checkpoints");
         for path in group {
             remove_durably(path).map_err(|e| StoreError::io(path, e))?;
         }
         Ok(outcome)
     }
 
-    /// Folds the deltas of every year: recovery after an interrupted run,
+    /// Folds the checkpoints of every year: recovery after an interrupted run,
     /// done by the next writer before it plans anything. The vectors are
     /// recorded as made by the model noted beside them.
     pub fn fold_all(&self) -> Result<u64, StoreError> {
@@ -225,13 +228,13 @@ impl StoreWriter {
                 folded += outcome.added + outcome.replaced;
             }
         }
-        self.clear_pending()?;
+        self.clear_checkpoints()?;
         Ok(folded)
     }
 
-    /// Removes the pending directory once no delta is left in it.
-    pub fn clear_pending(&self) -> Result<(), StoreError> {
-        let dir = self.dir.join(PENDING_DIR);
+    /// Removes the checkpoint directory (`.pending/`) once no checkpoint is left in it.
+    pub fn clear_checkpoints(&self) -> Result<(), StoreError> {
+        let dir = self.dir.join(CHECKPOINT_DIR);
         if !dir.exists() || !list(&self.dir)?.is_empty() {
             return Ok(());
         }
@@ -291,7 +294,11 @@ mod tests {
             "{message}"
         );
         assert!(!writer.year_path(year).exists(), "nothing folded");
-        assert_eq!(list(&writer.dir).unwrap()[&year].len(), 3, "the deltas are kept");
+        assert_eq!(
+            list(&writer.dir).unwrap()[&year].len(),
+            3,
+            "the checkpoints are kept"
+        );
         // The recovery, which knows no model, folds them under the one they record.
         writer.fold_year(year, None).unwrap();
         let footer = year_file::footer(&writer.year_path(year)).unwrap();
@@ -302,7 +309,7 @@ mod tests {
         );
     }
 
-    /// A store of `dir` with three deltas for 2024, the later ones re-embedding
+    /// A store of `dir` with three checkpoints for 2024, the later ones re-embedding
     /// papers of the earlier ones.
     fn store_with_deltas(dir: &Path) -> StoreWriter {
         let text = "[embedding]\n[[embedding.models]]\nalias = \"m\"\nname = \"m\"\ndimension = 4\n";
@@ -315,14 +322,14 @@ mod tests {
             "2025-01-03T00:00:00.000000+00:00",
         );
         let year = Year::parse("2024").unwrap();
-        let deltas = [
+        let checkpoints = [
             vec![row("2401.00003", 1.0, t1), row("2401.00001", 1.0, t1)],
             vec![row("2401.00002", 2.0, t2), row("2401.00003", 2.0, t2)],
             vec![row("2401.00001", 3.0, t3), row("2401.00004", 3.0, t3)],
         ];
-        for (n, rows) in deltas.into_iter().enumerate() {
+        for (n, rows) in checkpoints.into_iter().enumerate() {
             writer
-                .write_delta(year, &format!("run-{n:06}"), rows, &identity)
+                .write_checkpoint(year, &format!("run-{n:06}"), rows, &identity)
                 .unwrap();
         }
         writer

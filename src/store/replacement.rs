@@ -20,8 +20,8 @@ use super::atomic::{TEMP_PREFIX, create_owned_dir, rename_durably, write_bytes_a
 use super::manifest::{Manifest, year_files};
 use super::{ModelStore, StoreError, StoreWriter};
 
-/// Directory of the staged store inside a model directory.
-pub const STAGING_DIR: &str = ".reembed";
+/// Directory of the replacement store inside a model directory.
+pub const REPLACEMENT_DIR: &str = ".reembed";
 
 /// The promotion intent, written before anything moves.
 const INTENT_FILE: &str = "promote.json";
@@ -38,42 +38,42 @@ struct Intent {
 }
 
 impl ModelStore {
-    /// The staged store of a model change (it may not exist yet).
-    pub fn staging(&self) -> ModelStore {
+    /// The replacement store of a model change (it may not exist yet).
+    pub fn replacement_store(&self) -> ModelStore {
         ModelStore {
-            dir: self.dir.join(STAGING_DIR),
+            dir: self.dir.join(REPLACEMENT_DIR),
             ..self.clone()
         }
     }
 
-    /// Whether a model change is being staged.
-    pub fn has_staging(&self) -> bool {
-        self.dir.join(STAGING_DIR).is_dir()
+    /// Whether a replacement is under way (its store exists).
+    pub fn has_replacement(&self) -> bool {
+        self.dir.join(REPLACEMENT_DIR).is_dir()
     }
 }
 
 impl StoreWriter {
-    /// Promotes the staged store: the old year files move to a
-    /// `.replaced-<time>` directory, the staged ones take their place, and
+    /// Promotes the replacement store: the old year files move to a
+    /// `.replaced-<time>` directory, the replacement store's take their place, and
     /// the manifest records `identity`. Returns where the old files went.
-    pub fn promote_staging(&self, identity: &ModelIdentity) -> Result<PathBuf, StoreError> {
-        let staging = self.dir.join(STAGING_DIR);
+    pub fn promote_replacement(&self, identity: &ModelIdentity) -> Result<PathBuf, StoreError> {
+        let store = self.dir.join(REPLACEMENT_DIR);
         let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
         let intent = Intent {
             replaced_dir: format!(".replaced-{stamp}"),
             old_moved: false,
         };
-        write_intent(&staging.join(INTENT_FILE), &intent)?;
+        write_intent(&store.join(INTENT_FILE), &intent)?;
         crate::fault::point("promote.after_intent");
         self.finish_promotion(Some(identity))
     }
 
     /// Completes a promotion whose intent is recorded (after a crash, or
-    /// right after [`StoreWriter::promote_staging`] wrote it). Does nothing
+    /// right after [`StoreWriter::promote_replacement`] wrote it). Does nothing
     /// when none is pending.
     pub fn finish_promotion(&self, identity: Option<&ModelIdentity>) -> Result<PathBuf, StoreError> {
-        let staging = self.dir.join(STAGING_DIR);
-        let intent_path = staging.join(INTENT_FILE);
+        let store = self.dir.join(REPLACEMENT_DIR);
+        let intent_path = store.join(INTENT_FILE);
         let Ok(bytes) = std::fs::read(&intent_path) else {
             return Ok(PathBuf::new());
         };
@@ -85,13 +85,13 @@ impl StoreWriter {
         })?;
         let identity = match identity {
             Some(identity) => identity.clone(),
-            None => Manifest::read(&staging)?
+            None => Manifest::read(&store)?
                 .and_then(|m| m.model_identity)
                 .ok_or_else(|| {
                     StoreError::io(
-                        &staging,
+                        &store,
                         std::io::Error::other(
-                            "the staged store records no model; cannot finish replacing vectors",
+                            "the replacement store records no model; cannot finish replacing vectors",
                         ),
                     )
                 })?,
@@ -121,19 +121,19 @@ impl StoreWriter {
             intent.old_moved = true;
             write_intent(&intent_path, &intent)?;
         }
-        for (_, path) in year_files(&staging).map_err(|e| StoreError::io(&staging, e))? {
+        for (_, path) in year_files(&store).map_err(|e| StoreError::io(&store, e))? {
             move_into(&path, &self.dir)?;
             crate::fault::point("promote.move_new");
         }
         self.sync_manifest(Some(&identity))?;
         crate::fault::point("promote.before_cleanup");
-        // One rename retires the staged store; what is left of it is a
+        // One rename retires the replacement store; what is left of it is a
         // temporary the next writer removes should this removal be cut short.
         let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ").to_string();
         let retired = self
             .dir
             .join(format!("{TEMP_PREFIX}reembed-{}", stamp.replace('.', "")));
-        rename_durably(&staging, &retired).map_err(|e| StoreError::io(&staging, e))?;
+        rename_durably(&store, &retired).map_err(|e| StoreError::io(&store, e))?;
         std::fs::remove_dir_all(&retired).map_err(|e| StoreError::io(&retired, e))?;
         super::atomic::sync_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
         Ok(replaced)
