@@ -6,7 +6,10 @@
 //! key must be known: a typo is reported with its line instead of silently
 //! falling back to a default. Parsing happens in two steps, like ripgrep's
 //! flags: `Raw*` structs mirror the TOML with spans, then [`Config`] holds
-//! resolved, checked values the rest of the program can trust.
+//! resolved, checked values the rest of the program can trust. A model
+//! table's backend-specific keys are parsed by the backend crates' own
+//! types (`NativeTable`, `RemoteTable`; see `config/model.rs`): this module
+//! keeps the spans, the aliases and the secrets.
 
 mod model;
 mod near_miss;
