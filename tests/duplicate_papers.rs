@@ -193,6 +193,53 @@ fn when_a_newer_row_appears_in_another_year_the_vector_moves_there_without_being
     assert_eq!(ids(&back, "2024"), ["2401.00002"]);
 }
 
+/// The refresh state lets an unchanged year reuse its rows; a newer row of
+/// one of its papers in another year's CSV must still take the paper out
+/// of it (the caches are keyed by every metadata file, not the year's own).
+#[test]
+fn a_year_whose_files_did_not_change_still_gives_up_a_paper_that_now_belongs_elsewhere() {
+    let server = server();
+    let tree = Tree::with_config(&remote_config(&server.url, 1000, ""));
+    csv(
+        &tree,
+        2023,
+        &[
+            ("2301.00001", "Stays", "2023-01-05T00:00:00Z"),
+            ("2312.00009", "Waits", "2023-12-20T10:00:00Z"),
+        ],
+    );
+    csv(&tree, 2024, &[("2401.00002", "Other", "2024-02-01T00:00:00Z")]);
+    assert_eq!(tree.json(&["backlog"])["models"][0]["waiting"], 3);
+    // Only 2024's CSV changes: 2023's inputs are as the refresh state saw them.
+    csv(
+        &tree,
+        2024,
+        &[
+            ("2312.00009", "Waits", "2024-01-10T00:00:00Z"),
+            ("2401.00002", "Other", "2024-02-01T00:00:00Z"),
+        ],
+    );
+    let report = tree.json(&["backlog"]);
+    assert_eq!(report["models"][0]["waiting"], 3, "{report}");
+    let rows = common::backlog_rows(&model_dir(&tree));
+    let years: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.3.as_str())).collect();
+    assert_eq!(
+        years,
+        [
+            ("2301.00001", "2023"),
+            ("2312.00009", "2024"),
+            ("2401.00002", "2024")
+        ]
+    );
+    let years = report["models"][0]["years"].as_array().unwrap();
+    assert_eq!(years[0]["papers"], 1, "{report}");
+    assert_eq!(
+        years[0]["duplicate_rows"], 0,
+        "not a repeat within 2023: {report}"
+    );
+    assert_eq!(years[1]["papers"], 2, "{report}");
+}
+
 /// SIGKILL between the two file replacements of a move: the vector is then
 /// in both files (never in none), and the next refresh finishes the move.
 #[test]

@@ -353,7 +353,7 @@ mod tests {
             // A permutation of 0..n (7919 is prime, n is not a multiple of it).
             let id = (i * 7919) % n;
             rows.push(row(&format!("{id:06}"), i as f32, times[i % 2]));
-            if id % 3 == 0 {
+            if id.is_multiple_of(3) {
                 rows.push(row(&format!("{id:06}"), -(i as f32), times[2]));
             }
         }
