@@ -47,6 +47,9 @@ pub struct Row<'a> {
     pub title: &'a str,
     /// Abstract (may be empty).
     pub abstract_text: &'a str,
+    /// `updated_at` as written; empty when the file has no such column or
+    /// the field is not UTF-8 (it then counts as the oldest date).
+    pub updated_at: &'a str,
 }
 
 /// Counts for one file read.
@@ -62,6 +65,8 @@ struct Columns {
     paper_id: usize,
     title: usize,
     abstract_text: usize,
+    /// The optional `updated_at` column.
+    updated_at: Option<usize>,
     count: usize,
 }
 
@@ -392,11 +397,17 @@ fn read_rows_in_chunks(
                     entry.2 += 1;
                 }
                 summary.rows += 1;
+                // Dates hold no quotes: the field is used as written.
+                let updated_at = columns
+                    .updated_at
+                    .and_then(|i| std::str::from_utf8(reader.raw_field(i)).ok())
+                    .unwrap_or("");
                 let flow = on_row(Row {
                     line,
                     paper_id,
                     title,
                     abstract_text,
+                    updated_at,
                 });
                 if flow.is_break() {
                     return Ok(summary);
@@ -437,6 +448,7 @@ fn find_columns(names: &[String]) -> Result<Columns, String> {
             paper_id,
             title,
             abstract_text,
+            updated_at: find("updated_at"),
             count: names.len(),
         }),
         _ => Err(format!(

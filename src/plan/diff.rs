@@ -77,6 +77,7 @@ mod tests {
             hash: TextHash::of_text("", text),
             empty: text.is_empty(),
             origin: 0,
+            updated: crate::store::cache::NO_UPDATED_AT,
         }
     }
 

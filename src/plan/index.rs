@@ -1,11 +1,11 @@
-//! A year's metadata as the plan sees it: each CSV's ids and text hashes
-//! (from the metadata index when the file is unchanged, else read), merged
-//! over the year's files with the last row of an id winning.
+//! A year's metadata as the plan sees it: each CSV's ids, text hashes and
+//! `updated_at` (from the metadata index when the file is unchanged, else
+//! read), merged over the year's files with the last row of an id winning.
 
 use std::path::Path;
 
 use crate::metadata::{InputIssue, MetadataFile, read_rows};
-use crate::store::cache::{CachedIssue, FileIndex, FileStamp, IndexEntry, prefix_hash};
+use crate::store::cache::{CachedIssue, FileIndex, FileStamp, IndexEntry, NO_UPDATED_AT, prefix_hash};
 use crate::text::{TextHash, is_empty_text};
 
 /// A metadata row after de-duplication.
@@ -18,6 +18,8 @@ pub(crate) struct MetadataPaper {
     pub(crate) empty: bool,
     /// Index of the year's metadata file it came from.
     pub(crate) origin: usize,
+    /// Its row's `updated_at` (see [`IndexEntry::updated`]).
+    pub(crate) updated: i64,
 }
 
 /// Reads (or loads from the metadata index) one CSV's rows with text hashes
@@ -39,6 +41,7 @@ pub fn index_file(index_dir: &Path, file: &MetadataFile, prefix: &str, save: boo
             paper_id: row.paper_id.into(),
             hash: TextHash::of_paper(prefix, row.title, row.abstract_text),
             empty,
+            updated: updated_micros(row.updated_at),
         });
     });
     let skipped = match result {
@@ -71,6 +74,12 @@ pub fn index_file(index_dir: &Path, file: &MetadataFile, prefix: &str, save: boo
     index
 }
 
+/// `updated_at` as microseconds since the Unix epoch, compared as instants
+/// (the forms ingestion reads); empty or unreadable is [`NO_UPDATED_AT`].
+pub(crate) fn updated_micros(text: &str) -> i64 {
+    crate::ingest::row::parse_instant(text).map_or(NO_UPDATED_AT, |t| t.as_microsecond())
+}
+
 /// The de-duplicated metadata of one year, sorted by paper id, with the
 /// number of rows read, the number of repeated ids and the issues found.
 pub(crate) fn year_metadata(
@@ -96,6 +105,7 @@ pub(crate) fn year_metadata(
                     hash: entry.hash,
                     empty: entry.empty,
                     origin,
+                    updated: entry.updated,
                 },
                 sequence,
             ));

@@ -19,7 +19,9 @@
 
 mod counts;
 mod diff;
+mod duplicates;
 mod index;
+mod relocate;
 mod reuse;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -38,7 +40,7 @@ use crate::store::manifest::now_iso;
 use crate::store::year_file::{self, YearFileError, YearIds};
 use crate::store::{ModelStore, StoreError, StoreWriter, checkpoint};
 use diff::{count_reasons, diff_year};
-use index::year_metadata;
+use duplicates::YearMetadata;
 
 /// Input problems of a year kept in the refresh state, to report them again
 /// when the year is not read again.
@@ -60,6 +62,9 @@ pub struct YearReport {
     pub papers: u64,
     /// Rows of the year's CSVs naming a paper already seen (last row kept).
     pub duplicates: u64,
+    /// Papers of the year's CSVs that belong to another year (their newest
+    /// row is there); not counted in `papers`.
+    pub elsewhere: u64,
     /// Waiting papers per reason.
     pub waiting: BTreeMap<MissingReason, u64>,
     /// Whether the result was reused from the previous refresh.
@@ -95,6 +100,8 @@ pub struct BacklogPlan {
     pub issues: Vec<InputIssue>,
     /// Year files moved aside because they could not be read.
     pub quarantined: Vec<Quarantined>,
+    /// Papers with metadata rows in several years (each belongs to one).
+    pub cross_year: u64,
 }
 
 struct YearOutcome {
@@ -202,26 +209,81 @@ pub fn compute(
         .into_iter()
         .chain(stored_years.keys().copied())
         .collect();
+    let save = matches!(access, Access::Write(_));
 
-    let outcomes: Vec<Result<YearOutcome, StoreError>> = years
-        .par_iter()
-        .map(|&year| {
+    // Which papers belong to another year than the one of a CSV holding
+    // them: the previous refresh's answer while no metadata file changed,
+    // else every year's metadata is read (the index makes that cheap).
+    let all_metadata = metadata_stamps(&inputs.discovery.files.iter().collect::<Vec<_>>());
+    let inputs_of = |year: Year| {
+        let files: Vec<&MetadataFile> = inputs.discovery.files_of(year).collect();
+        YearInputs {
+            metadata: metadata_stamps(&files),
+            year_file: FileStamp::of(&store.year_path(year)),
+        }
+    };
+    let unchanged = |year: Year| {
+        trusted
+            .and_then(|s| s.years.get(&year.to_string()))
+            .is_some_and(|s| s.inputs == inputs_of(year) && !checkpoints.contains_key(&year))
+    };
+    let (mut loaded, cross_year) = match trusted.filter(|s| s.metadata == all_metadata) {
+        Some(state) => (BTreeMap::new(), state.cross_year.clone()),
+        None => {
+            let (metas, cross) =
+                duplicates::load_all(&store.embeddings_dir, inputs.discovery, inputs.prefix, save);
+            (metas.into_iter().map(|m| (m.year, m)).collect(), cross)
+        }
+    };
+    // Vectors in the file of a year their paper does not belong to: the
+    // writer moves them now (before any year is diffed); a read-only plan
+    // counts them where they would go.
+    let involved = || {
+        cross_year
+            .iter()
+            .flat_map(|c| std::iter::once(&c.owner).chain(c.others.iter().map(|(y, _)| y)))
+            .filter_map(|y| Year::parse(y))
+    };
+    let relocations = if involved().all(unchanged) {
+        Vec::new()
+    } else {
+        relocate::find(store, &cross_year)?
+    };
+    let mut moved_in = BTreeMap::new();
+    match access {
+        Access::Write(writer) if !relocations.is_empty() => relocate::apply(writer, &relocations)?,
+        _ => moved_in = relocate::moved_in(&relocations),
+    }
+    let elsewhere = duplicates::elsewhere(&cross_year);
+    let no_ids: Vec<&str> = Vec::new();
+
+    let jobs: Vec<(Year, Option<YearMetadata>)> = years.iter().map(|&y| (y, loaded.remove(&y))).collect();
+    let outcomes: Vec<Result<YearOutcome, StoreError>> = jobs
+        .into_par_iter()
+        .map(|(year, meta)| {
             let files: Vec<&MetadataFile> = inputs.discovery.files_of(year).collect();
-            let inputs_now = YearInputs {
-                metadata: metadata_stamps(&files),
-                year_file: FileStamp::of(&store.year_path(year)),
-            };
+            let inputs_now = inputs_of(year);
+            let gone = elsewhere.get(&year).unwrap_or(&no_ids);
+            let gone_hash = duplicates::fingerprint(gone);
             let key = year.to_string();
-            let cached = trusted
-                .and_then(|s| s.years.get(&key))
-                .filter(|s| s.inputs == inputs_now && !checkpoints.contains_key(&year));
+            let cached = trusted.and_then(|s| s.years.get(&key)).filter(|s| {
+                s.inputs == inputs_now
+                    && !checkpoints.contains_key(&year)
+                    && s.elsewhere == gone.len() as u64
+                    && s.elsewhere_hash == gone_hash
+                    && !moved_in.contains_key(&year)
+            });
             if let Some(summary) = cached {
                 let rows = old_rows_by_year.get(&year).cloned().unwrap_or_default();
                 return Ok(YearOutcome {
                     report: YearReport {
                         year,
                         papers: summary.papers,
-                        duplicates: summary.rows.saturating_sub(summary.papers),
+                        duplicates: summary
+                            .rows
+                            .saturating_sub(summary.papers)
+                            .saturating_sub(summary.elsewhere),
+                        elsewhere: summary.elsewhere,
                         waiting: count_reasons(&rows),
                         cached: true,
                     },
@@ -239,7 +301,20 @@ pub fn compute(
                     quarantined: None,
                 });
             }
-            compute_year(access, year, &files, inputs_now, inputs.prefix, &failed)
+            let meta = meta.unwrap_or_else(|| {
+                let mut meta =
+                    YearMetadata::load(&store.embeddings_dir, inputs.discovery, year, inputs.prefix, save);
+                meta.papers.retain(|p| gone.binary_search(&&*p.paper_id).is_err());
+                meta
+            });
+            let context = YearContext {
+                files: &files,
+                failed: &failed,
+                elsewhere: gone.len() as u64,
+                elsewhere_hash: gone_hash,
+                moved_in: moved_in.get(&year).map_or(&[][..], Vec::as_slice),
+            };
+            compute_year(access, year, meta, inputs_now, &context)
         })
         .collect();
 
@@ -255,6 +330,11 @@ pub fn compute(
             .insert(outcome.report.year.to_string(), outcome.summary);
         plan.years.push(outcome.report);
     }
+    plan.issues
+        .extend(duplicates::warnings(inputs.discovery, &cross_year));
+    plan.cross_year = cross_year.len() as u64;
+    state.metadata = all_metadata;
+    state.cross_year = cross_year;
     backlog::sort_rows(&mut plan.rows);
     Ok((plan, state))
 }
@@ -285,18 +365,32 @@ pub fn write_backlog(
     Ok(())
 }
 
+/// What a year's computation needs besides its metadata.
+struct YearContext<'c> {
+    files: &'c [&'c MetadataFile],
+    failed: &'c BTreeSet<&'c str>,
+    elsewhere: u64,
+    elsewhere_hash: u64,
+    /// Vectors a writer would move into this year's file (read-only plans).
+    moved_in: &'c [(String, Option<crate::text::TextHash>)],
+}
+
 fn compute_year(
     access: Access<'_>,
     year: Year,
-    files: &[&MetadataFile],
+    meta: YearMetadata,
     mut inputs: YearInputs,
-    prefix: &str,
-    failed: &BTreeSet<&str>,
+    context: &YearContext<'_>,
 ) -> Result<YearOutcome, StoreError> {
     let store = access.store();
-    let save = matches!(access, Access::Write(_));
-    let (papers, rows_read, duplicates, mut issues) =
-        year_metadata(&store.embeddings_dir, files, prefix, save);
+    let YearMetadata {
+        papers,
+        rows: rows_read,
+        duplicates,
+        mut issues,
+        ..
+    } = meta;
+    let files = context.files;
     let year_path = store.year_path(year);
     let mut quarantined = None;
     let mut stored = if inputs.year_file.is_some() {
@@ -327,16 +421,18 @@ fn compute_year(
         None
     };
     let committed = checkpoint::ids(&store.dir, year, store.dimension)?;
-    if !committed.is_empty() {
+    let extra = committed
+        .into_iter()
+        .map(|id| (id, None))
+        .chain(context.moved_in.iter().cloned());
+    for (id, hash) in extra {
         let ids = stored.get_or_insert_with(YearIds::default);
-        for id in committed {
-            if let Err(at) = ids.ids.binary_search(&id) {
-                ids.ids.insert(at, id);
-                ids.hashes.insert(at, None);
-            }
+        if let Err(at) = ids.ids.binary_search(&id) {
+            ids.ids.insert(at, id);
+            ids.hashes.insert(at, hash);
         }
     }
-    let rows = diff_year(year, &papers, files, stored.as_ref(), failed);
+    let rows = diff_year(year, &papers, files, stored.as_ref(), context.failed);
     let waiting = count_reasons(&rows);
     let summary = YearSummary {
         inputs,
@@ -356,12 +452,15 @@ fn compute_year(
                 message: i.message.clone(),
             })
             .collect(),
+        elsewhere: context.elsewhere,
+        elsewhere_hash: context.elsewhere_hash,
     };
     Ok(YearOutcome {
         report: YearReport {
             year,
             papers: papers.len() as u64,
             duplicates,
+            elsewhere: context.elsewhere,
             waiting,
             cached: false,
         },

@@ -29,7 +29,7 @@ use crate::text::TextHash;
 pub const CACHE_DIR: &str = ".cache";
 
 /// Bumped whenever the meaning of cached data changes.
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 
 const INDEX_MAGIC: &[u8; 8] = b"PSIDX\x00\x00\x01";
 
@@ -64,7 +64,13 @@ pub struct IndexEntry {
     pub hash: TextHash,
     /// Title and abstract both empty.
     pub empty: bool,
+    /// `updated_at` in microseconds since the Unix epoch;
+    /// [`NO_UPDATED_AT`] when empty or unreadable (older than any date).
+    pub updated: i64,
 }
+
+/// [`IndexEntry::updated`] of a row whose `updated_at` is empty or unreadable.
+pub const NO_UPDATED_AT: i64 = i64::MIN;
 
 /// A row problem remembered with the index, so a cached file still reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +172,7 @@ impl FileIndex {
             out.extend_from_slice(id);
             out.extend_from_slice(&entry.hash.0.to_le_bytes());
             out.push(u8::from(entry.empty));
+            out.extend_from_slice(&entry.updated.to_le_bytes());
         }
         let checksum = xxh3_64(&out);
         out.extend_from_slice(&checksum.to_le_bytes());
@@ -187,16 +194,18 @@ impl FileIndex {
             return None;
         }
         let rows = usize::try_from(header.rows).ok()?;
-        let mut entries = Vec::with_capacity(rows.min(body.len() / 21));
+        let mut entries = Vec::with_capacity(rows.min(body.len() / 29));
         for _ in 0..rows {
             let len = cursor.u32()? as usize;
             let id = std::str::from_utf8(cursor.take(len)?).ok()?;
             let hash = u128::from_le_bytes(cursor.take(16)?.try_into().ok()?);
             let empty = cursor.take(1)?[0] != 0;
+            let updated = i64::from_le_bytes(cursor.take(8)?.try_into().ok()?);
             entries.push(IndexEntry {
                 paper_id: id.into(),
                 hash: TextHash(hash),
                 empty,
+                updated,
             });
         }
         if !cursor.bytes.is_empty() {
@@ -257,6 +266,28 @@ pub struct YearSummary {
     /// summary is reused (a bad row must not go quiet after the first run).
     #[serde(default)]
     pub issues: Vec<YearIssue>,
+    /// Papers of the year's metadata whose newest row is in another year
+    /// (not counted in `papers`).
+    #[serde(default)]
+    pub elsewhere: u64,
+    /// XXH3-64 of those papers' ids: the year's rows hold only while the
+    /// same papers belong elsewhere.
+    #[serde(default)]
+    pub elsewhere_hash: u64,
+}
+
+/// A paper with metadata rows in several years, as a refresh resolved it:
+/// its newest row (then the later year) decides the one year it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrossYearPaper {
+    /// The paper.
+    pub paper_id: String,
+    /// The year it belongs to (four digits).
+    pub owner: String,
+    /// The metadata file of that year its row comes from.
+    pub owner_origin: String,
+    /// The other years holding a row of it, with the file: `(year, origin)`.
+    pub others: Vec<(String, String)>,
 }
 
 /// An input problem remembered in the refresh state.
@@ -283,6 +314,13 @@ pub struct RefreshState {
     pub backlog: Option<FileStamp>,
     /// Summaries keyed by four-digit year.
     pub years: BTreeMap<String, YearSummary>,
+    /// Every metadata file (origin and stamp) the refresh read, all years:
+    /// `cross_year` holds while these are unchanged.
+    #[serde(default)]
+    pub metadata: Vec<(String, FileStamp)>,
+    /// Papers with rows in several years and the year each belongs to.
+    #[serde(default)]
+    pub cross_year: Vec<CrossYearPaper>,
 }
 
 /// Start of the refresh state's last line: the XXH3-64 of the JSON before it.
@@ -313,6 +351,8 @@ impl RefreshState {
             dimension,
             backlog: None,
             years: BTreeMap::new(),
+            metadata: Vec::new(),
+            cross_year: Vec::new(),
         }
     }
 
@@ -326,7 +366,10 @@ impl RefreshState {
             return None;
         }
         let state: RefreshState = serde_json::from_slice(body).ok()?;
-        let consistent = state.years.values().all(|y| y.rows >= y.papers);
+        let consistent = state
+            .years
+            .values()
+            .all(|y| y.papers.checked_add(y.elsewhere).is_some_and(|n| y.rows >= n));
         (state.version == CACHE_VERSION && consistent).then_some(state)
     }
 
@@ -360,11 +403,13 @@ mod tests {
                     paper_id: "2401.00001".into(),
                     hash: TextHash(42),
                     empty: false,
+                    updated: 1_700_000_000_000_000,
                 },
                 IndexEntry {
                     paper_id: "hep-th/9901001".into(),
                     hash: TextHash(u128::MAX),
                     empty: true,
+                    updated: NO_UPDATED_AT,
                 },
             ],
             skipped: 1,
@@ -424,6 +469,8 @@ mod tests {
                     line: Some(3),
                     message: "bad".into(),
                 }],
+                elsewhere: 0,
+                elsewhere_hash: 0,
             },
         );
         state.save(dir.path()).unwrap();

@@ -32,13 +32,12 @@ pub const CHECKPOINT_DIR: &str = ".pending";
 /// of that year file per pass. At 384 dimensions this is ~260,000 vectors,
 /// so a year of up to ~500,000 new papers (arXiv's largest is under
 /// 300,000) still costs at most 3x its size in bytes written; at 4,096
-/// dimensions it is ~25,000 vectors per pass, still ~400 MB.
-const FOLD_BYTES_IN_MEMORY: usize = 400 * 1024 * 1024;
+/// dimensions it is ~25,000 vectors per pass, still ~400 MB. The same bound
+/// applies when a year file from another tool is sorted before a fold.
+const FOLD_BYTES_IN_MEMORY: usize = year_file::MEMORY_BYTES;
 
-/// Memory of one new vector row besides its floats: the id, timestamp,
-/// source and hash strings and the row's own allocation, measured at about
-/// 100 bytes for arXiv ids.
-const ROW_OVERHEAD_BYTES: usize = 128;
+/// Memory of one new vector row besides its floats.
+const ROW_OVERHEAD_BYTES: usize = year_file::ROW_OVERHEAD_BYTES;
 
 /// How many new vectors of `dimension` fit in [`FOLD_BYTES_IN_MEMORY`].
 fn fold_rows_in_memory(dimension: usize) -> usize {
@@ -155,6 +154,13 @@ impl StoreWriter {
                 year_file::read_ids(&year_path, self.dimension)
         {
             self.set_aside_damaged_year(&year_path, &message)?;
+        }
+        // A year file from another tool (unsorted, a paper repeated) is
+        // sorted first, within the same memory bound, so that the merges
+        // below stream it.
+        if year_path.exists() && !year_file::is_sorted_unique(&year_path, self.dimension)? {
+            year_file::sort_file(&year_path, self.dimension, max_rows)?;
+            self.sync_manifest(None)?;
         }
         let mut total = MergeOutcome::default();
         let mut rows: Vec<VectorRow> = Vec::new();
@@ -369,6 +375,39 @@ mod tests {
             );
             assert!(list(&writer.dir).unwrap().is_empty(), "max_rows {max_rows}");
         }
+    }
+
+    /// A year file written by another tool (unsorted, papers repeated) is
+    /// not loaded whole by a fold: it is sorted within the fold's bound and
+    /// then streamed, and the result is what an in-memory merge gives.
+    #[test]
+    fn a_fold_into_a_year_file_from_another_tool_holds_at_most_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = store_with_deltas(dir.path());
+        let year = Year::parse("2024").unwrap();
+        let path = writer.year_path(year);
+        let at = "2024-01-01T00:00:00Z";
+        // 3,000 papers in reverse order, each twice (the later row newer).
+        let mut foreign = Vec::new();
+        for i in (0..3000).rev() {
+            foreign.push(row(&format!("2401.{i:05}"), 0.0, "2023-01-01T00:00:00Z"));
+            foreign.push(row(&format!("2401.{i:05}"), i as f32, at));
+        }
+        year_file::write_rows(&path, foreign, 4).unwrap();
+        assert!(!year_file::is_sorted_unique(&path, 4).unwrap());
+        let _ = year_file::sort_probe::take();
+        let outcome = writer.fold_year_within(year, None, 64).unwrap().unwrap();
+        let peak = year_file::sort_probe::take().expect("the file was sorted before the merge");
+        assert!(peak <= 64, "held {peak} rows of the old file at once");
+        assert_eq!((outcome.rows, outcome.added, outcome.replaced), (3000, 0, 4));
+        let rows = year_file::read_rows(&path, 4).unwrap();
+        assert_eq!(rows.len(), 3000);
+        assert!(rows.windows(2).all(|w| w[0].paper_id < w[1].paper_id));
+        let value = |id: &str| rows.iter().find(|r| r.paper_id == id).unwrap().embedding[0];
+        assert_eq!(value("2401.00001"), 3.0, "the checkpoint's vector wins");
+        assert_eq!(value("2401.00003"), 2.0);
+        assert_eq!(value("2401.00007"), 7.0, "the newer repeat of the old file wins");
+        assert!(list(&writer.dir).unwrap().is_empty());
     }
 
     #[test]

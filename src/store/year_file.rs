@@ -37,6 +37,11 @@ use super::atomic::write_atomic;
 use super::parquet_input::{self, OpenError, ParquetInput};
 use crate::text::TextHash;
 
+mod sort;
+#[cfg(test)]
+pub(crate) use sort::probe as sort_probe;
+pub use sort::{SortOutcome, sort_file};
+
 /// Value of the `source` column for rows papersys writes.
 pub const SOURCE: &str = "papersys.embedding";
 
@@ -229,6 +234,50 @@ pub fn check_identity(
     })
 }
 
+/// Bytes of vector rows a fold or a sort holds in memory at most: at 384
+/// dimensions ~260,000 rows, at 4,096 ~25,000.
+pub const MEMORY_BYTES: usize = 400 * 1024 * 1024;
+
+/// Memory of one vector row besides its floats: the id, timestamp, source
+/// and hash strings and the row's own allocation, measured at about 100
+/// bytes for arXiv ids.
+pub const ROW_OVERHEAD_BYTES: usize = 128;
+
+/// How many rows of `dimension` fit in [`MEMORY_BYTES`].
+pub fn rows_in_memory(dimension: usize) -> usize {
+    let per_row = dimension
+        .saturating_mul(std::mem::size_of::<f32>())
+        .saturating_add(ROW_OVERHEAD_BYTES);
+    (MEMORY_BYTES / per_row).max(1)
+}
+
+/// Whether the file's ids are sorted and unique (as papersys writes them),
+/// so it can be streamed through a merge; reads only the ids, a batch at a
+/// time, checking every row's dimension.
+pub fn is_sorted_unique(path: &Path, dimension: usize) -> Result<bool, YearFileError> {
+    let mut reader = open_columns(path, &["paper_id", "model_dim"], true)?;
+    let mut last = String::new();
+    let mut first = true;
+    for batch in reader.batches() {
+        let batch = batch?;
+        check_model_dim(path, batch.column(1), dimension)?;
+        let ids = batch.column(0).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            if ids.is_null(i) {
+                return Err(YearFileError::damaged(path, "a row has no paper_id"));
+            }
+            let id = ids.value(i);
+            if !first && last.as_str() >= id {
+                return Ok(false);
+            }
+            first = false;
+            last.clear();
+            last.push_str(id);
+        }
+    }
+    Ok(true)
+}
+
 /// Ids (and stored text hashes) of a year file, as the plan needs them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct YearIds {
@@ -383,6 +432,16 @@ impl ColumnReader {
 }
 
 fn open_columns(path: &Path, wanted: &[&'static str], ids_only: bool) -> Result<ColumnReader, YearFileError> {
+    let batch_rows = if ids_only { 64 * 1024 } else { READ_BATCH_ROWS };
+    open_columns_sized(path, wanted, batch_rows)
+}
+
+/// [`open_columns`] reading `batch_rows` rows at a time.
+fn open_columns_sized(
+    path: &Path,
+    wanted: &[&'static str],
+    batch_rows: usize,
+) -> Result<ColumnReader, YearFileError> {
     let builder = parquet_input::open_arrow(path).map_err(|e| match e {
         OpenError::Io(e) => YearFileError::io(path, e),
         OpenError::Damaged(message) => YearFileError::damaged(path, message),
@@ -408,7 +467,6 @@ fn open_columns(path: &Path, wanted: &[&'static str], ids_only: bool) -> Result<
         })
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let batch_rows = if ids_only { 64 * 1024 } else { READ_BATCH_ROWS };
     let inner = builder
         .with_projection(mask)
         .with_batch_size(batch_rows)
@@ -528,6 +586,8 @@ struct BatchWriter<'w> {
     pending: Vec<VectorRow>,
     dimension: usize,
     rows: u64,
+    /// Rows buffered before they are handed to the Parquet writer.
+    flush_at: usize,
 }
 
 impl<'w> BatchWriter<'w> {
@@ -543,12 +603,13 @@ impl<'w> BatchWriter<'w> {
             pending: Vec::with_capacity(READ_BATCH_ROWS),
             dimension,
             rows: 0,
+            flush_at: READ_BATCH_ROWS,
         })
     }
 
     fn push(&mut self, row: VectorRow) -> std::io::Result<()> {
         self.pending.push(row);
-        if self.pending.len() >= READ_BATCH_ROWS {
+        if self.pending.len() >= self.flush_at {
             self.flush()?;
         }
         Ok(())
@@ -622,9 +683,10 @@ pub fn merge(path: &Path, new_rows: Vec<VectorRow>, dimension: usize) -> Result<
 /// replaces it atomically: one row per paper, sorted by `paper_id`. The
 /// rows merged in win over the file's (they were computed after it was
 /// written), and among them the last one of a paper wins; `generated_at`
-/// only breaks ties inside files from other tools. A sorted, unique existing file is streamed
-/// batch by batch, so memory stays flat whatever the file's size; anything
-/// else (a file from another tool) is loaded, sorted and de-duplicated. The
+/// only breaks ties inside files from other tools. The existing file is
+/// streamed batch by batch, so memory stays flat whatever its size; one
+/// from another tool (unsorted, or repeating a paper) is first rewritten
+/// sorted by [`sort_file`], within [`MEMORY_BYTES`]. The
 /// result records `identity` (else the model the file recorded). If the
 /// existing file cannot be read, holds vectors of another dimension, or was
 /// made by a model other than `identity`, nothing is written.
@@ -653,23 +715,10 @@ pub fn merge_as(
         (current, recorded) => current.cloned().or(recorded),
     };
     let identity = identity.as_ref();
-    let (existing_ids, streamable) = read_ids_checked(path, dimension)?;
-    let existing_rows = existing_ids.ids.len() as u64;
-    drop(existing_ids);
-    if !streamable {
-        let mut rows = read_rows(path, dimension)?;
-        sort_and_dedup_by_time(&mut rows);
-        rows.extend(new_rows);
-        sort_and_dedup(&mut rows);
-        let total = rows.len() as u64;
-        write_rows_as(path, rows, dimension, identity)?;
-        return Ok(MergeOutcome {
-            rows: total,
-            added: total - existing_rows,
-            replaced: 0,
-        });
+    if !is_sorted_unique(path, dimension)? {
+        // A file from another tool: sorted first, in bounded memory.
+        sort_file(path, dimension, rows_in_memory(dimension))?;
     }
-
     let mut reader = open_columns(path, &ALL_COLUMNS, false)?;
     let mut outcome = MergeOutcome::default();
     let mut failure: Option<YearFileError> = None;
@@ -736,6 +785,61 @@ pub fn write_rows_as(
         writer.finish()
     })
     .map_err(|e| YearFileError::io(path, e))
+}
+
+/// The rows of the papers in `ids` (sorted and unique), read batch by
+/// batch so only those rows are held; a paper a file from another tool
+/// repeats gives its newest `generated_at`.
+pub fn take_rows(path: &Path, dimension: usize, ids: &[&str]) -> Result<Vec<VectorRow>, YearFileError> {
+    let mut reader = open_columns(path, &ALL_COLUMNS, false)?;
+    let mut taken = Vec::new();
+    for batch in reader.batches() {
+        let batch = batch?;
+        let batch_ids = batch.column(0).as_string::<i32>();
+        let any = (0..batch.num_rows())
+            .any(|i| !batch_ids.is_null(i) && ids.binary_search(&batch_ids.value(i)).is_ok());
+        if any {
+            let rows = batch_rows(path, &batch, dimension)?;
+            taken.extend(
+                rows.into_iter()
+                    .filter(|r| ids.binary_search(&r.paper_id.as_str()).is_ok()),
+            );
+        }
+    }
+    sort_and_dedup_by_time(&mut taken);
+    Ok(taken)
+}
+
+/// Rewrites the year file at `path` without the papers in `ids` (sorted
+/// and unique), streamed batch by batch and replaced atomically; the model
+/// it records is kept. Returns the rows left.
+pub fn remove_ids(path: &Path, dimension: usize, ids: &[&str]) -> Result<u64, YearFileError> {
+    let identity = footer(path)?.identity;
+    let mut reader = open_columns(path, &ALL_COLUMNS, false)?;
+    let mut failure: Option<YearFileError> = None;
+    let written = write_atomic(path, |out| {
+        let mut writer = BatchWriter::new(out, dimension, identity.as_ref())?;
+        for batch in reader.batches() {
+            let rows = match batch.and_then(|b| batch_rows(path, &b, dimension)) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    failure = Some(e);
+                    return Err(std::io::Error::other("existing file unreadable"));
+                }
+            };
+            for row in rows {
+                if ids.binary_search(&row.paper_id.as_str()).is_err() {
+                    writer.push(row)?;
+                }
+            }
+        }
+        writer.finish()
+    });
+    match (written, failure) {
+        (_, Some(e)) => Err(e),
+        (Ok(rows), None) => Ok(rows),
+        (Err(e), None) => Err(YearFileError::io(path, e)),
+    }
 }
 
 /// What [`for_each_vector`] saw.

@@ -304,7 +304,7 @@ fn select_work(
             state
                 .years
                 .iter()
-                .filter(|(_, s)| s.rows > s.papers)
+                .filter(|(_, s)| s.rows > s.papers.saturating_add(s.elsewhere))
                 .filter_map(|(y, _)| Year::parse(y))
                 .collect()
         })
