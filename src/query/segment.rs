@@ -3,9 +3,9 @@
 //! A segment holds, for every paper of one year file (sorted by id): its
 //! id, title, publication date and category ids (the catalog), the vector as
 //! f32 (for the exact re-rank and [`Segment::vector`]), the unit vector
-//! quantised to int8 with one scale per row (what the scan reads), and per
-//! row an upper bound of the quantisation error of a cosine computed from
-//! the int8 row (which makes the re-rank exact, see `scan.rs`).
+//! quantised to int8 with one scale per row (what the scan reads, in the
+//! kernels' layout of 16-row groups, see `scan.rs`), and per row an upper
+//! bound of the quantisation error (which makes the re-rank exact).
 //!
 //! On disk (`embeddings/<alias>/.cache/vectors/YYYY.seg`) a segment is one
 //! file, memory-mapped:
@@ -35,12 +35,14 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::QueryError;
+use super::build::Keys;
+use super::scan::{LANES, padded_dim};
 use crate::metadata::Year;
 use crate::store::cache::FileStamp;
 
 const MAGIC: &[u8; 8] = b"PSVEC\x00\x00\x01";
 /// Bumped whenever the layout or the meaning of a field changes.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const ALIGN: usize = 64;
 /// Rows per checksummed block of the int8 matrix (one scan work item).
 pub const Q8_BLOCK_ROWS: usize = 1024;
@@ -95,6 +97,8 @@ struct Footer {
     categories: Vec<String>,
     /// (offset, length, checksum) per section; checksum 0 for the blocked matrices.
     sections: Vec<(u64, u64, u64)>,
+    /// What the inputs held, for an incremental refresh.
+    keys: Keys,
 }
 
 /// Plain old data that may be viewed in place from bytes: every bit
@@ -159,6 +163,8 @@ pub struct Segment {
     pub path: Option<PathBuf>,
     /// What it was built from.
     pub stamps: Stamps,
+    /// What its inputs held.
+    pub keys: Keys,
 }
 
 fn damaged(path: &Path, message: impl std::fmt::Display) -> QueryError {
@@ -170,6 +176,13 @@ fn damaged(path: &Path, message: impl std::fmt::Display) -> QueryError {
 
 fn blocks(rows: usize, per: usize) -> usize {
     rows.div_ceil(per)
+}
+
+/// Byte range of int8 block `block` in the int8 section.
+fn q8_range(rows: usize, dim: usize, block: usize) -> (usize, usize) {
+    let start = block * Q8_BLOCK_ROWS;
+    let end = (start + Q8_BLOCK_ROWS).min(rows.next_multiple_of(LANES));
+    (start * padded_dim(dim), end.max(start) * padded_dim(dim))
 }
 
 fn lengths(rows: usize, dim: usize, rows_bytes: [usize; 4], cats: usize) -> [usize; SECTIONS] {
@@ -188,7 +201,7 @@ fn lengths(rows: usize, dim: usize, rows_bytes: [usize; 4], cats: usize) -> [usi
         8 * rows,
         8 * blocks(rows, Q8_BLOCK_ROWS),
         8 * blocks(rows, F32_BLOCK_ROWS),
-        rows * dim,
+        rows.next_multiple_of(LANES) * padded_dim(dim),
         4 * rows * dim,
     ]
 }
@@ -293,17 +306,13 @@ impl Segment {
         self.typed(Sec::InvNorms)
     }
 
-    /// The int8 rows of block `block` (`Q8_BLOCK_ROWS` rows, fewer at the
-    /// end), checksum verified on first use.
-    pub(crate) fn q8_block(&self, block: usize) -> Result<&[i8], QueryError> {
-        let start = block * Q8_BLOCK_ROWS;
-        let end = (start + Q8_BLOCK_ROWS).min(self.rows);
-        let bytes = self
-            .bytes(Sec::Q8)
-            .get(start * self.dim..end * self.dim)
-            .unwrap_or(&[]);
+    /// The int8 groups of block `block` (`Q8_BLOCK_ROWS` rows, fewer at the
+    /// end, in the layout of `scan.rs`), checksum verified on first use.
+    pub(crate) fn q8_block(&self, block: usize) -> Result<&[u8], QueryError> {
+        let (start, end) = q8_range(self.rows, self.dim, block);
+        let bytes = self.bytes(Sec::Q8).get(start..end).unwrap_or(&[]);
         self.verify(&self.q8_state, Sec::Q8Sums, block, bytes)?;
-        Ok(view(bytes).unwrap_or(&[]))
+        Ok(bytes)
     }
 
     /// Number of int8 blocks.
@@ -413,6 +422,7 @@ impl Segment {
             sections,
             path: Some(path.to_path_buf()),
             stamps: footer.stamps,
+            keys: footer.keys,
         };
         use rayon::prelude::*;
         let bad = SMALL.into_par_iter().find_any(|&i| {
@@ -431,6 +441,7 @@ impl Segment {
     pub fn build(
         year: Year,
         stamps: Stamps,
+        keys: Keys,
         rows: &Rows,
         path: Option<&Path>,
     ) -> Result<Segment, QueryError> {
@@ -499,6 +510,7 @@ impl Segment {
                 .zip(sums)
                 .map(|(r, sum)| (r.start as u64, r.len() as u64, sum))
                 .collect(),
+            keys: keys.clone(),
         };
         let footer_bytes = serde_json::to_vec(&footer)
             .map_err(std::io::Error::other)
@@ -538,6 +550,7 @@ impl Segment {
             sections,
             path: final_path,
             stamps,
+            keys,
         })
     }
 }
@@ -567,8 +580,8 @@ fn block_sums(
     let q8_sums = (0..blocks(rows, Q8_BLOCK_ROWS))
         .into_par_iter()
         .map(|b| {
-            let start = b * Q8_BLOCK_ROWS * dim;
-            xxh3_64(&q8[start..((b + 1) * Q8_BLOCK_ROWS).min(rows) * dim])
+            let (start, end) = q8_range(rows, dim, b);
+            xxh3_64(&q8[start..end])
         })
         .collect();
     let f32_sums = (0..blocks(rows, F32_BLOCK_ROWS))
@@ -631,22 +644,33 @@ fn fill(map: &mut [u8], sections: &[Range<usize>; SECTIONS], rows: &Rows, dim: u
     let bounds: &mut [f32] = view_mut(next());
     let norms: &mut [f64] = view_mut(next());
     let (_q8_sums, _f32_sums) = (next(), next());
-    let q8: &mut [i8] = view_mut(next());
+    let q8: &mut [u8] = next();
     let f32s: &mut [f32] = view_mut(next());
     if dim == 0 {
         return;
     }
     f32s.copy_from_slice(&rows.vectors);
-    q8.par_chunks_mut(dim)
-        .zip(rows.vectors.par_chunks(dim))
-        .zip(scales.par_iter_mut())
-        .zip(bounds.par_iter_mut())
-        .zip(norms.par_iter_mut())
-        .for_each(|((((q, x), scale), bound), inv)| {
-            let quantised = super::scan::quantise(x, q);
-            *scale = quantised.scale;
-            *bound = quantised.bound;
-            *inv = quantised.inv_norm;
+    q8.par_chunks_mut(LANES * padded_dim(dim))
+        .zip(rows.vectors.par_chunks(LANES * dim))
+        .zip(scales.par_chunks_mut(LANES))
+        .zip(bounds.par_chunks_mut(LANES))
+        .zip(norms.par_chunks_mut(LANES))
+        .for_each(|((((group, x), scales), bounds), norms)| {
+            let mut q = [0i8; 4096];
+            let mut heap = Vec::new();
+            let q: &mut [i8] = if x.len() <= q.len() {
+                &mut q[..x.len()]
+            } else {
+                heap.resize(x.len(), 0);
+                &mut heap
+            };
+            for (r, (x, q)) in x.chunks_exact(dim).zip(q.chunks_exact_mut(dim)).enumerate() {
+                let quantised = super::scan::quantise(x, q);
+                scales[r] = quantised.scale;
+                bounds[r] = quantised.bound;
+                norms[r] = quantised.inv_norm;
+            }
+            super::scan::interleave(q, dim, group);
         });
 }
 
@@ -690,8 +714,8 @@ mod tests {
         let year = Year::parse("2024").unwrap();
         let (n, dim) = (2500, 5);
         let data = rows(n, dim);
-        let memory = Segment::build(year, stamps(dim), &data, None).unwrap();
-        let built = Segment::build(year, stamps(dim), &data, Some(&path)).unwrap();
+        let memory = Segment::build(year, stamps(dim), Keys::default(), &data, None).unwrap();
+        let built = Segment::build(year, stamps(dim), Keys::default(), &data, Some(&path)).unwrap();
         let opened = Segment::open(&path).unwrap();
         assert_eq!(opened.stamps, stamps(dim));
         for seg in [&memory, &built, &opened] {
@@ -714,7 +738,7 @@ mod tests {
         let good = std::fs::read(&path).unwrap();
         let sections = footer_sections(&good);
         let mut bad = good.clone();
-        bad[sections[Sec::Q8 as usize].0 as usize + 3 * dim * Q8_BLOCK_ROWS / 2] ^= 1;
+        bad[sections[Sec::Q8 as usize].0 as usize + 3 * padded_dim(dim) * Q8_BLOCK_ROWS / 2] ^= 1;
         bad[sections[Sec::F32 as usize].0 as usize + 4 * dim * 70] ^= 1;
         std::fs::write(&path, &bad).unwrap();
         let damaged_seg = Segment::open(&path).unwrap();
