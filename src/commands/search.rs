@@ -103,10 +103,15 @@ pub fn search(
         ));
     }
     let (mut index, encoder) = open_with_encoder(config, model, options.cache)?;
+    let started = Instant::now();
     let vector = encoder
         .encode(&[query.to_string()])?
         .pop()
         .ok_or_else(|| Error::Run("the model returned no vector for the query".into()))?;
+    tracing::debug!(
+        "query embedded in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     let filter = options.filter();
     let started = Instant::now();
     let hits = repairing(&mut index, config, model, options.cache, |index| {
@@ -231,10 +236,18 @@ fn open_with_encoder(
         .into());
     }
     let recorded = store.manifest().ok().flatten().and_then(|m| m.model_identity);
-    let (index, encoder) = rayon::join(
-        || VectorIndex::open_with(config, model, cache),
-        || QueryEncoder::load(model, recorded.as_ref()),
+    let started = Instant::now();
+    let ((index, index_s), (encoder, model_s)) = rayon::join(
+        || {
+            let index = VectorIndex::open_with(config, model, cache);
+            (index, started.elapsed().as_secs_f64())
+        },
+        || {
+            let encoder = QueryEncoder::load(model, recorded.as_ref());
+            (encoder, started.elapsed().as_secs_f64())
+        },
     );
+    tracing::debug!("ready: index opened in {index_s:.3} s, model loaded in {model_s:.3} s (side by side)");
     Ok((index?, encoder?))
 }
 

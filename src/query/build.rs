@@ -87,8 +87,13 @@ fn decode(
     dimension: usize,
     groups: Option<Vec<usize>>,
 ) -> Result<(Vec<String>, Vec<f32>, bool), QueryError> {
-    let mut ids = Vec::new();
-    let mut vectors = Vec::new();
+    // Sized up front from the footer: no reallocation of a year's vectors.
+    let expected = match &groups {
+        None => year_file::row_count(path).unwrap_or(0) as usize,
+        Some(_) => 0,
+    };
+    let mut ids = Vec::with_capacity(expected);
+    let mut vectors = Vec::with_capacity(expected * dimension);
     let mut without_vector = None;
     let scan = year_file::for_each_vector_of(path, dimension, groups, |id, v| match v {
         Some(v) => {

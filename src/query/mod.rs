@@ -241,7 +241,10 @@ impl VectorIndex {
                 (*year, path.clone(), stamps, files)
             })
             .collect();
-        let outcomes: Vec<Result<Opened, QueryError>> = plans
+        // Biggest years first, so that the threads finish together.
+        let mut plans = plans;
+        plans.sort_by_key(|p| std::cmp::Reverse(p.2.year_file.size));
+        let mut outcomes: Vec<Result<Opened, QueryError>> = plans
             .into_par_iter()
             .map(|(year, path, stamps, files)| {
                 let cached = cache_dir.join(format!("{year}.seg"));
@@ -320,6 +323,7 @@ impl VectorIndex {
                 ))
             })
             .collect();
+        outcomes.sort_by_key(|o| o.as_ref().map_or(0, |(seg, _, _)| seg.year.get()));
         let mut segments = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             let (segment, how, note) = outcome?;

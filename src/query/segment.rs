@@ -463,39 +463,24 @@ impl Segment {
         }
         let lens = lengths(n, dim, byte_lens, cats_total);
         let (sections, end) = layout(&lens);
-        let target = path.map(|p| {
-            let dir = p.parent().unwrap_or(Path::new("."));
-            let prefix = format!("{}{}-", crate::store::atomic::TEMP_PREFIX, std::process::id());
-            tempfile::Builder::new()
-                .prefix(&prefix)
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                .tempfile_in(dir)
-                .map_err(|e| QueryError::io(dir, e))
-        });
-        let temp = target.transpose()?;
-        let mut map = match &temp {
-            Some(temp) => {
-                let io = |e| QueryError::io(temp.path(), e);
-                temp.as_file().set_len(end as u64).map_err(io)?;
-                reserve(temp.as_file(), end).map_err(io)?;
-                // SAFETY: the file is our own fresh temporary, not yet
-                // visible under its final name; nobody else maps it.
-                unsafe { MmapMut::map_mut(temp.as_file()) }.map_err(io)?
-            }
-            None => MmapMut::map_anon(end).map_err(|e| QueryError::io(Path::new("(memory)"), e))?,
-        };
-        fill(&mut map, &sections, rows, dim);
+        let q8_at = sections[Sec::Q8 as usize].start;
+        let f32_at = sections[Sec::F32 as usize].start;
+        // Everything before the int8 matrix (header and small sections) and
+        // the int8 matrix in buffers; the f32 matrix is `rows.vectors` itself.
+        let mut head_words = vec![0u64; q8_at / 8];
+        let head = bytes_of_mut(&mut head_words);
+        let mut q8 = vec![0u8; lens[Sec::Q8 as usize]];
+        let f32_bytes = bytes_of(&rows.vectors);
+        fill(head, &mut q8, &sections, rows, dim);
+        let (q8_sums, f32_sums) = block_sums(&q8, f32_bytes, n, dim);
+        view_mut::<u64>(&mut head[sections[Sec::Q8Sums as usize].clone()]).copy_from_slice(&q8_sums);
+        view_mut::<u64>(&mut head[sections[Sec::F32Sums as usize].clone()]).copy_from_slice(&f32_sums);
         let mut sums = [0u64; SECTIONS];
-        {
-            let (q8_sums, f32_sums) = block_sums(&map, &sections, n, dim);
-            view_mut::<u64>(&mut map[sections[Sec::Q8Sums as usize].clone()]).copy_from_slice(&q8_sums);
-            view_mut::<u64>(&mut map[sections[Sec::F32Sums as usize].clone()]).copy_from_slice(&f32_sums);
-        }
         {
             use rayon::prelude::*;
             let small: Vec<u64> = SMALL
                 .into_par_iter()
-                .map(|i| xxh3_64(&map[sections[i].clone()]))
+                .map(|i| xxh3_64(&head[sections[i].clone()]))
                 .collect();
             sums[SMALL].copy_from_slice(&small);
         }
@@ -515,28 +500,40 @@ impl Segment {
         let footer_bytes = serde_json::to_vec(&footer)
             .map_err(std::io::Error::other)
             .map_err(|e| QueryError::io(path.unwrap_or(Path::new("(memory)")), e))?;
-        map[..8].copy_from_slice(MAGIC);
-        map[8..16].copy_from_slice(&(end as u64).to_le_bytes());
-        map[16..24].copy_from_slice(&(footer_bytes.len() as u64).to_le_bytes());
-        map[24..32].copy_from_slice(&xxh3_64(&footer_bytes).to_le_bytes());
-        let (map, final_path) = match (temp, path) {
-            (Some(temp), Some(path)) => {
+        head[..8].copy_from_slice(MAGIC);
+        head[8..16].copy_from_slice(&(end as u64).to_le_bytes());
+        head[16..24].copy_from_slice(&(footer_bytes.len() as u64).to_le_bytes());
+        head[24..32].copy_from_slice(&xxh3_64(&footer_bytes).to_le_bytes());
+        let parts: [(usize, &[u8]); 4] = [(0, head), (q8_at, &q8), (f32_at, f32_bytes), (end, &footer_bytes)];
+        let (map, final_path) = match path {
+            Some(path) => {
                 use std::os::unix::fs::FileExt;
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let prefix = format!("{}{}-", crate::store::atomic::TEMP_PREFIX, std::process::id());
+                let temp = tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                    .tempfile_in(dir)
+                    .map_err(|e| QueryError::io(dir, e))?;
                 let io = |e| QueryError::io(temp.path(), e);
-                drop(map);
-                temp.as_file()
-                    .write_all_at(&footer_bytes, end as u64)
-                    .map_err(io)?;
+                // Written, not mapped: a full disk is an error, not SIGBUS,
+                // and no page is zeroed before it is filled.
+                for (at, bytes) in parts {
+                    temp.as_file().write_all_at(bytes, at as u64).map_err(io)?;
+                }
                 let file = temp.persist(path).map_err(|e| QueryError::io(path, e.error))?;
                 // SAFETY: as in `open`: the file is only ever replaced by rename.
                 let map = unsafe { Mmap::map(&file) }.map_err(|e| QueryError::io(path, e))?;
                 (map, Some(path.to_path_buf()))
             }
-            _ => (
-                map.make_read_only()
-                    .map_err(|e| QueryError::io(Path::new("(memory)"), e))?,
-                None,
-            ),
+            None => {
+                let memory = |e| QueryError::io(Path::new("(memory)"), e);
+                let mut map = MmapMut::map_anon(end + footer_bytes.len()).map_err(memory)?;
+                for (at, bytes) in parts {
+                    map[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+                (map.make_read_only().map_err(memory)?, None)
+            }
         };
         // Just computed from these very bytes: nothing to verify.
         Ok(Segment {
@@ -555,28 +552,8 @@ impl Segment {
     }
 }
 
-/// Allocates the file's blocks up front: writing through a map into a
-/// sparse file on a full disk would kill the process with SIGBUS, while this
-/// fails cleanly (ENOSPC) and the segment is built in memory instead.
-fn reserve(file: &File, len: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
-    // SAFETY: `file` is an open descriptor we own for the whole call.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        code => Err(std::io::Error::from_raw_os_error(code)),
-    }
-}
-
-fn block_sums(
-    map: &[u8],
-    sections: &[Range<usize>; SECTIONS],
-    rows: usize,
-    dim: usize,
-) -> (Vec<u64>, Vec<u64>) {
+fn block_sums(q8: &[u8], f32s: &[u8], rows: usize, dim: usize) -> (Vec<u64>, Vec<u64>) {
     use rayon::prelude::*;
-    let q8 = &map[sections[Sec::Q8 as usize].clone()];
-    let f32s = &map[sections[Sec::F32 as usize].clone()];
     let q8_sums = (0..blocks(rows, Q8_BLOCK_ROWS))
         .into_par_iter()
         .map(|b| {
@@ -594,8 +571,21 @@ fn block_sums(
     (q8_sums, f32_sums)
 }
 
+/// The bytes of `values`.
+fn bytes_of(values: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and every byte of it is initialised; u8
+    // has alignment 1, and the length covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
+}
+
+/// The bytes of `words`, writable.
+fn bytes_of_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as in `bytes_of`; any byte pattern is a valid u64.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
+}
+
 /// The sections of `map` as disjoint mutable slices, in file order.
-fn split_sections<'a>(mut map: &'a mut [u8], sections: &[Range<usize>; SECTIONS]) -> Vec<&'a mut [u8]> {
+fn split_sections<'a>(mut map: &'a mut [u8], sections: &[Range<usize>]) -> Vec<&'a mut [u8]> {
     let mut out = Vec::with_capacity(SECTIONS);
     let mut consumed = 0;
     for r in sections {
@@ -619,10 +609,11 @@ fn fill_strings(offsets: &mut [u8], bytes: &mut [u8], values: &[String]) {
     }
 }
 
-/// Writes every section but the checksums.
-fn fill(map: &mut [u8], sections: &[Range<usize>; SECTIONS], rows: &Rows, dim: usize) {
+/// Writes every small section but the checksums into `head` (the file's
+/// bytes before the int8 matrix) and the int8 matrix into `q8`.
+fn fill(head: &mut [u8], q8: &mut [u8], sections: &[Range<usize>; SECTIONS], rows: &Rows, dim: usize) {
     use rayon::prelude::*;
-    let mut parts = split_sections(map, sections).into_iter();
+    let mut parts = split_sections(head, &sections[..Sec::Q8 as usize]).into_iter();
     let mut next = || parts.next().unwrap_or_default();
     let (id_offsets, ids) = (next(), next());
     fill_strings(id_offsets, ids, &rows.ids);
@@ -643,13 +634,9 @@ fn fill(map: &mut [u8], sections: &[Range<usize>; SECTIONS], rows: &Rows, dim: u
     let scales: &mut [f32] = view_mut(next());
     let bounds: &mut [f32] = view_mut(next());
     let norms: &mut [f64] = view_mut(next());
-    let (_q8_sums, _f32_sums) = (next(), next());
-    let q8: &mut [u8] = next();
-    let f32s: &mut [f32] = view_mut(next());
     if dim == 0 {
         return;
     }
-    f32s.copy_from_slice(&rows.vectors);
     q8.par_chunks_mut(LANES * padded_dim(dim))
         .zip(rows.vectors.par_chunks(LANES * dim))
         .zip(scales.par_chunks_mut(LANES))
