@@ -785,11 +785,12 @@ fn unit_rows(ids: &[String], dim: usize, seed: &mut u64) -> Vec<VectorRow> {
         .collect()
 }
 
+/// Segment files, per query (id, score bits, title) of the top 20, and
+/// the years refreshed.
+type CacheState = (Vec<Vec<u8>>, Vec<Vec<(String, u64, String)>>, Vec<String>);
+
 /// Every year's segment file and the answers to some queries.
-fn cache_state(
-    config: &Config,
-    queries: &[Vec<f32>],
-) -> (Vec<Vec<u8>>, Vec<Vec<(String, u64, String)>>, Vec<String>) {
+fn cache_state(config: &Config, queries: &[Vec<f32>]) -> CacheState {
     let model = &config.models[0];
     let index = VectorIndex::open(config, model).unwrap();
     let answers = index

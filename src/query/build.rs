@@ -114,12 +114,12 @@ fn decode(
     Ok((ids, vectors, scan.sorted_unique))
 }
 
+/// Ids, vectors and row-group fingerprints of a year file.
+type YearVectors = (Vec<String>, Vec<f32>, Vec<(u64, u64)>);
+
 /// Ids (sorted, unique, newest row kept) and vectors of a whole year file,
 /// with its row groups' fingerprints when its rows came sorted and unique.
-fn read_vectors(
-    path: &Path,
-    dimension: usize,
-) -> Result<(Vec<String>, Vec<f32>, Vec<(u64, u64)>), QueryError> {
+fn read_vectors(path: &Path, dimension: usize) -> Result<YearVectors, QueryError> {
     let (decoded, groups) = rayon::join(|| decode(path, dimension, None), || fingerprints(path));
     let (ids, vectors, sorted_unique) = decoded?;
     if sorted_unique {

@@ -291,7 +291,9 @@ mod x86 {
         }
     }
 
-    /// R groups × Q queries, accumulated in registers.
+    /// R groups × Q queries, accumulated in registers (walked query by
+    /// query, so that one broadcast serves R groups).
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     #[inline]
     unsafe fn vnni_tile<const R: usize, const Q: usize>(
@@ -513,6 +515,9 @@ struct Work {
     dots: Vec<i32>,
 }
 
+/// (segment, row, exact cosine) of one query's results, best first.
+pub(crate) type Ranked = Vec<(usize, usize, f64)>;
+
 /// The k rows of highest cosine with each unit vector of `queries` among
 /// the allowed rows of `segments`, as (segment, row, score), best first,
 /// ties by paper id. One pass over the int8 matrix serves every query.
@@ -521,7 +526,7 @@ pub(crate) fn top_k_many(
     allowed: &[Allowed],
     queries: &[Vec<f64>],
     k: usize,
-) -> Result<Vec<Vec<(usize, usize, f64)>>, QueryError> {
+) -> Result<Vec<Ranked>, QueryError> {
     let Some(dim) = queries.first().map(Vec::len) else {
         return Ok(Vec::new());
     };
@@ -591,7 +596,7 @@ pub(crate) fn top_k_many(
             }
             Ok(a)
         })?;
-    let rerank = |(state, query): (State, &Vec<f64>)| -> Result<Vec<(usize, usize, f64)>, QueryError> {
+    let rerank = |(state, query): (State, &Vec<f64>)| -> Result<Ranked, QueryError> {
         let mut state = state;
         state.prune();
         let exact = |&(s, row, _): &(u32, u32, f32)| -> Result<(usize, usize, f64), QueryError> {
