@@ -50,7 +50,7 @@ examples="$repo/target/release/examples"
 if [ -z "$bin" ]; then
   cargo build --release -q --bin papersys --example make_big_tree --example bench_daily_embed
   bin="$repo/target/release/papersys"
-else
+elif [ -d "$(dirname "$bin")/examples" ]; then
   examples="$(dirname "$bin")/examples"
 fi
 if [ ! -d "$tree/metadata" ]; then
