@@ -1,24 +1,33 @@
 #!/usr/bin/env bash
 # `papersys search` / `similar` on a large tree, beside numpy over the very
 # same memory-mapped f32 vectors (the cache's f32 sections), in one run.
-# Prints: end-to-end time of one search process (warm page cache), scan
-# time per query (papersys vs numpy `matrix @ q` + `argpartition`), 1,000
-# queries in one call, building the cache from nothing and after 1,000 new
-# papers, and memory (resident besides the map).
+# Prints: building the cache from nothing, end-to-end time of one search
+# process (warm page cache), 1,000 queries in one call (papersys's one pass
+# over the matrix per block of queries vs numpy's `matrix @ Q` GEMM), scan
+# time of one query (papersys vs numpy `matrix @ q` + `argpartition`), the
+# cache after a day's 1,000 new papers, and memory (resident besides the map).
 #
-#   bench/search.sh [--tree DIR] [--rows N] [--queries N] [--numpy-queries N] [--bin PATH]
+#   bench/search.sh [--tree DIR] [--work DIR] [--rows N] [--queries N] [--numpy-queries N] [--bin PATH]
 #
-# --bin uses an already built papersys (the tree must exist) instead of a release build.
+# --tree is only read: the benchmark runs on a work tree (--work, default
+# /tmp/search-bench-work) of hard links to its metadata CSVs and year files,
+# with copies of the newest year's (the ones the "new papers" steps change);
+# the cache is built there. --bin uses an already built papersys (the tree
+# must exist) instead of a release build.
 #
 # The tree defaults to /tmp/papersys-big (2.8M papers, 95% embedded with
 # random unit vectors), made by `make_big_tree` when missing, as
 # bench/backlog.sh does; a tree made by ../shared/bench/make_big.py works too.
 # Queries are embedded by the real all-MiniLM-L6-v2 (scripts/fetch-model.sh).
-# The "+1,000 papers" step appends 1,000 metadata rows and vectors to the
-# newest year, as a daily ingest + embed leaves it.
+# The new papers are added by `examples/bench_daily_embed.rs` (rows appended
+# to the newest metadata CSV, vectors merged with the library's
+# `year_file::merge`, as `embed` does): day 1 is the first papersys merge
+# into that year (a file written by another tool is rewritten in papersys's
+# row groups, so its segment is rebuilt), day 2 the everyday case.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tree=/tmp/papersys-big
+work_tree=/tmp/search-bench-work
 rows=2800000
 queries=1000
 numpy_queries=20
@@ -27,6 +36,7 @@ bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tree) tree="$2"; shift 2 ;;
+    --work) work_tree="$2"; shift 2 ;;
     --rows) rows="$2"; shift 2 ;;
     --queries) queries="$2"; shift 2 ;;
     --numpy-queries) numpy_queries="$2"; shift 2 ;;
@@ -36,14 +46,31 @@ while [ $# -gt 0 ]; do
 done
 
 cd "$repo"
+examples="$repo/target/release/examples"
 if [ -z "$bin" ]; then
-  cargo build --release -q --bin papersys --example make_big_tree
+  cargo build --release -q --bin papersys --example make_big_tree --example bench_daily_embed
   bin="$repo/target/release/papersys"
+elif [ -d "$(dirname "$bin")/examples" ]; then
+  examples="$(dirname "$bin")/examples"
 fi
 if [ ! -d "$tree/metadata" ]; then
   echo "generating $tree ($rows papers)..." >&2
-  target/release/examples/make_big_tree --out "$tree" --rows "$rows" --coverage 0.95 --alias "$alias"
+  "$examples/make_big_tree" --out "$tree" --rows "$rows" --coverage 0.95 --alias "$alias"
 fi
+# The work tree: links to the source's files, copies of the newest year's.
+rm -rf "$work_tree"
+mkdir -p "$work_tree/metadata" "$work_tree/embeddings/$alias"
+newest=$(ls "$tree"/metadata/metadata-*.csv | sort | tail -1)
+newest_year=$(basename "$newest" .csv | sed 's/metadata-//')
+for f in "$tree"/metadata/metadata-*.csv; do
+  if [ "$f" = "$newest" ]; then cp "$f" "$work_tree/metadata/"; else ln "$f" "$work_tree/metadata/"; fi
+done
+for f in "$tree/embeddings/$alias"/*.parquet; do
+  if [ "$(basename "$f")" = "$newest_year.parquet" ]; then cp "$f" "$work_tree/embeddings/$alias/"; else ln "$f" "$work_tree/embeddings/$alias/"; fi
+done
+[ -f "$tree/embeddings/$alias/manifest.json" ] && cp "$tree/embeddings/$alias/manifest.json" "$work_tree/embeddings/$alias/"
+source_tree="$tree"
+tree="$work_tree"
 config="$tree/search.toml"
 printf 'data_root = "."\n[embedding]\n[[embedding.models]]\nalias = "%s"\nname = "sentence-transformers/all-MiniLM-L6-v2"\ndimension = 384\n' "$alias" > "$config"
 py="$(scripts/python-env.sh)"
@@ -59,7 +86,7 @@ measure() {
 }
 open_line() { grep -o 'cache: [^)]*' "$work/err" | tail -1; }
 
-echo "tree: $tree ($(du -sh "$tree/metadata" | cut -f1) CSV, $(du -sh --exclude=.cache "$model_dir" | cut -f1) Parquet)"
+echo "tree: $source_tree ($(du -shL "$tree/metadata" | cut -f1) CSV, $(du -shL --exclude=.cache "$model_dir" | cut -f1) Parquet), worked on in $tree"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # Queries: titles of papers spread over the corpus.
@@ -90,6 +117,7 @@ echo
 echo "== one search process end to end (warm page cache) =="
 for i in 1 2 3; do
   echo "run $i: $(measure "$bin" --config "$config" -v search -k 10 "contrastive learning for sentence embeddings")"
+  echo "  $(grep -o 'ready: .*' "$work/err" | tail -1)"
   echo "  $(grep -o 'scan [0-9.]* ms; memory: .*' "$work/err" | tail -1)"
 done
 
@@ -141,6 +169,22 @@ for _ in range(n):
     times.append(time.perf_counter() - t)
 print(f"numpy (memmap f32 matrix @ q + argpartition, {total:,} x {mats[0].shape[1]}): "
       f"{1e3 * np.mean(times):.1f} ms/query (median {1e3 * np.median(times):.1f}, {n} queries)")
+# A block of queries at once: one GEMM per segment, top k per column.
+nb = 100
+Q = rng.standard_normal((nb, mats[0].shape[1])).astype(np.float32)
+Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+t = time.perf_counter()
+best = np.full((10, nb), -np.inf, dtype=np.float32)
+for m in mats:
+    for j in range(0, nb, 50):
+        S = m @ Q[j:j + 50].T
+        kk = min(10, S.shape[0] - 1)
+        part = np.argpartition(-S, kk, axis=0)[:10]
+        cand = np.concatenate([best[:, j:j + 50], np.take_along_axis(S, part, axis=0)])
+        best[:, j:j + 50] = -np.sort(-cand, axis=0)[:10]
+elapsed = time.perf_counter() - t
+print(f"numpy batch (f32 GEMM matrix @ Q, blocks of 50 queries, top 10 per query): "
+      f"{1e3 * elapsed / nb:.1f} ms/query ({nb} queries in {elapsed:.1f} s)")
 # The same top 10 as papersys similar, by numpy (cosine of the unit vectors)?
 i = ids.index(given)
 row = None
@@ -160,36 +204,10 @@ EOF
 
 echo
 echo "== cache after 1,000 new papers in the newest year =="
-"$py" - "$tree" "$alias" <<'EOF'
-import csv, glob, sys
-import numpy as np, pyarrow as pa, pyarrow.parquet as pq
-root, alias = sys.argv[1], sys.argv[2]
-newest = sorted(glob.glob(root + "/metadata/metadata-*.csv"))[-1]
-year = newest[-8:-4]
-ids = [f"{year[2:]}99.9{i:04d}" for i in range(1000)]
-with open(newest, "a", newline="") as f:
-    w = csv.writer(f)
-    for pid in ids:
-        w.writerow([pid, f"Bench paper {pid}", "An abstract.", "cs.LG", "cs.LG", "A. Author",
-                    f"{year}-12-31T00:00:00Z", f"{year}-12-31T00:00:00Z", "", "", "", "", "bench"])
-path = f"{root}/embeddings/{alias}/{year}.parquet"
-old = pq.read_table(path)
-v = np.random.default_rng(3).standard_normal((1000, 384)).astype(np.float32)
-v /= np.linalg.norm(v, axis=1, keepdims=True)
-new = pa.table({
-    "paper_id": pa.array(ids),
-    "embedding": pa.array(list(v), type=pa.list_(pa.float32())),
-    "generated_at": pa.array(["2026-01-01T00:00:00+00:00"] * 1000),
-    "model_dim": pa.array([384] * 1000, type=pa.uint32()),
-    "source": pa.array(["papersys.embedding"] * 1000),
-}).select(old.column_names if "text_hash" not in old.column_names else old.column_names[:5])
-if "text_hash" in old.column_names:
-    new = new.append_column("text_hash", pa.array([None] * 1000, type=pa.string()))
-merged = pa.concat_tables([old, new.cast(old.schema)]).sort_by("paper_id")
-pq.write_table(merged, path + ".tmp", compression="zstd")
-import os; os.replace(path + ".tmp", path)
-print(f"appended 1,000 papers to {newest} and {path}")
-EOF
-echo "next search: $(measure "$bin" --config "$config" search -k 10 "graph neural networks")"
-echo "  $(open_line)"
+for day in 1 2; do
+  "$examples/bench_daily_embed" --tree "$tree" --alias "$alias" --count 1000 --day "$day"
+  echo "day $day, next search: $(measure "$bin" --config "$config" -vv search -k 10 "graph neural networks")"
+  echo "  $(open_line)"
+  grep -o "[0-9]*: refreshed in .*\|[0-9]*: read in .*" "$work/err" | tail -2 | sed 's/^/  /'
+done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

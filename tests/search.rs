@@ -754,3 +754,168 @@ fn queries_get_the_models_query_prompt() {
     );
     assert!((with_query_prompt - without).abs() > 1e-4 && with_query_prompt < 0.9999);
 }
+
+const CSV_HEADER: &str = "paper_id,title,abstract,categories,primary_category,authors,published_at,updated_at,doi,comment,journal_ref,license,source\n";
+
+fn csv_row(id: &str, title: &str) -> String {
+    format!(
+        "{id},\"{title}\",\"An abstract.\",cs.LG;stat.ML,cs.LG,\"A. Author\",2024-03-01T00:00:00Z,2024-03-01T00:00:00Z,,,,,test\n"
+    )
+}
+
+fn unit_rows(ids: &[String], dim: usize, seed: &mut u64) -> Vec<VectorRow> {
+    ids.iter()
+        .map(|id| {
+            let v: Vec<f32> = (0..dim)
+                .map(|_| {
+                    *seed ^= *seed << 13;
+                    *seed ^= *seed >> 7;
+                    *seed ^= *seed << 17;
+                    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect();
+            VectorRow {
+                paper_id: id.clone(),
+                embedding: v,
+                generated_at: "2025-01-01T00:00:00+00:00".into(),
+                source: year_file::SOURCE.into(),
+                text_hash: None,
+            }
+        })
+        .collect()
+}
+
+/// Segment files, per query (id, score bits, title) of the top 20, and
+/// the years refreshed.
+type CacheState = (Vec<Vec<u8>>, Vec<Vec<(String, u64, String)>>, Vec<String>);
+
+/// Every year's segment file and the answers to some queries.
+fn cache_state(config: &Config, queries: &[Vec<f32>]) -> CacheState {
+    let model = &config.models[0];
+    let index = VectorIndex::open(config, model).unwrap();
+    let answers = index
+        .top_k_many(queries, 20, &Filter::default())
+        .unwrap()
+        .iter()
+        .map(|hits| {
+            hits.iter()
+                .map(|h| {
+                    let paper = index.paper(h.row).unwrap();
+                    (
+                        paper.paper_id.to_string(),
+                        h.score.to_bits(),
+                        paper.title.to_string(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let dir = config.data_root.join("embeddings/jasper_v1/.cache/vectors");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let files = names.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    (files, answers, index.report.refreshed.clone())
+}
+
+/// After papers are added to a year (appended metadata rows, vectors merged
+/// as `embed` merges them), after a paper that had no vector gets one, and
+/// after a metadata row changes in place, the refreshed cache is byte for
+/// byte the cache built from nothing, and answers the same.
+#[test]
+fn an_incremental_refresh_equals_a_build_from_nothing() {
+    let dim = 8;
+    let tree = Tree::with_config(&format!(
+        "[embedding]\n[[embedding.models]]\nalias = \"jasper_v1\"\nname = \"m\"\ndimension = {dim}\n"
+    ));
+    let csv = tree.path("metadata/metadata-2024.csv");
+    std::fs::create_dir_all(tree.path("metadata")).unwrap();
+    std::fs::create_dir_all(tree.model_dir()).unwrap();
+    let parquet = tree.model_dir().join("2024.parquet");
+    // Three row groups and a bit (16,384 rows each); every 50th paper has no vector.
+    let ids: Vec<String> = (0..50_000).map(|i| format!("2403.{i:05}")).collect();
+    let mut text = String::from(CSV_HEADER);
+    for id in &ids {
+        text.push_str(&csv_row(id, &format!("Paper {id}")));
+    }
+    std::fs::write(&csv, &text).unwrap();
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let embedded: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 50 != 7)
+        .map(|(_, id)| id.clone())
+        .collect();
+    year_file::merge(&parquet, unit_rows(&embedded, dim, &mut seed), dim).unwrap();
+    // A small second year that never changes.
+    std::fs::write(
+        tree.path("metadata/metadata-2023.csv"),
+        format!("{CSV_HEADER}{}", csv_row("2301.00001", "Old")),
+    )
+    .unwrap();
+    year_file::merge(
+        &tree.model_dir().join("2023.parquet"),
+        unit_rows(&["2301.00001".to_string()], dim, &mut seed),
+        dim,
+    )
+    .unwrap();
+    let config = Config::load(&tree.path("papersys.toml")).unwrap();
+    let queries: Vec<Vec<f32>> =
+        unit_rows(&(0..7).map(|i| i.to_string()).collect::<Vec<_>>(), dim, &mut seed)
+            .into_iter()
+            .map(|r| r.embedding)
+            .collect();
+    let cache = tree.model_dir().join(".cache");
+    let from_nothing = |config: &Config| {
+        std::fs::remove_dir_all(&cache).unwrap();
+        cache_state(config, &queries)
+    };
+    let (_, _, refreshed) = cache_state(&config, &queries);
+    assert!(refreshed.is_empty());
+
+    // A day's papers: rows appended to the CSV, vectors merged (ids sort last).
+    let new: Vec<String> = (0..700).map(|i| format!("2412.{i:05}")).collect();
+    let mut appended = std::fs::OpenOptions::new().append(true).open(&csv).unwrap();
+    for id in &new {
+        std::io::Write::write_all(&mut appended, csv_row(id, &format!("New {id}")).as_bytes()).unwrap();
+    }
+    drop(appended);
+    year_file::merge(&parquet, unit_rows(&new, dim, &mut seed), dim).unwrap();
+    let (files, answers, refreshed) = cache_state(&config, &queries);
+    assert_eq!(refreshed, ["2024"]);
+    let (files_again, answers_again, _) = from_nothing(&config);
+    assert_eq!(answers, answers_again);
+    assert!(
+        files == files_again,
+        "refreshed segments differ from ones built from nothing"
+    );
+    let index = VectorIndex::open(&config, &config.models[0]).unwrap();
+    let row = index.find("2412.00699").unwrap();
+    assert_eq!(index.paper(row).unwrap().title, "New 2412.00699");
+
+    // A paper that had metadata but no vector gets one (the rows after it shift).
+    year_file::merge(&parquet, unit_rows(&[ids[20_007].clone()], dim, &mut seed), dim).unwrap();
+    let (files, answers, refreshed) = cache_state(&config, &queries);
+    assert_eq!(refreshed, ["2024"]);
+    let (files_again, answers_again, _) = from_nothing(&config);
+    assert_eq!(answers, answers_again);
+    assert!(files == files_again);
+
+    // A title changes in place (not an append): the metadata is read again.
+    let changed = std::fs::read_to_string(&csv)
+        .unwrap()
+        .replace("Paper 2403.00003\"", "Renamed\"");
+    std::fs::write(&csv, changed).unwrap();
+    let (files, answers, refreshed) = cache_state(&config, &queries);
+    assert_eq!(refreshed, ["2024"]);
+    let (files_again, answers_again, _) = from_nothing(&config);
+    assert_eq!(answers, answers_again);
+    assert!(files == files_again);
+    let index = VectorIndex::open(&config, &config.models[0]).unwrap();
+    assert_eq!(
+        index.paper(index.find("2403.00003").unwrap()).unwrap().title,
+        "Renamed"
+    );
+}

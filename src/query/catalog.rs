@@ -3,10 +3,11 @@
 //! segment is built, so that a query never parses CSV.
 
 use std::collections::HashMap;
-
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
+
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::metadata::{InputIssue, MetadataFile};
 
@@ -45,49 +46,180 @@ fn meta_of(title: &str, categories: &str, primary: &str, published_at: &str) -> 
     }
 }
 
+/// Size and xxh3-64 of a file's bytes: what a catalog was read from.
+pub type ContentKey = (u64, u64);
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Xxh3,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
 /// The papers of one year's metadata files (given in precedence order: a
 /// later row of the same paper wins), with the rows and files that could
-/// not be read. Only the columns shown are decoded (the rows are read as
-/// bytes, as `read_records` would split them), so a year's gigabyte of
-/// abstracts costs little more than reading it.
+/// not be read and each file's [`ContentKey`] (`None` for a file that
+/// could not be read to its end). Only the columns shown are decoded (the
+/// rows are read as bytes, as `read_records` would split them), so a year's
+/// gigabyte of abstracts costs little more than reading it.
 pub fn read_year<'a>(
     files: impl IntoIterator<Item = &'a MetadataFile>,
-) -> (HashMap<String, PaperMeta>, Vec<InputIssue>) {
+) -> (
+    HashMap<String, PaperMeta>,
+    Vec<InputIssue>,
+    Vec<Option<ContentKey>>,
+) {
     let mut papers = HashMap::new();
     let mut issues = Vec::new();
+    let mut keys = Vec::new();
     for file in files {
-        if let Err(issue) = read_file(&file.path, &mut papers, &mut issues) {
-            issues.push(issue);
+        match read_file(&file.path, &mut papers, &mut issues) {
+            Ok(key) => keys.push(key),
+            Err(issue) => {
+                issues.push(issue);
+                keys.push(None);
+            }
         }
     }
-    (papers, issues)
+    (papers, issues, keys)
+}
+
+/// The rows of `file` past its first `from` bytes (which must end a row),
+/// and the [`ContentKey`] of the whole file, when its first `from` bytes
+/// still hash to `prefix`; `None` when they do not (the file was not only
+/// appended to) or it cannot be read.
+pub fn read_appended(
+    file: &MetadataFile,
+    from: u64,
+    prefix: u64,
+) -> Option<(HashMap<String, PaperMeta>, ContentKey)> {
+    let mut input = File::open(&file.path).ok()?;
+    let mut hasher = Xxh3::new();
+    let mut head = (&mut input).take(from);
+    let mut sink = HashWriter(&mut hasher, b'\n');
+    let copied = std::io::copy(&mut head, &mut sink).ok()?;
+    // The old content must end a row for the new bytes to start one.
+    if copied != from || sink.1 != b'\n' || hasher.digest() != prefix {
+        return None;
+    }
+    let mut tail = Vec::new();
+    input.read_to_end(&mut tail).ok()?;
+    hasher.update(&tail);
+    let key = (from + tail.len() as u64, hasher.digest());
+    // The header comes from the file's first row; the tail is parsed with it.
+    input.seek(SeekFrom::Start(0)).ok()?;
+    let mut papers = HashMap::new();
+    let mut issues = Vec::new();
+    let mut header = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(BufReader::new(input));
+    let headers = header.byte_headers().ok()?.clone();
+    read_rows(&file.path, &headers, &tail[..], &mut papers, &mut issues).ok()?;
+    Some((papers, key))
+}
+
+/// A sink that hashes what it is given and remembers its last byte.
+struct HashWriter<'a>(&'a mut Xxh3, u8);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        if let Some(&last) = buf.last() {
+            self.1 = last;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn read_file(
     path: &Path,
     papers: &mut HashMap<String, PaperMeta>,
     issues: &mut Vec<InputIssue>,
-) -> Result<(), InputIssue> {
+) -> Result<Option<ContentKey>, InputIssue> {
+    let issue = |message: String| InputIssue {
+        path: path.to_path_buf(),
+        line: None,
+        message,
+    };
+    let file = File::open(path).map_err(|e| issue(format!("cannot open: {e}")))?;
+    let mut input = Hashing {
+        inner: BufReader::with_capacity(1 << 20, file),
+        hasher: Xxh3::new(),
+        bytes: 0,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(&mut input);
+    let headers = reader
+        .byte_headers()
+        .map_err(|e| issue(format!("cannot read the header: {e}")))?
+        .clone();
+    if !read_records(path, &headers, reader, papers, issues) {
+        return Ok(None);
+    }
+    // The csv reader may leave bytes unread after the last row.
+    std::io::copy(&mut input, &mut std::io::sink()).map_err(|e| issue(e.to_string()))?;
+    Ok(Some((input.bytes, input.hasher.digest())))
+}
+
+/// Reads headerless rows from `input` with `headers`.
+fn read_rows(
+    path: &Path,
+    headers: &csv::ByteRecord,
+    input: impl Read,
+    papers: &mut HashMap<String, PaperMeta>,
+    issues: &mut Vec<InputIssue>,
+) -> Result<(), ()> {
+    let reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(false)
+        .from_reader(input);
+    let mut reader = reader;
+    reader.set_byte_headers(headers.clone());
+    if read_records(path, headers, reader, papers, issues) {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Reads every row of `reader` into `papers`; false when an I/O error
+/// stopped it.
+fn read_records<R: Read>(
+    path: &Path,
+    headers: &csv::ByteRecord,
+    mut reader: csv::Reader<R>,
+    papers: &mut HashMap<String, PaperMeta>,
+    issues: &mut Vec<InputIssue>,
+) -> bool {
     let issue = |line: Option<u64>, message: String| InputIssue {
         path: path.to_path_buf(),
         line,
         message,
     };
-    let file = File::open(path).map_err(|e| issue(None, format!("cannot open: {e}")))?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(BufReader::with_capacity(1 << 20, file));
-    let headers = reader
-        .byte_headers()
-        .map_err(|e| issue(None, format!("cannot read the header: {e}")))?
-        .clone();
     let column = |name: &str| {
         headers
             .iter()
             .position(|h| h.strip_prefix("\u{feff}".as_bytes()).unwrap_or(h) == name.as_bytes())
     };
-    let id_column = column("paper_id").ok_or_else(|| issue(None, "no `paper_id` column".into()))?;
+    let Some(id_column) = column("paper_id") else {
+        issues.push(issue(None, "no `paper_id` column".into()));
+        return true;
+    };
     let [title, categories, primary, published] =
         ["title", "categories", "primary_category", "published_at"].map(column);
     let mut record = csv::ByteRecord::new();
@@ -100,7 +232,7 @@ fn read_file(
                 let io = matches!(e.kind(), csv::ErrorKind::Io(_));
                 issues.push(issue(line, format!("row skipped: {e}")));
                 if io {
-                    break;
+                    return false;
                 }
                 continue;
             }
@@ -123,7 +255,7 @@ fn read_file(
         );
         papers.insert(id.to_string(), meta);
     }
-    Ok(())
+    true
 }
 
 #[cfg(test)]
@@ -144,7 +276,12 @@ mod tests {
             origin: "metadata/metadata-2024.csv".into(),
             year: crate::metadata::Year::parse("2024").unwrap(),
         };
-        let (papers, issues) = read_year([&file]);
+        let (papers, issues, keys) = read_year([&file]);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            keys,
+            [Some((bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes)))]
+        );
         assert_eq!(papers.len(), 1);
         assert_eq!(papers["1"].title, "New, title");
         assert_eq!(papers["1"].categories, ["cs.AI", "cs.CL"]);

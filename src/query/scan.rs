@@ -1,20 +1,30 @@
-//! The exact nearest-neighbour scan.
+//! The exact nearest-neighbour scan, for one query or a block of them.
 //!
 //! Every row is stored twice: as f32 (the truth) and as its unit vector
-//! quantised to int8 with one scale per row, plus a per-row bound `b` of the
-//! quantisation error. For a unit query `Q` the int8 estimate `a` of a row's
-//! cosine satisfies `|cos - a| <= b` (Cauchy–Schwarz: `|x/|x| - s·q|·|Q|`,
-//! plus the f32 rounding of the kernel and of the query, see [`quantise`]).
+//! quantised to int8 with one scale per row, `x/|x| = s·q + e`, with a bound
+//! `b >= |e|` ([`quantise`]). A unit query `Q` is quantised the same way
+//! for each scan, `Q = t·p + f`. The scan computes the integer dot product
+//! `q·p` exactly (int8 × int8 summed in i32: AVX-512 VNNI `vpdpbusd`, AVX2
+//! `vpmaddubsw` or plain Rust, picked at run time) and the estimate
+//! `a = s·t·(q·p)`. Then `|cos - a| <= b + (1 + b)·|f|` (Cauchy–Schwarz,
+//! with `|s·q| <= 1 + b`), widened by a margin that covers every f32
+//! rounding of `a` and of the comparisons.
 //!
-//! The scan reads only the int8 matrix (a quarter of the f32 bytes), in
-//! parallel, keeping per thread the k largest lower bounds `a - b` and every
-//! row whose upper bound `a + b` reaches the k-th lower bound seen so far.
-//! With `L` the k-th largest lower bound over all rows, at least k rows have
-//! a cosine >= `L`, so every row of the true top k (and every row tied with
-//! its last) has an upper bound >= `L` and is a candidate. The candidates
-//! are re-ranked with the exact cosine (f64 arithmetic over the f32 vectors),
-//! ordered by score descending then paper id ascending, and cut to k: the
-//! same papers in the same order as an exact scan of every f32 vector.
+//! The scan keeps, per query, the k largest lower bounds `a - bound` and
+//! every row whose upper bound `a + bound` reaches the k-th lower bound seen
+//! so far. With `L` the k-th largest lower bound over all rows, at least k
+//! rows have a cosine >= `L`, so every row of the true top k (and every row
+//! tied with its last) has an upper bound >= `L` and is a candidate. The
+//! candidates are re-ranked with the exact cosine (f64 arithmetic over the
+//! f32 vectors), ordered by score descending then paper id ascending, and
+//! cut to k: the same papers in the same order as an exact scan of every
+//! f32 vector, whatever the kernel, the block of queries or the threads.
+//!
+//! The int8 matrix is laid out for the kernels: rows in groups of
+//! [`LANES`]; within a group, for each run of 4 dimensions, 64 bytes (4 per
+//! row), each byte `q + 128` (unsigned, as `vpdpbusd` wants it; the query's
+//! `128·Σp` is taken off the sum). A block of queries reads each group once
+//! from memory for all of them.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -25,18 +35,71 @@ use rayon::prelude::*;
 use super::QueryError;
 use super::segment::{Q8_BLOCK_ROWS, Segment};
 
+/// Rows per group of the int8 layout.
+pub(crate) const LANES: usize = 16;
+
+/// Rows of a block handled per kernel call (the group lines stay in cache
+/// while every query of the block passes over them).
+const SUB_ROWS: usize = 256;
+
+/// Queries per kernel call.
+const QUERY_CHUNK: usize = 48;
+
+/// Absolute margin added to every bound: covers the f32 rounding of the
+/// estimate (a few ulp of a value <= 1.1) and of the bound itself.
+const MARGIN: f32 = 1e-5;
+
+/// Dimensions padded to a multiple of 4 (one 32-bit word per row and line).
+pub(crate) fn padded_dim(dim: usize) -> usize {
+    dim.next_multiple_of(4)
+}
+
 /// A row's int8 form, as [`quantise`] made it.
 pub(crate) struct Quantised {
     /// `x / |x| ≈ scale · q`.
     pub scale: f32,
-    /// Upper bound of `|cos(x, Q) - scale · (q · Q)|` for any unit `Q`.
+    /// Upper bound of `|x/|x| - scale · q|`.
     pub bound: f32,
     /// `1 / |x|` (0 for a zero or non-finite vector).
     pub inv_norm: f64,
 }
 
-/// Quantises the unit vector of `x` into `q` (symmetric, one scale per row,
-/// values in -127..=127) and bounds the error of cosines estimated from it.
+/// `value` rounded up to an f32.
+fn f32_up(value: f64) -> f32 {
+    let rounded = value as f32;
+    if f64::from(rounded) < value {
+        rounded.next_up()
+    } else {
+        rounded
+    }
+}
+
+/// Quantises the unit vector of `x` into `q` (symmetric, one scale, values
+/// in `-qmax..=qmax`); returns the scale and the bound of the error.
+fn quantise_unit(x: impl Iterator<Item = f64> + Clone, qmax: f64, q: &mut [i8]) -> (f32, f64) {
+    let max = x.clone().map(f64::abs).fold(0.0, f64::max);
+    let scale = (max / qmax) as f32;
+    if scale == 0.0 || !scale.is_normal() {
+        q.fill(0);
+        return (0.0, f64::INFINITY);
+    }
+    let s = f64::from(scale);
+    let inv = 1.0 / s;
+    // Adding and taking off 1.5·2^52 rounds to an integer (ties to even)
+    // without a libm call; any rounding would do, the error is measured.
+    const ROUND: f64 = 6_755_399_441_055_744.0;
+    let mut err2 = 0.0f64;
+    for (u, out) in x.zip(q.iter_mut()) {
+        let r = ((u * inv + ROUND) - ROUND).clamp(-qmax, qmax);
+        *out = r as i8;
+        err2 += (u - s * r) * (u - s * r);
+    }
+    // f64 rounding of err2 is ~1e-16 relative: a factor covers it.
+    (scale, err2.sqrt() * (1.0 + 1e-9))
+}
+
+/// Quantises the unit vector of `x` into `q` (values in -127..=127) and
+/// bounds the error.
 pub(crate) fn quantise(x: &[f32], q: &mut [i8]) -> Quantised {
     let norm = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
     if !norm.is_finite() || norm == 0.0 {
@@ -48,74 +111,109 @@ pub(crate) fn quantise(x: &[f32], q: &mut [i8]) -> Quantised {
         };
     }
     let inv = 1.0 / norm;
-    let max = x.iter().map(|&v| (f64::from(v) * inv).abs()).fold(0.0, f64::max);
-    let scale = (max / 127.0) as f32;
-    if scale == 0.0 || !scale.is_normal() {
-        // Too small to scale: estimate 0 with the widest bound a cosine needs.
-        q.fill(0);
+    let (scale, err) = quantise_unit(x.iter().map(|&v| f64::from(v) * inv), 127.0, q);
+    if scale == 0.0 {
+        // Too small to scale: estimate 0 with the widest bound a unit vector needs.
         return Quantised {
             scale: 0.0,
             bound: 1.0 + 1e-3,
             inv_norm: inv,
         };
     }
-    let s = f64::from(scale);
-    let (mut err2, mut q2) = (0.0f64, 0.0f64);
-    for (&v, out) in x.iter().zip(q.iter_mut()) {
-        let u = f64::from(v) * inv;
-        let r = (u / s).round().clamp(-127.0, 127.0);
-        *out = r as i8;
-        err2 += (u - s * r) * (u - s * r);
-        q2 += r * r;
-    }
-    // Quantisation: |x̂ - s·q| · |Q|. Kernel: an f32 sum of d products,
-    // error <= (d + 8)·ε·s·|q|·|Q|. Query rounding to f32 and the final
-    // products and sums: a few ε, covered by the absolute term. The margin
-    // factor covers rounding this bound to f32.
-    let d = x.len() as f64;
-    let bound = err2.sqrt() + (d + 8.0) * f64::from(f32::EPSILON) * s * q2.sqrt();
     Quantised {
         scale,
-        bound: (bound * (1.0 + 1e-4) + 4e-6) as f32,
+        bound: f32_up(err),
         inv_norm: inv,
     }
 }
 
-/// Dot products of the int8 rows of `block` (`dim` values each) with `q`,
-/// into `out` (one per row).
-type BlockKernel = fn(&[i8], usize, &[f32], &mut [f32]);
+/// Writes the quantised rows `q` (`dim` each, at most [`LANES`] rows) as
+/// one group of the int8 layout into `out` (`LANES * padded_dim(dim)` bytes;
+/// missing rows and padding read as 0).
+pub(crate) fn interleave(q: &[i8], dim: usize, out: &mut [u8]) {
+    out.fill(128);
+    if dim == 0 {
+        return;
+    }
+    for (r, row) in q.chunks_exact(dim).enumerate().take(LANES) {
+        for (j, &v) in row.iter().enumerate() {
+            out[(j / 4) * 4 * LANES + 4 * r + j % 4] = (i16::from(v) + 128) as u8;
+        }
+    }
+}
 
-fn kernel() -> (BlockKernel, &'static str) {
-    static KERNEL: OnceLock<(BlockKernel, &'static str)> = OnceLock::new();
+/// Integer dot products of the rows of `block` (whole groups, `words` words
+/// per row) with each query of `queries` (`words` packed i32 each), into
+/// `out`: query j, row r at `out[j * rows + r]`. The sums include the
+/// `128·Σp` of the unsigned matrix bytes.
+type Kernel = fn(&[u8], usize, &[i32], &mut [i32]);
+
+#[derive(Clone, Copy)]
+struct Dispatch {
+    kernel: Kernel,
+    /// Largest |p| of a quantised query the kernel takes.
+    qmax: f64,
+    name: &'static str,
+}
+
+fn dispatch() -> Dispatch {
+    static KERNEL: OnceLock<Dispatch> = OnceLock::new();
     *KERNEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return (x86::block as BlockKernel, "avx2+fma");
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                return Dispatch {
+                    kernel: x86::dots_vnni,
+                    qmax: 127.0,
+                    name: "avx512-vnni",
+                };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // vpmaddubsw saturates i16: 2 · 255 · 63 < 32767.
+                return Dispatch {
+                    kernel: x86::dots_avx2,
+                    qmax: 63.0,
+                    name: "avx2",
+                };
+            }
         }
-        (block_scalar as BlockKernel, "scalar")
+        Dispatch {
+            kernel: dots_scalar,
+            qmax: 127.0,
+            name: "scalar",
+        }
     })
 }
 
-/// Name of the scan kernel this CPU runs (`avx2+fma` or `scalar`).
+/// Name of the scan kernel this CPU runs (`avx512-vnni`, `avx2` or `scalar`).
 pub fn kernel_name() -> &'static str {
-    kernel().1
+    dispatch().name
 }
 
-fn block_scalar(block: &[i8], dim: usize, q: &[f32], out: &mut [f32]) {
-    for (row, o) in block.chunks_exact(dim).zip(out.iter_mut()) {
-        let mut acc = [0f32; 8];
-        let mut chunks = row.chunks_exact(8);
-        let mut qs = q.chunks_exact(8);
-        for (r, qq) in (&mut chunks).zip(&mut qs) {
-            for ((a, &x), &y) in acc.iter_mut().zip(r).zip(qq) {
-                *a += f32::from(x) * y;
+fn dots_scalar(block: &[u8], words: usize, queries: &[i32], out: &mut [i32]) {
+    if words == 0 {
+        out.fill(0);
+        return;
+    }
+    let groups = block.len() / (4 * LANES * words);
+    let rows = groups * LANES;
+    for (query, out) in queries.chunks_exact(words).zip(out.chunks_mut(rows)) {
+        for (group, out) in block.chunks_exact(4 * LANES * words).zip(out.chunks_mut(LANES)) {
+            let mut acc = [0i32; LANES];
+            for (line, word) in group.chunks_exact(4 * LANES).zip(query) {
+                let p = word.to_le_bytes().map(|b| i32::from(b as i8));
+                for (a, x) in acc.iter_mut().zip(line.chunks_exact(4)) {
+                    *a += i32::from(x[0]) * p[0]
+                        + i32::from(x[1]) * p[1]
+                        + i32::from(x[2]) * p[2]
+                        + i32::from(x[3]) * p[3];
+                }
             }
+            out.copy_from_slice(&acc[..out.len()]);
         }
-        let mut sum: f32 = acc.iter().sum();
-        for (&r, &qq) in chunks.remainder().iter().zip(qs.remainder()) {
-            sum += f32::from(r) * qq;
-        }
-        *o = sum;
     }
 }
 
@@ -123,55 +221,176 @@ fn block_scalar(block: &[i8], dim: usize, q: &[f32], out: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// The AVX2+FMA kernel. Only reachable through `kernel()`, which picks
-    /// it after `is_x86_feature_detected!` confirmed both features.
-    pub(super) fn block(block: &[i8], dim: usize, q: &[f32], out: &mut [f32]) {
-        // SAFETY: `kernel()` selects this function only when the running
-        // CPU supports AVX2 and FMA (runtime detection, not a compile-time
-        // target feature).
-        unsafe { block_avx2(block, dim, q, out) }
-    }
+    use super::LANES;
 
-    #[target_feature(enable = "avx2,fma")]
-    fn block_avx2(block: &[i8], dim: usize, q: &[f32], out: &mut [f32]) {
-        let q = &q[..dim];
-        let main = dim / 32 * 32;
-        let eights = dim / 8 * 8;
-        for (row, o) in block.chunks_exact(dim).zip(out.iter_mut()) {
-            let r = row.as_ptr();
-            let qp = q.as_ptr();
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut j = 0;
-            // SAFETY (pointer reads below): `row` and `q` both hold `dim`
-            // values and every read covers [j, j + 8) with j + 8 <= dim.
-            while j < main {
-                for (u, a) in acc.iter_mut().enumerate() {
-                    let at = j + 8 * u;
-                    let v = unsafe {
-                        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(r.add(at) as *const __m128i)))
-                    };
-                    *a = _mm256_fmadd_ps(v, unsafe { _mm256_loadu_ps(qp.add(at)) }, *a);
-                }
-                j += 32;
-            }
-            while j < eights {
-                let v = unsafe {
-                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(r.add(j) as *const __m128i)))
-                };
-                acc[0] = _mm256_fmadd_ps(v, unsafe { _mm256_loadu_ps(qp.add(j)) }, acc[0]);
-                j += 8;
-            }
-            let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-            let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            let one = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
-            let mut total = _mm_cvtss_f32(one);
-            for (&x, &y) in row[j..].iter().zip(&q[j..]) {
-                total += f32::from(x) * y;
-            }
-            *o = total;
+    /// The AVX-512 VNNI kernel. Only reachable through `dispatch()`, which
+    /// picks it after `is_x86_feature_detected!` confirmed the features.
+    pub(super) fn dots_vnni(block: &[u8], words: usize, queries: &[i32], out: &mut [i32]) {
+        let (groups, queries_n) = super::shape(block, words, queries, out);
+        // SAFETY: `dispatch()` selects this function only when the running
+        // CPU supports AVX-512 F, BW and VNNI; `shape` checked that every
+        // read and write below stays inside the slices.
+        unsafe {
+            vnni(
+                block.as_ptr(),
+                words,
+                groups,
+                queries.as_ptr(),
+                queries_n,
+                out.as_mut_ptr(),
+            )
         }
     }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn vnni(
+        block: *const u8,
+        words: usize,
+        groups: usize,
+        queries: *const i32,
+        n: usize,
+        out: *mut i32,
+    ) {
+        let mut j = 0;
+        while j + 6 <= n {
+            unsafe { vnni_queries::<6>(block, words, groups, queries, j, out) };
+            j += 6;
+        }
+        // SAFETY (all calls): as in `dots_vnni`.
+        unsafe {
+            match n - j {
+                5 => vnni_queries::<5>(block, words, groups, queries, j, out),
+                4 => vnni_queries::<4>(block, words, groups, queries, j, out),
+                3 => vnni_queries::<3>(block, words, groups, queries, j, out),
+                2 => vnni_queries::<2>(block, words, groups, queries, j, out),
+                1 => vnni_queries::<1>(block, words, groups, queries, j, out),
+                _ => {}
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn vnni_queries<const Q: usize>(
+        block: *const u8,
+        words: usize,
+        groups: usize,
+        queries: *const i32,
+        first: usize,
+        out: *mut i32,
+    ) {
+        let rows = groups * LANES;
+        let mut g = 0;
+        while g + 4 <= groups {
+            unsafe { vnni_tile::<4, Q>(block, words, g, queries, first, out, rows) };
+            g += 4;
+        }
+        while g < groups {
+            unsafe { vnni_tile::<1, Q>(block, words, g, queries, first, out, rows) };
+            g += 1;
+        }
+    }
+
+    /// R groups × Q queries, accumulated in registers (walked query by
+    /// query, so that one broadcast serves R groups).
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[inline]
+    unsafe fn vnni_tile<const R: usize, const Q: usize>(
+        block: *const u8,
+        words: usize,
+        g: usize,
+        queries: *const i32,
+        first: usize,
+        out: *mut i32,
+        rows: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_si512(); Q]; R];
+        for w in 0..words {
+            let mut m = [_mm512_setzero_si512(); R];
+            for (r, m) in m.iter_mut().enumerate() {
+                // SAFETY: group g + r < groups, word w < words: inside the block.
+                *m = unsafe { _mm512_loadu_si512(block.add(((g + r) * words + w) * 4 * LANES) as *const _) };
+            }
+            for j in 0..Q {
+                // SAFETY: query first + j < n, word w < words.
+                let p = _mm512_set1_epi32(unsafe { *queries.add((first + j) * words + w) });
+                for r in 0..R {
+                    acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], m[r], p);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            for (j, acc) in acc.iter().enumerate() {
+                // SAFETY: row (g + r)·16 + 15 < rows, query first + j < n.
+                unsafe { _mm512_storeu_si512(out.add((first + j) * rows + (g + r) * LANES) as *mut _, *acc) };
+            }
+        }
+    }
+
+    /// The AVX2 kernel (`vpmaddubsw`, queries limited to ±63). Only
+    /// reachable through `dispatch()`, after AVX2 was detected.
+    pub(super) fn dots_avx2(block: &[u8], words: usize, queries: &[i32], out: &mut [i32]) {
+        let (groups, queries_n) = super::shape(block, words, queries, out);
+        // SAFETY: as in `dots_vnni`, for AVX2.
+        unsafe {
+            avx2(
+                block.as_ptr(),
+                words,
+                groups,
+                queries.as_ptr(),
+                queries_n,
+                out.as_mut_ptr(),
+            )
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2(
+        block: *const u8,
+        words: usize,
+        groups: usize,
+        queries: *const i32,
+        n: usize,
+        out: *mut i32,
+    ) {
+        let rows = groups * LANES;
+        let ones = _mm256_set1_epi16(1);
+        for j in 0..n {
+            for g in 0..groups {
+                let mut acc = [_mm256_setzero_si256(); 2];
+                for w in 0..words {
+                    // SAFETY: query j < n, word w < words, group g < groups.
+                    let p = _mm256_set1_epi32(unsafe { *queries.add(j * words + w) });
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        let m = unsafe {
+                            _mm256_loadu_si256(block.add((g * words + w) * 4 * LANES + 32 * h) as *const _)
+                        };
+                        let pairs = _mm256_maddubs_epi16(m, p);
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+                for (h, acc) in acc.iter().enumerate() {
+                    // SAFETY: row g·16 + 8h + 7 < rows.
+                    unsafe { _mm256_storeu_si256(out.add(j * rows + g * LANES + 8 * h) as *mut _, *acc) };
+                }
+            }
+        }
+    }
+}
+
+/// Checks the slices a kernel gets; returns (groups, queries). Panics on a
+/// caller's bug (never on input data: the sizes come from the layout).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn shape(block: &[u8], words: usize, queries: &[i32], out: &[i32]) -> (usize, usize) {
+    let line = 4 * LANES * words.max(1);
+    let groups = block.len() / line;
+    let n = queries.len() / words.max(1);
+    assert!(
+        block.len() == groups * line && queries.len() == n * words && out.len() >= n * groups * LANES,
+        "scan kernel called with inconsistent slices"
+    );
+    (groups, n)
 }
 
 /// Which rows of a segment a query may return.
@@ -214,7 +433,9 @@ impl Ord for Lower {
     }
 }
 
-/// One thread's state: the k largest lower bounds and the candidates.
+/// One query's state in one thread: the k largest lower bounds and the
+/// candidates.
+#[derive(Clone)]
 struct State {
     k: usize,
     lowers: BinaryHeap<Reverse<Lower>>,
@@ -222,7 +443,6 @@ struct State {
     cut: f32,
     /// (segment, row, upper bound).
     candidates: Vec<(u32, u32, f32)>,
-    scores: Vec<f32>,
 }
 
 impl State {
@@ -232,12 +452,7 @@ impl State {
             lowers: BinaryHeap::with_capacity(k + 1),
             cut: f32::NEG_INFINITY,
             candidates: Vec::new(),
-            scores: vec![0.0; Q8_BLOCK_ROWS],
         }
-    }
-
-    fn threshold(&self) -> f32 {
-        self.cut
     }
 
     fn push_lower(&mut self, lower: f32) {
@@ -255,80 +470,136 @@ impl State {
     }
 
     fn prune(&mut self) {
-        let threshold = self.threshold();
-        self.candidates.retain(|c| c.2 >= threshold);
+        let cut = self.cut;
+        self.candidates.retain(|c| c.2 >= cut);
     }
 
-    fn merge(mut self, other: State) -> State {
+    fn merge(&mut self, other: State) {
         for Reverse(Lower(lower)) in other.lowers {
             self.push_lower(lower);
         }
         self.candidates.extend(other.candidates);
         self.prune();
-        self
     }
 }
 
-/// The k rows of highest cosine with the unit vector `query` among the
-/// allowed rows of `segments`, as (segment, row, score), best first, ties
-/// by paper id.
-pub(crate) fn top_k(
+/// A query as the kernels take it.
+struct Prepared {
+    /// `t` of `Q ≈ t·p`.
+    scale: f32,
+    /// `128·Σp`, taken off the kernel's sums.
+    bias: i32,
+    /// The bound of a row is `b·(1 + |f|) + |f| + MARGIN`.
+    factor: f32,
+    offset: f32,
+}
+
+fn prepare(query: &[f64], qmax: f64, words: &mut [i32]) -> Prepared {
+    let mut p = vec![0i8; words.len() * 4];
+    let (scale, err) = quantise_unit(query.iter().copied(), qmax, &mut p[..query.len()]);
+    let err = if scale == 0.0 { 0.0 } else { err };
+    for (word, bytes) in words.iter_mut().zip(p.chunks_exact(4)) {
+        *word = i32::from_le_bytes([bytes[0] as u8, bytes[1] as u8, bytes[2] as u8, bytes[3] as u8]);
+    }
+    Prepared {
+        scale,
+        bias: 128 * p.iter().map(|&v| i32::from(v)).sum::<i32>(),
+        factor: f32_up(1.0 + err),
+        offset: f32_up(err) + MARGIN,
+    }
+}
+
+/// Scratch of one thread: every query's state and the kernel's output.
+struct Work {
+    states: Vec<State>,
+    dots: Vec<i32>,
+}
+
+/// (segment, row, exact cosine) of one query's results, best first.
+pub(crate) type Ranked = Vec<(usize, usize, f64)>;
+
+/// The k rows of highest cosine with each unit vector of `queries` among
+/// the allowed rows of `segments`, as (segment, row, score), best first,
+/// ties by paper id. One pass over the int8 matrix serves every query.
+pub(crate) fn top_k_many(
     segments: &[Segment],
     allowed: &[Allowed],
-    query: &[f64],
+    queries: &[Vec<f64>],
     k: usize,
-) -> Result<Vec<(usize, usize, f64)>, QueryError> {
-    if k == 0 {
+) -> Result<Vec<Ranked>, QueryError> {
+    let Some(dim) = queries.first().map(Vec::len) else {
         return Ok(Vec::new());
+    };
+    if k == 0 {
+        return Ok(vec![Vec::new(); queries.len()]);
     }
-    let q32: Vec<f32> = query.iter().map(|&v| v as f32).collect();
-    let (kernel, _) = kernel();
+    let words = padded_dim(dim) / 4;
+    let kernel = dispatch();
+    let mut packed = vec![0i32; queries.len() * words];
+    let prepared: Vec<Prepared> = queries
+        .iter()
+        .zip(packed.chunks_mut(words.max(1)))
+        .map(|(q, w)| prepare(q, kernel.qmax, w))
+        .collect();
     let items: Vec<(usize, usize)> = segments
         .iter()
         .enumerate()
         .filter(|(s, _)| !matches!(allowed[*s], Allowed::Skip))
         .flat_map(|(s, seg)| (0..seg.q8_blocks()).map(move |b| (s, b)))
         .collect();
-    let state = items
+    let new_work = || Work {
+        states: vec![State::new(k); queries.len()],
+        dots: vec![0; QUERY_CHUNK.min(queries.len()) * SUB_ROWS],
+    };
+    let work = items
         .par_iter()
-        .try_fold(
-            || State::new(k),
-            |mut state, &(s, b)| -> Result<State, QueryError> {
-                let seg = &segments[s];
-                let rows = seg.q8_block(b)?;
-                let n = rows.len() / query.len().max(1);
-                kernel(rows, query.len(), &q32, &mut state.scores[..n]);
-                let first = b * Q8_BLOCK_ROWS;
-                let scales = seg.scales().get(first..first + n).unwrap_or(&[]);
-                let bounds = seg.bounds().get(first..first + n).unwrap_or(&[]);
-                let rule = &allowed[s];
-                let all = matches!(rule, Allowed::All);
-                for (i, (&scale, &bound)) in scales.iter().zip(bounds).enumerate() {
-                    let row = first + i;
-                    if !all && !rule.has(row) {
-                        continue;
+        .try_fold(new_work, |mut work, &(s, b)| -> Result<Work, QueryError> {
+            let seg = &segments[s];
+            let block = seg.q8_block(b)?;
+            let first = b * Q8_BLOCK_ROWS;
+            let line = 4 * LANES * words.max(1);
+            for (sub, lines) in block.chunks(SUB_ROWS / LANES * line).enumerate() {
+                let start = first + sub * SUB_ROWS;
+                let rows = (lines.len() / line * LANES).min(seg.len().saturating_sub(start));
+                let scales = seg.scales().get(start..start + rows).unwrap_or(&[]);
+                let bounds = seg.bounds().get(start..start + rows).unwrap_or(&[]);
+                let stride = lines.len() / line * LANES;
+                for (chunk, query_words) in packed.chunks(QUERY_CHUNK * words.max(1)).enumerate() {
+                    let n = query_words.len() / words.max(1);
+                    let dots = &mut work.dots[..n * stride];
+                    (kernel.kernel)(lines, words, query_words, dots);
+                    for j in 0..n {
+                        let qi = chunk * QUERY_CHUNK + j;
+                        collect(
+                            &mut work.states[qi],
+                            &prepared[qi],
+                            &dots[j * stride..j * stride + rows],
+                            scales,
+                            bounds,
+                            &allowed[s],
+                            s as u32,
+                            start,
+                        );
                     }
-                    let estimate = state.scores[i] * scale;
-                    let upper = estimate + bound;
-                    if upper < state.threshold() {
-                        continue;
-                    }
-                    state.push_lower(estimate - bound);
-                    state.candidates.push((s as u32, row as u32, upper));
                 }
+            }
+            for state in &mut work.states {
                 if state.candidates.len() > 4 * k + 4096 {
                     state.prune();
                 }
-                Ok(state)
-            },
-        )
-        .try_reduce(|| State::new(k), |a, b| Ok(a.merge(b)))?;
-    let mut state = state;
-    state.prune();
-    let mut scored: Vec<(usize, usize, f64)> = state
-        .candidates
-        .par_iter()
-        .map(|&(s, row, _)| -> Result<(usize, usize, f64), QueryError> {
+            }
+            Ok(work)
+        })
+        .try_reduce(new_work, |mut a, b| {
+            for (a, b) in a.states.iter_mut().zip(b.states) {
+                a.merge(b);
+            }
+            Ok(a)
+        })?;
+    let rerank = |(state, query): (State, &Vec<f64>)| -> Result<Ranked, QueryError> {
+        let mut state = state;
+        state.prune();
+        let exact = |&(s, row, _): &(u32, u32, f32)| -> Result<(usize, usize, f64), QueryError> {
             let (s, row) = (s as usize, row as usize);
             let seg = &segments[s];
             Ok((
@@ -336,14 +607,75 @@ pub(crate) fn top_k(
                 row,
                 exact_cosine(seg.vector(row)?, seg.inv_norms().get(row).copied(), query),
             ))
-        })
-        .collect::<Result<_, _>>()?;
-    scored.sort_by(|a, b| {
-        b.2.total_cmp(&a.2)
-            .then_with(|| segments[a.0].id(a.1).cmp(segments[b.0].id(b.1)))
-    });
-    scored.truncate(k);
-    Ok(scored)
+        };
+        let mut scored: Vec<(usize, usize, f64)> = if queries.len() == 1 {
+            state.candidates.par_iter().map(exact).collect::<Result<_, _>>()?
+        } else {
+            state.candidates.iter().map(exact).collect::<Result<_, _>>()?
+        };
+        scored.sort_by(|a, b| {
+            b.2.total_cmp(&a.2)
+                .then_with(|| segments[a.0].id(a.1).cmp(segments[b.0].id(b.1)))
+        });
+        scored.truncate(k);
+        Ok(scored)
+    };
+    work.states
+        .into_par_iter()
+        .zip(queries.par_iter())
+        .map(rerank)
+        .collect()
+}
+
+/// Folds one query's estimates of `rows` consecutive rows (from `start`)
+/// into its state.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn collect(
+    state: &mut State,
+    query: &Prepared,
+    dots: &[i32],
+    scales: &[f32],
+    bounds: &[f32],
+    rule: &Allowed,
+    segment: u32,
+    start: usize,
+) {
+    let all = matches!(rule, Allowed::All);
+    let chunks = dots
+        .chunks(LANES)
+        .zip(scales.chunks(LANES))
+        .zip(bounds.chunks(LANES));
+    for (c, ((dots, scales), bounds)) in chunks.enumerate() {
+        let n = dots.len();
+        let (mut d, mut s, mut b) = ([query.bias; LANES], [0f32; LANES], [0f32; LANES]);
+        d[..n].copy_from_slice(dots);
+        s[..n].copy_from_slice(scales);
+        b[..n].copy_from_slice(bounds);
+        let (mut estimate, mut width) = ([0f32; LANES], [0f32; LANES]);
+        let cut = state.cut;
+        let mut reach = false;
+        for i in 0..LANES {
+            estimate[i] = (d[i] - query.bias) as f32 * (s[i] * query.scale);
+            width[i] = b[i] * query.factor + query.offset;
+            reach |= estimate[i] + width[i] >= cut;
+        }
+        if !reach {
+            continue;
+        }
+        for i in 0..n {
+            let upper = estimate[i] + width[i];
+            if upper < state.cut {
+                continue;
+            }
+            let row = start + c * LANES + i;
+            if !all && !rule.has(row) {
+                continue;
+            }
+            state.push_lower(estimate[i] - width[i]);
+            state.candidates.push((segment, row as u32, upper));
+        }
+    }
 }
 
 /// Cosine of `x` with the unit vector `query`, in f64.
@@ -358,7 +690,22 @@ pub(crate) fn exact_cosine(x: &[f32], inv_norm: Option<f64>, query: &[f64]) -> f
 
 #[cfg(test)]
 mod tests {
+    use super::super::segment::{Rows, Stamps};
     use super::*;
+    use crate::metadata::Year;
+    use crate::store::cache::FileStamp;
+
+    /// [`top_k_many`] for one query.
+    fn top_k(
+        segments: &[Segment],
+        allowed: &[Allowed],
+        query: &[f64],
+        k: usize,
+    ) -> Result<Vec<(usize, usize, f64)>, QueryError> {
+        Ok(top_k_many(segments, allowed, &[query.to_vec()], k)?
+            .pop()
+            .unwrap_or_default())
+    }
 
     fn rng(seed: &mut u64) -> f32 {
         *seed ^= *seed << 13;
@@ -367,45 +714,85 @@ mod tests {
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
-    #[test]
-    fn kernels_agree_and_bounds_hold() {
-        let mut seed = 0x9e3779b97f4a7c15u64;
-        for dim in [384usize, 37, 8, 1] {
-            let rows = 50;
-            let x: Vec<f32> = (0..rows * dim).map(|_| rng(&mut seed)).collect();
-            let mut q8 = vec![0i8; rows * dim];
-            let quantised: Vec<Quantised> = x
-                .chunks(dim)
-                .zip(q8.chunks_mut(dim))
-                .map(|(x, q)| quantise(x, q))
-                .collect();
-            let query: Vec<f64> = {
-                let raw: Vec<f64> = (0..dim).map(|_| f64::from(rng(&mut seed))).collect();
-                let n = raw.iter().map(|v| v * v).sum::<f64>().sqrt();
-                raw.iter().map(|v| v / n).collect()
-            };
-            let q32: Vec<f32> = query.iter().map(|&v| v as f32).collect();
-            let mut fast = vec![0f32; rows];
-            let mut slow = vec![0f32; rows];
-            kernel().0(&q8, dim, &q32, &mut fast);
-            block_scalar(&q8, dim, &q32, &mut slow);
-            for (r, ((f, s), (q, x))) in fast
-                .iter()
-                .zip(&slow)
-                .zip(quantised.iter().zip(x.chunks(dim)))
-                .enumerate()
+    fn unit(raw: Vec<f64>) -> Vec<f64> {
+        let n = raw.iter().map(|v| v * v).sum::<f64>().sqrt();
+        raw.iter().map(|v| v / n).collect()
+    }
+
+    /// Every kernel this CPU can run.
+    fn kernels() -> Vec<(Kernel, f64, &'static str)> {
+        let mut all: Vec<(Kernel, f64, &'static str)> = vec![(dots_scalar, 127.0, "scalar")];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
             {
-                assert!(
-                    (f - s).abs() <= 1e-3 * (1.0 + s.abs()),
-                    "{dim}: {fast:?} {slow:?}"
-                );
-                let exact = exact_cosine(x, Some(q.inv_norm), &query);
-                let estimate = f64::from(f * q.scale);
-                assert!(
-                    (exact - estimate).abs() <= f64::from(q.bound),
-                    "dim {dim} row {r}: exact {exact} estimate {estimate} bound {}",
-                    q.bound
-                );
+                all.push((x86::dots_vnni, 127.0, "avx512-vnni"));
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                all.push((x86::dots_avx2, 63.0, "avx2"));
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn kernels_compute_exact_integer_dots_and_the_bounds_hold() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        for (kernel, qmax, name) in kernels() {
+            for (dim, rows, nq) in [
+                (384usize, 70usize, 13usize),
+                (37, 16, 7),
+                (8, 33, 1),
+                (1, 5, 6),
+                (4, 64, 2),
+            ] {
+                let x: Vec<f32> = (0..rows * dim).map(|_| rng(&mut seed)).collect();
+                let mut q8 = vec![0i8; rows * dim];
+                let quantised: Vec<Quantised> = x
+                    .chunks(dim)
+                    .zip(q8.chunks_mut(dim))
+                    .map(|(x, q)| quantise(x, q))
+                    .collect();
+                let pd = padded_dim(dim);
+                let groups = rows.div_ceil(LANES);
+                let mut matrix = vec![0u8; groups * LANES * pd];
+                for (group, q) in matrix.chunks_mut(LANES * pd).zip(q8.chunks(LANES * dim)) {
+                    interleave(q, dim, group);
+                }
+                let queries: Vec<Vec<f64>> = (0..nq)
+                    .map(|_| unit((0..dim).map(|_| f64::from(rng(&mut seed))).collect()))
+                    .collect();
+                let words = pd / 4;
+                let mut packed = vec![0i32; nq * words];
+                let prepared: Vec<Prepared> = queries
+                    .iter()
+                    .zip(packed.chunks_mut(words))
+                    .map(|(q, w)| prepare(q, qmax, w))
+                    .collect();
+                let mut out = vec![0i32; nq * groups * LANES];
+                kernel(&matrix, words, &packed, &mut out);
+                for (j, (query, prep)) in queries.iter().zip(&prepared).enumerate() {
+                    let p: Vec<i32> = packed[j * words..(j + 1) * words]
+                        .iter()
+                        .flat_map(|w| w.to_le_bytes().map(|b| i32::from(b as i8)))
+                        .collect();
+                    assert!(p.iter().all(|v| v.abs() as f64 <= qmax));
+                    for r in 0..rows {
+                        let want: i32 = (0..dim).map(|i| i32::from(q8[r * dim + i]) * p[i]).sum();
+                        let dot = out[j * groups * LANES + r] - prep.bias;
+                        assert_eq!(dot, want, "{name} dim {dim} query {j} row {r}");
+                        let q = &quantised[r];
+                        let estimate = dot as f32 * (q.scale * prep.scale);
+                        let width = q.bound * prep.factor + prep.offset;
+                        let exact = exact_cosine(&x[r * dim..(r + 1) * dim], Some(q.inv_norm), query);
+                        assert!(
+                            (exact - f64::from(estimate)).abs() <= f64::from(width),
+                            "{name} dim {dim} row {r}: exact {exact} estimate {estimate} width {width}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -421,5 +808,82 @@ mod tests {
             exact_cosine(&[f32::NAN; 4], Some(0.0), &[1.0, 0.0, 0.0, 0.0]),
             0.0
         );
+    }
+
+    /// A block of queries gives exactly what one query at a time gives, and
+    /// both equal brute force (ties by id), with near ties and duplicates.
+    #[test]
+    fn a_block_of_queries_equals_one_at_a_time_and_brute_force() {
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let dim = 40;
+        let mut segments = Vec::new();
+        let mut all: Vec<(String, Vec<f32>)> = Vec::new();
+        for (year, n) in [(2001u16, 3000usize), (2002, 1500), (2003, 17)] {
+            let mut rows = Rows::default();
+            for i in 0..n {
+                let v: Vec<f32> = if i % 5 == 2 {
+                    rows.vectors[(i - 1) * dim..i * dim].to_vec()
+                } else {
+                    (0..dim)
+                        .map(|j| {
+                            if j < 2 {
+                                2.0 + 0.05 * rng(&mut seed)
+                            } else {
+                                rng(&mut seed)
+                            }
+                        })
+                        .collect()
+                };
+                rows.ids.push(format!("{year}.{i:05}"));
+                rows.vectors.extend_from_slice(&v);
+                rows.titles.push(String::new());
+                rows.dates.push(String::new());
+                rows.cats.push(Vec::new());
+                all.push((format!("{year}.{i:05}"), v));
+            }
+            let stamps = Stamps {
+                dimension: dim,
+                year_file: FileStamp { size: 0, mtime_ns: 0 },
+                identity: 0,
+                metadata: Vec::new(),
+            };
+            let year = Year::parse(&year.to_string()).unwrap();
+            segments.push(Segment::build(year, stamps, Default::default(), &rows, None).unwrap());
+        }
+        let allowed: Vec<Allowed> = segments.iter().map(|_| Allowed::All).collect();
+        let queries: Vec<Vec<f64>> = (0..61)
+            .map(|i| {
+                if i % 4 == 0 {
+                    unit(all[i * 71 % all.len()].1.iter().map(|&v| f64::from(v)).collect())
+                } else {
+                    unit(
+                        (0..dim)
+                            .map(|j| if j < 2 { 2.0 } else { f64::from(rng(&mut seed)) })
+                            .collect(),
+                    )
+                }
+            })
+            .collect();
+        for k in [1, 10, 200] {
+            let many = top_k_many(&segments, &allowed, &queries, k).unwrap();
+            assert_eq!(many.len(), queries.len());
+            for (query, got) in queries.iter().zip(&many) {
+                assert_eq!(got, &top_k(&segments, &allowed, query, k).unwrap());
+                let mut want: Vec<(f64, &str)> = all
+                    .iter()
+                    .map(|(id, v)| {
+                        let n = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+                        (exact_cosine(v, Some(1.0 / n), query), id.as_str())
+                    })
+                    .collect();
+                want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+                want.truncate(k);
+                let got: Vec<(f64, &str)> = got
+                    .iter()
+                    .map(|&(s, r, score)| (score, segments[s].id(r)))
+                    .collect();
+                assert_eq!(got, want);
+            }
+        }
     }
 }

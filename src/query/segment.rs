@@ -3,9 +3,9 @@
 //! A segment holds, for every paper of one year file (sorted by id): its
 //! id, title, publication date and category ids (the catalog), the vector as
 //! f32 (for the exact re-rank and [`Segment::vector`]), the unit vector
-//! quantised to int8 with one scale per row (what the scan reads), and per
-//! row an upper bound of the quantisation error of a cosine computed from
-//! the int8 row (which makes the re-rank exact, see `scan.rs`).
+//! quantised to int8 with one scale per row (what the scan reads, in the
+//! kernels' layout of 16-row groups, see `scan.rs`), and per row an upper
+//! bound of the quantisation error (which makes the re-rank exact).
 //!
 //! On disk (`embeddings/<alias>/.cache/vectors/YYYY.seg`) a segment is one
 //! file, memory-mapped:
@@ -35,12 +35,14 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::QueryError;
+use super::build::Keys;
+use super::scan::{LANES, padded_dim};
 use crate::metadata::Year;
 use crate::store::cache::FileStamp;
 
 const MAGIC: &[u8; 8] = b"PSVEC\x00\x00\x01";
 /// Bumped whenever the layout or the meaning of a field changes.
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 const ALIGN: usize = 64;
 /// Rows per checksummed block of the int8 matrix (one scan work item).
 pub const Q8_BLOCK_ROWS: usize = 1024;
@@ -95,6 +97,8 @@ struct Footer {
     categories: Vec<String>,
     /// (offset, length, checksum) per section; checksum 0 for the blocked matrices.
     sections: Vec<(u64, u64, u64)>,
+    /// What the inputs held, for an incremental refresh.
+    keys: Keys,
 }
 
 /// Plain old data that may be viewed in place from bytes: every bit
@@ -159,6 +163,8 @@ pub struct Segment {
     pub path: Option<PathBuf>,
     /// What it was built from.
     pub stamps: Stamps,
+    /// What its inputs held.
+    pub keys: Keys,
 }
 
 fn damaged(path: &Path, message: impl std::fmt::Display) -> QueryError {
@@ -170,6 +176,13 @@ fn damaged(path: &Path, message: impl std::fmt::Display) -> QueryError {
 
 fn blocks(rows: usize, per: usize) -> usize {
     rows.div_ceil(per)
+}
+
+/// Byte range of int8 block `block` in the int8 section.
+fn q8_range(rows: usize, dim: usize, block: usize) -> (usize, usize) {
+    let start = block * Q8_BLOCK_ROWS;
+    let end = (start + Q8_BLOCK_ROWS).min(rows.next_multiple_of(LANES));
+    (start * padded_dim(dim), end.max(start) * padded_dim(dim))
 }
 
 fn lengths(rows: usize, dim: usize, rows_bytes: [usize; 4], cats: usize) -> [usize; SECTIONS] {
@@ -188,7 +201,7 @@ fn lengths(rows: usize, dim: usize, rows_bytes: [usize; 4], cats: usize) -> [usi
         8 * rows,
         8 * blocks(rows, Q8_BLOCK_ROWS),
         8 * blocks(rows, F32_BLOCK_ROWS),
-        rows * dim,
+        rows.next_multiple_of(LANES) * padded_dim(dim),
         4 * rows * dim,
     ]
 }
@@ -293,17 +306,13 @@ impl Segment {
         self.typed(Sec::InvNorms)
     }
 
-    /// The int8 rows of block `block` (`Q8_BLOCK_ROWS` rows, fewer at the
-    /// end), checksum verified on first use.
-    pub(crate) fn q8_block(&self, block: usize) -> Result<&[i8], QueryError> {
-        let start = block * Q8_BLOCK_ROWS;
-        let end = (start + Q8_BLOCK_ROWS).min(self.rows);
-        let bytes = self
-            .bytes(Sec::Q8)
-            .get(start * self.dim..end * self.dim)
-            .unwrap_or(&[]);
+    /// The int8 groups of block `block` (`Q8_BLOCK_ROWS` rows, fewer at the
+    /// end, in the layout of `scan.rs`), checksum verified on first use.
+    pub(crate) fn q8_block(&self, block: usize) -> Result<&[u8], QueryError> {
+        let (start, end) = q8_range(self.rows, self.dim, block);
+        let bytes = self.bytes(Sec::Q8).get(start..end).unwrap_or(&[]);
         self.verify(&self.q8_state, Sec::Q8Sums, block, bytes)?;
-        Ok(view(bytes).unwrap_or(&[]))
+        Ok(bytes)
     }
 
     /// Number of int8 blocks.
@@ -413,6 +422,7 @@ impl Segment {
             sections,
             path: Some(path.to_path_buf()),
             stamps: footer.stamps,
+            keys: footer.keys,
         };
         use rayon::prelude::*;
         let bad = SMALL.into_par_iter().find_any(|&i| {
@@ -431,6 +441,7 @@ impl Segment {
     pub fn build(
         year: Year,
         stamps: Stamps,
+        keys: Keys,
         rows: &Rows,
         path: Option<&Path>,
     ) -> Result<Segment, QueryError> {
@@ -452,39 +463,24 @@ impl Segment {
         }
         let lens = lengths(n, dim, byte_lens, cats_total);
         let (sections, end) = layout(&lens);
-        let target = path.map(|p| {
-            let dir = p.parent().unwrap_or(Path::new("."));
-            let prefix = format!("{}{}-", crate::store::atomic::TEMP_PREFIX, std::process::id());
-            tempfile::Builder::new()
-                .prefix(&prefix)
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                .tempfile_in(dir)
-                .map_err(|e| QueryError::io(dir, e))
-        });
-        let temp = target.transpose()?;
-        let mut map = match &temp {
-            Some(temp) => {
-                let io = |e| QueryError::io(temp.path(), e);
-                temp.as_file().set_len(end as u64).map_err(io)?;
-                reserve(temp.as_file(), end).map_err(io)?;
-                // SAFETY: the file is our own fresh temporary, not yet
-                // visible under its final name; nobody else maps it.
-                unsafe { MmapMut::map_mut(temp.as_file()) }.map_err(io)?
-            }
-            None => MmapMut::map_anon(end).map_err(|e| QueryError::io(Path::new("(memory)"), e))?,
-        };
-        fill(&mut map, &sections, rows, dim);
+        let q8_at = sections[Sec::Q8 as usize].start;
+        let f32_at = sections[Sec::F32 as usize].start;
+        // Everything before the int8 matrix (header and small sections) and
+        // the int8 matrix in buffers; the f32 matrix is `rows.vectors` itself.
+        let mut head_words = vec![0u64; q8_at / 8];
+        let head = bytes_of_mut(&mut head_words);
+        let mut q8 = vec![0u8; lens[Sec::Q8 as usize]];
+        let f32_bytes = bytes_of(&rows.vectors);
+        fill(head, &mut q8, &sections, rows, dim);
+        let (q8_sums, f32_sums) = block_sums(&q8, f32_bytes, n, dim);
+        view_mut::<u64>(&mut head[sections[Sec::Q8Sums as usize].clone()]).copy_from_slice(&q8_sums);
+        view_mut::<u64>(&mut head[sections[Sec::F32Sums as usize].clone()]).copy_from_slice(&f32_sums);
         let mut sums = [0u64; SECTIONS];
-        {
-            let (q8_sums, f32_sums) = block_sums(&map, &sections, n, dim);
-            view_mut::<u64>(&mut map[sections[Sec::Q8Sums as usize].clone()]).copy_from_slice(&q8_sums);
-            view_mut::<u64>(&mut map[sections[Sec::F32Sums as usize].clone()]).copy_from_slice(&f32_sums);
-        }
         {
             use rayon::prelude::*;
             let small: Vec<u64> = SMALL
                 .into_par_iter()
-                .map(|i| xxh3_64(&map[sections[i].clone()]))
+                .map(|i| xxh3_64(&head[sections[i].clone()]))
                 .collect();
             sums[SMALL].copy_from_slice(&small);
         }
@@ -499,32 +495,45 @@ impl Segment {
                 .zip(sums)
                 .map(|(r, sum)| (r.start as u64, r.len() as u64, sum))
                 .collect(),
+            keys: keys.clone(),
         };
         let footer_bytes = serde_json::to_vec(&footer)
             .map_err(std::io::Error::other)
             .map_err(|e| QueryError::io(path.unwrap_or(Path::new("(memory)")), e))?;
-        map[..8].copy_from_slice(MAGIC);
-        map[8..16].copy_from_slice(&(end as u64).to_le_bytes());
-        map[16..24].copy_from_slice(&(footer_bytes.len() as u64).to_le_bytes());
-        map[24..32].copy_from_slice(&xxh3_64(&footer_bytes).to_le_bytes());
-        let (map, final_path) = match (temp, path) {
-            (Some(temp), Some(path)) => {
+        head[..8].copy_from_slice(MAGIC);
+        head[8..16].copy_from_slice(&(end as u64).to_le_bytes());
+        head[16..24].copy_from_slice(&(footer_bytes.len() as u64).to_le_bytes());
+        head[24..32].copy_from_slice(&xxh3_64(&footer_bytes).to_le_bytes());
+        let parts: [(usize, &[u8]); 4] = [(0, head), (q8_at, &q8), (f32_at, f32_bytes), (end, &footer_bytes)];
+        let (map, final_path) = match path {
+            Some(path) => {
                 use std::os::unix::fs::FileExt;
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let prefix = format!("{}{}-", crate::store::atomic::TEMP_PREFIX, std::process::id());
+                let temp = tempfile::Builder::new()
+                    .prefix(&prefix)
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                    .tempfile_in(dir)
+                    .map_err(|e| QueryError::io(dir, e))?;
                 let io = |e| QueryError::io(temp.path(), e);
-                drop(map);
-                temp.as_file()
-                    .write_all_at(&footer_bytes, end as u64)
-                    .map_err(io)?;
+                // Written, not mapped: a full disk is an error, not SIGBUS,
+                // and no page is zeroed before it is filled.
+                for (at, bytes) in parts {
+                    temp.as_file().write_all_at(bytes, at as u64).map_err(io)?;
+                }
                 let file = temp.persist(path).map_err(|e| QueryError::io(path, e.error))?;
                 // SAFETY: as in `open`: the file is only ever replaced by rename.
                 let map = unsafe { Mmap::map(&file) }.map_err(|e| QueryError::io(path, e))?;
                 (map, Some(path.to_path_buf()))
             }
-            _ => (
-                map.make_read_only()
-                    .map_err(|e| QueryError::io(Path::new("(memory)"), e))?,
-                None,
-            ),
+            None => {
+                let memory = |e| QueryError::io(Path::new("(memory)"), e);
+                let mut map = MmapMut::map_anon(end + footer_bytes.len()).map_err(memory)?;
+                for (at, bytes) in parts {
+                    map[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+                (map.make_read_only().map_err(memory)?, None)
+            }
         };
         // Just computed from these very bytes: nothing to verify.
         Ok(Segment {
@@ -538,37 +547,18 @@ impl Segment {
             sections,
             path: final_path,
             stamps,
+            keys,
         })
     }
 }
 
-/// Allocates the file's blocks up front: writing through a map into a
-/// sparse file on a full disk would kill the process with SIGBUS, while this
-/// fails cleanly (ENOSPC) and the segment is built in memory instead.
-fn reserve(file: &File, len: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let len = libc::off_t::try_from(len).map_err(std::io::Error::other)?;
-    // SAFETY: `file` is an open descriptor we own for the whole call.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        code => Err(std::io::Error::from_raw_os_error(code)),
-    }
-}
-
-fn block_sums(
-    map: &[u8],
-    sections: &[Range<usize>; SECTIONS],
-    rows: usize,
-    dim: usize,
-) -> (Vec<u64>, Vec<u64>) {
+fn block_sums(q8: &[u8], f32s: &[u8], rows: usize, dim: usize) -> (Vec<u64>, Vec<u64>) {
     use rayon::prelude::*;
-    let q8 = &map[sections[Sec::Q8 as usize].clone()];
-    let f32s = &map[sections[Sec::F32 as usize].clone()];
     let q8_sums = (0..blocks(rows, Q8_BLOCK_ROWS))
         .into_par_iter()
         .map(|b| {
-            let start = b * Q8_BLOCK_ROWS * dim;
-            xxh3_64(&q8[start..((b + 1) * Q8_BLOCK_ROWS).min(rows) * dim])
+            let (start, end) = q8_range(rows, dim, b);
+            xxh3_64(&q8[start..end])
         })
         .collect();
     let f32_sums = (0..blocks(rows, F32_BLOCK_ROWS))
@@ -581,8 +571,21 @@ fn block_sums(
     (q8_sums, f32_sums)
 }
 
+/// The bytes of `values`.
+fn bytes_of(values: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and every byte of it is initialised; u8
+    // has alignment 1, and the length covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values)) }
+}
+
+/// The bytes of `words`, writable.
+fn bytes_of_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as in `bytes_of`; any byte pattern is a valid u64.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
+}
+
 /// The sections of `map` as disjoint mutable slices, in file order.
-fn split_sections<'a>(mut map: &'a mut [u8], sections: &[Range<usize>; SECTIONS]) -> Vec<&'a mut [u8]> {
+fn split_sections<'a>(mut map: &'a mut [u8], sections: &[Range<usize>]) -> Vec<&'a mut [u8]> {
     let mut out = Vec::with_capacity(SECTIONS);
     let mut consumed = 0;
     for r in sections {
@@ -606,10 +609,11 @@ fn fill_strings(offsets: &mut [u8], bytes: &mut [u8], values: &[String]) {
     }
 }
 
-/// Writes every section but the checksums.
-fn fill(map: &mut [u8], sections: &[Range<usize>; SECTIONS], rows: &Rows, dim: usize) {
+/// Writes every small section but the checksums into `head` (the file's
+/// bytes before the int8 matrix) and the int8 matrix into `q8`.
+fn fill(head: &mut [u8], q8: &mut [u8], sections: &[Range<usize>; SECTIONS], rows: &Rows, dim: usize) {
     use rayon::prelude::*;
-    let mut parts = split_sections(map, sections).into_iter();
+    let mut parts = split_sections(head, &sections[..Sec::Q8 as usize]).into_iter();
     let mut next = || parts.next().unwrap_or_default();
     let (id_offsets, ids) = (next(), next());
     fill_strings(id_offsets, ids, &rows.ids);
@@ -630,23 +634,30 @@ fn fill(map: &mut [u8], sections: &[Range<usize>; SECTIONS], rows: &Rows, dim: u
     let scales: &mut [f32] = view_mut(next());
     let bounds: &mut [f32] = view_mut(next());
     let norms: &mut [f64] = view_mut(next());
-    let (_q8_sums, _f32_sums) = (next(), next());
-    let q8: &mut [i8] = view_mut(next());
-    let f32s: &mut [f32] = view_mut(next());
     if dim == 0 {
         return;
     }
-    f32s.copy_from_slice(&rows.vectors);
-    q8.par_chunks_mut(dim)
-        .zip(rows.vectors.par_chunks(dim))
-        .zip(scales.par_iter_mut())
-        .zip(bounds.par_iter_mut())
-        .zip(norms.par_iter_mut())
-        .for_each(|((((q, x), scale), bound), inv)| {
-            let quantised = super::scan::quantise(x, q);
-            *scale = quantised.scale;
-            *bound = quantised.bound;
-            *inv = quantised.inv_norm;
+    q8.par_chunks_mut(LANES * padded_dim(dim))
+        .zip(rows.vectors.par_chunks(LANES * dim))
+        .zip(scales.par_chunks_mut(LANES))
+        .zip(bounds.par_chunks_mut(LANES))
+        .zip(norms.par_chunks_mut(LANES))
+        .for_each(|((((group, x), scales), bounds), norms)| {
+            let mut q = [0i8; 4096];
+            let mut heap = Vec::new();
+            let q: &mut [i8] = if x.len() <= q.len() {
+                &mut q[..x.len()]
+            } else {
+                heap.resize(x.len(), 0);
+                &mut heap
+            };
+            for (r, (x, q)) in x.chunks_exact(dim).zip(q.chunks_exact_mut(dim)).enumerate() {
+                let quantised = super::scan::quantise(x, q);
+                scales[r] = quantised.scale;
+                bounds[r] = quantised.bound;
+                norms[r] = quantised.inv_norm;
+            }
+            super::scan::interleave(q, dim, group);
         });
 }
 
@@ -690,8 +701,8 @@ mod tests {
         let year = Year::parse("2024").unwrap();
         let (n, dim) = (2500, 5);
         let data = rows(n, dim);
-        let memory = Segment::build(year, stamps(dim), &data, None).unwrap();
-        let built = Segment::build(year, stamps(dim), &data, Some(&path)).unwrap();
+        let memory = Segment::build(year, stamps(dim), Keys::default(), &data, None).unwrap();
+        let built = Segment::build(year, stamps(dim), Keys::default(), &data, Some(&path)).unwrap();
         let opened = Segment::open(&path).unwrap();
         assert_eq!(opened.stamps, stamps(dim));
         for seg in [&memory, &built, &opened] {
@@ -714,7 +725,7 @@ mod tests {
         let good = std::fs::read(&path).unwrap();
         let sections = footer_sections(&good);
         let mut bad = good.clone();
-        bad[sections[Sec::Q8 as usize].0 as usize + 3 * dim * Q8_BLOCK_ROWS / 2] ^= 1;
+        bad[sections[Sec::Q8 as usize].0 as usize + 3 * padded_dim(dim) * Q8_BLOCK_ROWS / 2] ^= 1;
         bad[sections[Sec::F32 as usize].0 as usize + 4 * dim * 70] ^= 1;
         std::fs::write(&path, &bad).unwrap();
         let damaged_seg = Segment::open(&path).unwrap();

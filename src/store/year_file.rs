@@ -432,8 +432,7 @@ impl ColumnReader {
 }
 
 fn open_columns(path: &Path, wanted: &[&'static str], ids_only: bool) -> Result<ColumnReader, YearFileError> {
-    let batch_rows = if ids_only { 64 * 1024 } else { READ_BATCH_ROWS };
-    open_columns_sized(path, wanted, batch_rows)
+    open_columns_of(path, wanted, ids_only, None)
 }
 
 /// [`open_columns`] reading `batch_rows` rows at a time.
@@ -441,6 +440,26 @@ fn open_columns_sized(
     path: &Path,
     wanted: &[&'static str],
     batch_rows: usize,
+) -> Result<ColumnReader, YearFileError> {
+    open_columns_in(path, wanted, batch_rows, None)
+}
+
+/// [`open_columns`] limited to `row_groups` (all when `None`).
+fn open_columns_of(
+    path: &Path,
+    wanted: &[&'static str],
+    ids_only: bool,
+    row_groups: Option<Vec<usize>>,
+) -> Result<ColumnReader, YearFileError> {
+    let batch_rows = if ids_only { 64 * 1024 } else { READ_BATCH_ROWS };
+    open_columns_in(path, wanted, batch_rows, row_groups)
+}
+
+fn open_columns_in(
+    path: &Path,
+    wanted: &[&'static str],
+    batch_rows: usize,
+    row_groups: Option<Vec<usize>>,
 ) -> Result<ColumnReader, YearFileError> {
     let builder = parquet_input::open_arrow(path).map_err(|e| match e {
         OpenError::Io(e) => YearFileError::io(path, e),
@@ -467,6 +486,10 @@ fn open_columns_sized(
         })
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let builder = match row_groups {
+        Some(groups) => builder.with_row_groups(groups),
+        None => builder,
+    };
     let inner = builder
         .with_projection(mask)
         .with_batch_size(batch_rows)
@@ -862,9 +885,20 @@ pub struct VectorScan {
 pub fn for_each_vector(
     path: &Path,
     dimension: usize,
+    visit: impl FnMut(&str, Option<&[f32]>),
+) -> Result<VectorScan, YearFileError> {
+    for_each_vector_of(path, dimension, None, visit)
+}
+
+/// [`for_each_vector`] over the given row groups only (in file order; all
+/// when `None`); `sorted_unique` then speaks of the rows visited.
+pub fn for_each_vector_of(
+    path: &Path,
+    dimension: usize,
+    row_groups: Option<Vec<usize>>,
     mut visit: impl FnMut(&str, Option<&[f32]>),
 ) -> Result<VectorScan, YearFileError> {
-    let mut reader = open_columns(path, &["paper_id", "embedding"], false)?;
+    let mut reader = open_columns_of(path, &["paper_id", "embedding"], false, row_groups)?;
     let mut rows = 0u64;
     let mut sorted_unique = true;
     let mut last = String::new();

@@ -1,0 +1,346 @@
+//! The rows of a year's segment: read from the year file and the year's
+//! metadata from nothing, or from the previous segment and only what
+//! changed since.
+//!
+//! A refresh reuses what it can prove unchanged, by content, not by time:
+//! - vectors: per row group of the year file, an xxh3 of its `paper_id` and
+//!   `embedding` column chunks as stored (with its row count and codec).
+//!   papersys writes a year file in row groups of a fixed number of rows,
+//!   so a merge that adds papers at the end (arXiv ids grow) leaves the
+//!   earlier groups byte for byte as they were: only the last ones are
+//!   decoded again; the others' rows are copied from the old segment;
+//! - metadata: the size and xxh3 of each metadata file. When the year has
+//!   one file and its old bytes are a prefix of the new ones (rows were
+//!   appended), only the new bytes are parsed; when it did not change, the
+//!   old segment's titles, dates and categories are reused.
+//!
+//! Whatever cannot be proven unchanged is read again from the files, so a
+//! refreshed segment holds exactly what a segment built from nothing would.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::QueryError;
+use super::catalog::{self, ContentKey, PaperMeta};
+use super::segment::{Rows, Segment};
+use crate::metadata::MetadataFile;
+use crate::store::parquet_input;
+use crate::store::year_file::{self, YearFileError};
+
+/// What the content of a segment's inputs was, for the next refresh.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keys {
+    /// Per row group of the year file, in file order: its fingerprint and
+    /// row count; empty when the file's rows were not sorted and unique.
+    pub row_groups: Vec<(u64, u64)>,
+    /// Per metadata file (as in the stamps): its [`ContentKey`], `None`
+    /// when it could not be read completely.
+    pub metadata: Vec<Option<ContentKey>>,
+}
+
+/// How a year's rows were obtained, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Reuse {
+    /// Rows copied from the previous segment.
+    pub rows_reused: usize,
+    /// Rows decoded from the year file.
+    pub rows_decoded: usize,
+    /// Whether the metadata files were parsed in full.
+    pub metadata_parsed: bool,
+}
+
+/// Fingerprints of the row groups of a year file (see the module doc);
+/// `None` when the file cannot be read so.
+fn fingerprints(path: &Path) -> Option<Vec<(u64, u64)>> {
+    let builder = parquet_input::open_arrow(path).ok()?;
+    let file = std::fs::File::open(path).ok()?;
+    let mut buffer = Vec::new();
+    let mut out = Vec::new();
+    for group in builder.metadata().row_groups() {
+        let mut hasher = Xxh3::new();
+        hasher.update(&group.num_rows().to_le_bytes());
+        for column in group.columns() {
+            let name = column.column_path().string();
+            if !(name == "paper_id" || name.starts_with("embedding.")) {
+                continue;
+            }
+            hasher.update(name.as_bytes());
+            hasher.update(format!("{:?} {:?}", column.column_type(), column.compression()).as_bytes());
+            let (start, length) = column.byte_range();
+            buffer.resize(usize::try_from(length).ok()?, 0);
+            file.read_exact_at(&mut buffer, start).ok()?;
+            hasher.update(&buffer);
+        }
+        out.push((hasher.digest(), u64::try_from(group.num_rows()).ok()?));
+    }
+    Some(out)
+}
+
+/// Ids and vectors of some row groups of a year file (all when `None`);
+/// `None` for the ids when they are not sorted and unique.
+fn decode(
+    path: &Path,
+    dimension: usize,
+    groups: Option<Vec<usize>>,
+) -> Result<(Vec<String>, Vec<f32>, bool), QueryError> {
+    // Sized up front from the footer: no reallocation of a year's vectors.
+    let expected = match &groups {
+        None => year_file::row_count(path).unwrap_or(0) as usize,
+        Some(_) => 0,
+    };
+    let mut ids = Vec::with_capacity(expected);
+    let mut vectors = Vec::with_capacity(expected * dimension);
+    let mut without_vector = None;
+    let scan = year_file::for_each_vector_of(path, dimension, groups, |id, v| match v {
+        Some(v) => {
+            ids.push(id.to_string());
+            vectors.extend_from_slice(v);
+        }
+        None => {
+            without_vector.get_or_insert_with(|| id.to_string());
+        }
+    })?;
+    if let Some(id) = without_vector {
+        return Err(YearFileError::Damaged {
+            path: path.to_path_buf(),
+            message: format!("paper {id} has no vector, or one with null elements"),
+        }
+        .into());
+    }
+    Ok((ids, vectors, scan.sorted_unique))
+}
+
+/// Ids, vectors and row-group fingerprints of a year file.
+type YearVectors = (Vec<String>, Vec<f32>, Vec<(u64, u64)>);
+
+/// Ids (sorted, unique, newest row kept) and vectors of a whole year file,
+/// with its row groups' fingerprints when its rows came sorted and unique.
+fn read_vectors(path: &Path, dimension: usize) -> Result<YearVectors, QueryError> {
+    let (decoded, groups) = rayon::join(|| decode(path, dimension, None), || fingerprints(path));
+    let (ids, vectors, sorted_unique) = decoded?;
+    if sorted_unique {
+        return Ok((ids, vectors, groups.unwrap_or_default()));
+    }
+    drop((ids, vectors));
+    // Another tool's file: rows in any order, maybe repeated; the newest
+    // row of a paper wins, as the rest of papersys reads it.
+    let mut rows = year_file::read_rows(path, dimension)?;
+    year_file::sort_and_dedup(&mut rows);
+    let mut vectors = Vec::with_capacity(rows.len() * dimension);
+    let ids = rows
+        .into_iter()
+        .map(|r| {
+            vectors.extend_from_slice(&r.embedding);
+            r.paper_id
+        })
+        .collect();
+    Ok((ids, vectors, Vec::new()))
+}
+
+/// Category table and per-row codes of `metas`.
+fn rows_of(ids: Vec<String>, vectors: Vec<f32>, metas: Vec<Option<PaperMeta>>) -> Rows {
+    let mut table: HashMap<String, u16> = HashMap::new();
+    let mut categories: Vec<String> = Vec::new();
+    let mut rows = Rows {
+        titles: Vec::with_capacity(ids.len()),
+        dates: Vec::with_capacity(ids.len()),
+        cats: Vec::with_capacity(ids.len()),
+        ..Rows::default()
+    };
+    for meta in metas {
+        match meta {
+            Some(meta) => {
+                let mut list = Vec::with_capacity(meta.categories.len());
+                for category in meta.categories {
+                    let code = match table.get(&category) {
+                        Some(&code) => code,
+                        None if categories.len() < usize::from(u16::MAX) => {
+                            let code = categories.len() as u16;
+                            table.insert(category.clone(), code);
+                            categories.push(category);
+                            code
+                        }
+                        None => continue,
+                    };
+                    list.push(code);
+                }
+                rows.titles.push(meta.title);
+                rows.dates.push(meta.published_at);
+                rows.cats.push(list);
+            }
+            None => {
+                rows.titles.push(String::new());
+                rows.dates.push(String::new());
+                rows.cats.push(Vec::new());
+            }
+        }
+    }
+    rows.categories = categories;
+    rows.ids = ids;
+    rows.vectors = vectors;
+    rows
+}
+
+/// Reads one year's vectors and metadata from nothing.
+pub(crate) fn full(
+    path: &Path,
+    dimension: usize,
+    files: &[MetadataFile],
+) -> Result<(Rows, Keys), QueryError> {
+    let (vectors, (mut catalog, issues, metadata)) = rayon::join(
+        || read_vectors(path, dimension),
+        || catalog::read_year(files.iter()),
+    );
+    let (ids, vectors, row_groups) = vectors?;
+    if !issues.is_empty() {
+        tracing::debug!(
+            "{} unreadable metadata rows while building the vector cache",
+            issues.len()
+        );
+    }
+    let metas = ids.iter().map(|id| catalog.remove(id)).collect();
+    Ok((rows_of(ids, vectors, metas), Keys { row_groups, metadata }))
+}
+
+/// Reads one year's rows reusing `old` (the previous segment, read from
+/// `old_files`, keyed by `old_keys`) for what did not change; `None` when
+/// too much changed to gain anything (the caller builds from nothing).
+pub(crate) fn refresh(
+    old: &Segment,
+    old_keys: &Keys,
+    old_files: &[(String, crate::store::cache::FileStamp)],
+    path: &Path,
+    dimension: usize,
+    files: &[MetadataFile],
+    new_stamps: &[(String, crate::store::cache::FileStamp)],
+) -> Result<Option<(Rows, Keys, Reuse)>, QueryError> {
+    if old_keys.row_groups.is_empty() || old.stamps.dimension != dimension {
+        return Ok(None);
+    }
+    let Some(groups) = fingerprints(path) else {
+        return Ok(None);
+    };
+    // Where each old group's rows start in the old segment.
+    let mut old_groups: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut at = 0usize;
+    for &(print, rows) in &old_keys.row_groups {
+        old_groups.entry((print, rows)).or_insert(at);
+        at += rows as usize;
+    }
+    if at != old.len() {
+        return Ok(None);
+    }
+    let plan: Vec<Option<usize>> = groups.iter().map(|g| old_groups.get(g).copied()).collect();
+    let fresh: Vec<usize> = (0..groups.len()).filter(|&g| plan[g].is_none()).collect();
+    let (fresh_ids, fresh_vectors, sorted) = if fresh.is_empty() {
+        (Vec::new(), Vec::new(), true)
+    } else {
+        decode(path, dimension, Some(fresh.clone()))?
+    };
+    if !sorted {
+        return Ok(None);
+    }
+    let total: usize = groups.iter().map(|g| g.1 as usize).sum();
+    let mut ids: Vec<String> = Vec::with_capacity(total);
+    let mut vectors: Vec<f32> = Vec::with_capacity(total * dimension);
+    // Per row: its row in the old segment, when copied from it.
+    let mut origin: Vec<Option<usize>> = Vec::with_capacity(total);
+    let mut fresh_at = 0usize;
+    let mut reuse = Reuse::default();
+    for (g, &(_, rows)) in groups.iter().enumerate() {
+        let rows = rows as usize;
+        match plan[g] {
+            Some(start) => {
+                for r in start..start + rows {
+                    ids.push(old.id(r).to_string());
+                    vectors.extend_from_slice(old.vector(r)?);
+                    origin.push(Some(r));
+                }
+                reuse.rows_reused += rows;
+            }
+            None => {
+                let end = fresh_at + rows;
+                if end > fresh_ids.len() {
+                    return Ok(None);
+                }
+                ids.extend(fresh_ids[fresh_at..end].iter().cloned());
+                vectors.extend_from_slice(&fresh_vectors[fresh_at * dimension..end * dimension]);
+                origin.extend(std::iter::repeat_n(None, rows));
+                fresh_at = end;
+                reuse.rows_decoded += rows;
+            }
+        }
+    }
+    if fresh_at != fresh_ids.len() || ids.windows(2).any(|w| w[0] >= w[1]) {
+        return Ok(None);
+    }
+    // A row decoded again may still be an old paper: find it in the old segment.
+    for (row, origin) in origin.iter_mut().enumerate() {
+        if origin.is_none() {
+            *origin = old.find(&ids[row]);
+        }
+    }
+    let old_meta = |r: usize| -> PaperMeta {
+        PaperMeta {
+            title: old.title(r).to_string(),
+            categories: old
+                .category_ids(r)
+                .iter()
+                .filter_map(|&c| old.categories().get(usize::from(c)).cloned())
+                .collect(),
+            published_at: old.published_at(r).to_string(),
+        }
+    };
+    // Metadata: unchanged, only appended to, or read again.
+    let mut metas: Option<Vec<Option<PaperMeta>>> = None;
+    let mut metadata_keys = old_keys.metadata.clone();
+    if new_stamps == old_files && origin.iter().all(Option::is_some) {
+        metas = Some(origin.iter().map(|o| o.map(old_meta)).collect());
+    } else if let ([file], [(origin_name, old_stamp)], [Some((old_size, old_hash))]) =
+        (files, old_files, old_keys.metadata.as_slice())
+        && *origin_name == file.origin
+        && old_stamp.size <= new_stamps.first().map_or(0, |s| s.1.size)
+        && let Some((tail, key)) = catalog::read_appended(file, *old_size, *old_hash)
+    {
+        let mut complete = true;
+        let list = ids
+            .iter()
+            .zip(&origin)
+            .map(|(id, origin)| match (tail.get(id), origin) {
+                (Some(meta), _) => Some(meta.clone()),
+                (None, Some(r)) => Some(old_meta(*r)),
+                (None, None) => {
+                    // A paper that was in the file before but had no vector:
+                    // its row is not in the old segment.
+                    complete = false;
+                    None
+                }
+            })
+            .collect();
+        if complete {
+            metas = Some(list);
+            metadata_keys = vec![Some(key)];
+        }
+    }
+    let metas = match metas {
+        Some(metas) => metas,
+        None => {
+            let (mut catalog, _, keys) = catalog::read_year(files.iter());
+            metadata_keys = keys;
+            reuse.metadata_parsed = true;
+            ids.iter().map(|id| catalog.remove(id)).collect()
+        }
+    };
+    Ok(Some((
+        rows_of(ids, vectors, metas),
+        Keys {
+            row_groups: groups,
+            metadata: metadata_keys,
+        },
+        reuse,
+    )))
+}
