@@ -12,7 +12,8 @@
 //!   `scripts/torture.sh`: `embed.after_batch`, `checkpoint.after_write`,
 //!   `fold.after_merge`, `fold.before_remove_checkpoints`,
 //!   `promote.after_intent`, `promote.move_old`, `promote.move_new`,
-//!   `promote.before_cleanup`, and `<kind>.before_rename` /
+//!   `promote.before_cleanup`, `relocate.after_move` (tests/duplicate_papers.rs),
+//!   and `<kind>.before_rename` /
 //!   `<kind>.after_rename` inside every atomic file replacement, where
 //!   `<kind>` is `year`, `checkpoint`, `manifest`, `backlog`, `intent` or `other`.
 //! * `PAPERSYS_FAULT_WRITE_LIMIT=<bytes>` — once atomic file writes have
