@@ -1,7 +1,7 @@
 //! `papersys recommend`: train on the preferences, score the papers of a
 //! date window, pick the ones to show, and write the run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use jiff::civil::Date;
@@ -11,12 +11,12 @@ use serde::Serialize;
 use super::{IssueReport, unique_issues};
 use crate::config::{Alias, Config};
 use crate::error::Error;
-use crate::metadata::{self, InputIssue, PaperRecord};
+use crate::metadata::{self, InputIssue};
 use crate::prefs::{PrefStore, Preference};
 use crate::recommend::config::RecommendConfig;
 use crate::recommend::features::{self, AliasSource, Wanted};
 use crate::recommend::output::{self, FileNames, RunFiles, Scored, TrainingRow};
-use crate::recommend::{RecommendError, logreg, select};
+use crate::recommend::{RecommendError, logreg, papers, select};
 
 /// Gradient norm at which L-BFGS stops: well below scikit-learn's default
 /// `tol` (1e-4), so the solution is the optimum's to many digits.
@@ -206,10 +206,6 @@ impl WindowChoice {
     }
 }
 
-fn date_of(record: &PaperRecord) -> Option<Date> {
-    record.effective_date().get(..10)?.parse().ok()
-}
-
 fn rec_err(e: impl Into<RecommendError>) -> Error {
     Error::Recommend(e.into())
 }
@@ -257,7 +253,6 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
             None,
         ),
     };
-    let in_window = |d: Date| d >= from && until.is_none_or(|u| d <= u);
 
     // Preferences.
     let store = PrefStore::new(rc.preference_dir.clone());
@@ -296,40 +291,27 @@ pub fn run(config: &Config, options: &RecommendOptions) -> Result<RecommendRepor
     let categories: HashSet<&str> = rc.categories.iter().map(String::as_str).collect();
     let discovery = metadata::discover(&config.metadata_dir, &config.data_root)?;
     issues.extend(discovery.issues.iter().cloned());
-    let mut candidates: HashMap<String, PaperRecord> = HashMap::new();
-    let mut background: HashSet<String> = HashSet::new();
-    let mut window_papers: HashMap<String, (bool, bool)> = HashMap::new();
-    for file in &discovery.files {
-        let read = metadata::read_records(&file.path, &mut issues, |_, record| {
-            let id = record.paper_id.trim();
-            let date = date_of(&record);
-            let in_categories =
-                categories.is_empty() || record.category_list().any(|c| categories.contains(c));
-            let rated = current.contains_key(id);
-            let dated_in = date.is_some_and(in_window);
-            if dated_in {
-                window_papers.insert(id.to_string(), (in_categories, rated));
-            } else {
-                window_papers.remove(id);
-            }
-            let eligible_bg = in_categories
-                && !rated
-                && date.is_some_and(|d| i32::from(d.year()) >= rc.background_start_year);
-            if eligible_bg {
-                background.insert(id.to_string());
-            } else {
-                background.remove(id);
-            }
-            if in_categories && !rated && dated_in {
-                candidates.insert(id.to_string(), record);
-            } else {
-                candidates.remove(id);
-            }
-        });
-        if let Err(issue) = read {
-            issues.push(issue);
-        }
-    }
+    let rated = |id: &str| current.contains_key(id);
+    let criteria = papers::Criteria {
+        categories: &categories,
+        rated: &rated,
+        from,
+        until,
+        background_start_year: rc.background_start_year,
+    };
+    let started = std::time::Instant::now();
+    let papers::Papers {
+        candidates,
+        background,
+        window: window_papers,
+    } = papers::scan(&discovery.files, &criteria, &mut issues);
+    tracing::info!(
+        "read {} metadata files in {:.2} s: {} candidates, {} background papers eligible",
+        discovery.files.len(),
+        started.elapsed().as_secs_f64(),
+        candidates.len(),
+        background.len()
+    );
     counts.background_eligible = background.len();
     counts.candidates = candidates.len();
     let categories_text = if rc.categories.is_empty() {

@@ -12,6 +12,7 @@ pub mod record;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use reader::read_columns;
 pub use reader::{FileSummary, REQUIRED_COLUMNS, Row, read_rows, read_rows_while};
 pub use record::{PaperRecord, read_records, write_records};
 

@@ -580,6 +580,129 @@ fn check_row<'r>(
     Ok((paper_id, title, abstract_text))
 }
 
+/// Reads the named `columns` of every row of `path` in file order, for
+/// readers that need other columns than the text (the recommender: dates
+/// and categories of every paper, whole records of a few):
+/// `on_row(line, values)` with `values[i]` the value of `columns[i]`, `""`
+/// where the file has no such column. Only `paper_id` is required. As
+/// [`super::read_records`] does, a row is reported and skipped when its
+/// field count differs from the header's, it is not UTF-8, or its
+/// `paper_id` is blank; `Err` when the whole file is unusable. Returns the
+/// rows handed out.
+pub fn read_columns<const N: usize>(
+    path: &Path,
+    columns: [&str; N],
+    issues: &mut Vec<InputIssue>,
+    mut on_row: impl FnMut(u64, [&str; N]),
+) -> Result<u64, InputIssue> {
+    let file_issue = |message: String| InputIssue {
+        path: path.to_path_buf(),
+        line: None,
+        message,
+    };
+    let row_issue = |line: u64, message: String| InputIssue {
+        path: path.to_path_buf(),
+        line: Some(line),
+        message,
+    };
+    let file = File::open(path).map_err(|e| file_issue(format!("cannot open: {e}")))?;
+    let mut reader = RecordReader::new(file, CHUNK_BYTES);
+    let read_error =
+        |e: std::io::Error| file_issue(format!("read error: {e}; the rest of the file is skipped"));
+    while reader.end < 3 && !reader.eof {
+        reader.refill().map_err(read_error)?;
+    }
+    if reader.buf[..reader.end].starts_with(b"\xEF\xBB\xBF") {
+        reader.start = 3;
+    }
+    let names: Vec<String> = match reader.next_record().map_err(read_error)? {
+        Next::Record { .. } => (0..reader.fields.len())
+            .map(|i| String::from_utf8_lossy(reader.raw_field(i)).trim().to_string())
+            .collect(),
+        Next::End => Vec::new(),
+        Next::Broken { message, .. } => {
+            return Err(file_issue(format!("unreadable header row: {message}")));
+        }
+    };
+    let Some(id_column) = names.iter().position(|n| n == "paper_id") else {
+        return Err(file_issue("no `paper_id` column".to_string()));
+    };
+    let index: [Option<usize>; N] = columns.map(|c| names.iter().position(|n| n == c));
+    let mut unescaped: [Vec<u8>; N] = std::array::from_fn(|_| Vec::new());
+    let mut rows = 0u64;
+    loop {
+        let line = match reader.next_record() {
+            Ok(Next::Record { line }) => line,
+            Ok(Next::End) => break,
+            Ok(Next::Broken { line, message }) => {
+                issues.push(row_issue(line, message));
+                continue;
+            }
+            Err(e) => {
+                issues.push(read_error(e));
+                break;
+            }
+        };
+        if reader.fields.len() != names.len() {
+            let message = format!(
+                "expected {} fields, found {}; row skipped",
+                names.len(),
+                reader.fields.len()
+            );
+            issues.push(row_issue(line, message));
+            continue;
+        }
+        if let Some(i) = reader.fields.iter().position(|f| f.stray) {
+            issues.push(row_issue(
+                line,
+                format!("text after the closing quote of field {}; row skipped", i + 1),
+            ));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&reader.buf[reader.record.clone()]) else {
+            let column = non_utf8_field(&reader)
+                .and_then(|i| names.get(i))
+                .map_or("?", String::as_str);
+            issues.push(row_issue(
+                line,
+                format!("invalid UTF-8 in column `{column}` (the file must be UTF-8); row skipped"),
+            ));
+            continue;
+        };
+        let field = |i: usize| {
+            let f = reader.fields[i];
+            text.get(f.start..f.end).unwrap_or_default()
+        };
+        if field(id_column).trim().is_empty() {
+            issues.push(row_issue(line, "empty paper_id; row skipped".to_string()));
+            continue;
+        }
+        for (k, column) in index.iter().enumerate() {
+            if let Some(i) = *column
+                && reader.fields[i].escaped
+            {
+                // Inside a quoted field every quote is doubled.
+                let buf = &mut unescaped[k];
+                buf.clear();
+                let mut rest = field(i).as_bytes();
+                while let Some(q) = memchr::memchr(b'"', rest) {
+                    buf.extend_from_slice(&rest[..=q]);
+                    rest = rest.get(q + 2..).unwrap_or_default();
+                }
+                buf.extend_from_slice(rest);
+            }
+        }
+        let values: [&str; N] = std::array::from_fn(|k| match index[k] {
+            Some(i) if reader.fields[i].escaped => std::str::from_utf8(&unescaped[k]).unwrap_or_default(),
+            Some(i) => field(i),
+            None => "",
+        });
+        rows += 1;
+        on_row(line, values);
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,7 +153,27 @@ fn finite(v: &[f32]) -> bool {
 
 /// Reads the features of `wanted` from `sources` (in order).
 pub fn load(sources: &[AliasSource], wanted: &Wanted<'_>) -> Result<Features, FeatureError> {
-    let Some((first, others)) = sources.split_first() else {
+    // Only the year files that hold a wanted paper are decoded.
+    let holding: Vec<AliasSource> = sources
+        .iter()
+        .map(|source| {
+            let found: Vec<Option<PathBuf>> = source
+                .files
+                .par_iter()
+                .map(|path| {
+                    let holds = year_file::holds_any(path, |id| {
+                        wanted.fixed.contains(id) || wanted.background.contains(id)
+                    })?;
+                    Ok(holds.then(|| path.clone()))
+                })
+                .collect::<Result<_, FeatureError>>()?;
+            Ok(AliasSource {
+                files: found.into_iter().flatten().collect(),
+                ..source.clone()
+            })
+        })
+        .collect::<Result<_, FeatureError>>()?;
+    let Some((first, others)) = holding.split_first() else {
         return Ok(Features::default());
     };
     // Pass 1, other models: which wanted papers have a usable vector there.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod features;
 pub mod logreg;
 pub mod output;
+pub mod papers;
 pub mod select;
 
 use std::path::PathBuf;

@@ -940,6 +940,24 @@ pub fn for_each_vector_of(
     Ok(VectorScan { rows, sorted_unique })
 }
 
+/// Whether any row's `paper_id` satisfies `wanted`, reading only that
+/// column (a reader that needs a few papers' vectors can pass over the
+/// year files that hold none of them without decoding any vector).
+pub fn holds_any(path: &Path, wanted: impl Fn(&str) -> bool) -> Result<bool, YearFileError> {
+    let mut reader = open_columns(path, &["paper_id"], true)?;
+    for batch in reader.batches() {
+        let batch = batch?;
+        let ids = batch.column(0).as_string::<i32>();
+        if ids.null_count() > 0 {
+            return Err(YearFileError::damaged(path, "a row has no paper_id"));
+        }
+        if ids.iter().flatten().any(&wanted) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
