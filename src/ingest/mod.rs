@@ -6,6 +6,7 @@
 //! contract row, and [`merge`] commits rows into the year files.
 
 pub mod config;
+pub mod encoded;
 pub mod harvest;
 pub mod merge;
 pub mod oai;
