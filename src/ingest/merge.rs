@@ -178,7 +178,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MergeError + '_ {
     }
 }
 
-
 /// A batch of the open buffer is handed to the sorted buffer at this size.
 const OPEN_BATCH_BYTES: usize = 1 << 20;
 
@@ -291,7 +290,10 @@ impl Merger {
         let batches = self.take_buffer();
         let order = sorted_unique(&batches, &mut self.pending.duplicates);
         let path = self.new_run_path()?;
-        write_run(&path, order.iter().map(|&(b, r)| batches[b as usize].get(r as usize)))?;
+        write_run(
+            &path,
+            order.iter().map(|&(b, r)| batches[b as usize].get(r as usize)),
+        )?;
         self.runs.push(path);
         for mut batch in batches {
             if self.spent.len() < MAX_SPENT_BATCHES {
@@ -873,7 +875,9 @@ impl<'a> Source<'a> {
             Source::Csv { current, started, .. } | Source::Run { current, started, .. } => {
                 started.then(|| current.as_ref())
             }
-            Source::Memory { memory, next } => (*next > 0 && *next <= memory.order.len()).then(|| memory.get(next - 1)),
+            Source::Memory { memory, next } => {
+                (*next > 0 && *next <= memory.order.len()).then(|| memory.get(next - 1))
+            }
         }
     }
 
@@ -907,7 +911,11 @@ impl<'a> Source<'a> {
                     }
                 }
             }
-            Source::Run { run, current, started } => {
+            Source::Run {
+                run,
+                current,
+                started,
+            } => {
                 *started = run.next(current)?;
                 if *started { Step::Row } else { Step::End }
             }
@@ -1014,7 +1022,9 @@ struct FinishedOutput {
 impl FinishedOutput {
     fn persist(self, target: &Path) -> Result<(), MergeError> {
         let Some(temp) = self.temp else {
-            return Err(io_err(target)(io::Error::other("internal: no temporary file to persist")));
+            return Err(io_err(target)(io::Error::other(
+                "internal: no temporary file to persist",
+            )));
         };
         crate::fault::write_point(target, "before_rename");
         temp.persist(target).map_err(|e| MergeError::Io {
@@ -1044,7 +1054,11 @@ impl YearOutput {
     /// file in `dir` (removed unless persisted).
     fn create(dir: &Path, path: Option<&Path>) -> Result<YearOutput, MergeError> {
         let (file, temp, path) = match path {
-            Some(path) => (File::create(path).map_err(io_err(path))?, None, path.to_path_buf()),
+            Some(path) => (
+                File::create(path).map_err(io_err(path))?,
+                None,
+                path.to_path_buf(),
+            ),
             None => {
                 let mut builder = tempfile::Builder::new();
                 let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
@@ -1057,7 +1071,9 @@ impl YearOutput {
             }
         };
         let mut writer = BufWriter::with_capacity(1 << 20, file);
-        writer.write_all(header_line().as_bytes()).map_err(io_err(&path))?;
+        writer
+            .write_all(header_line().as_bytes())
+            .map_err(io_err(&path))?;
         Ok(YearOutput {
             path,
             writer,
@@ -1180,7 +1196,12 @@ pub fn id_year(paper_id: &str) -> Option<u16> {
 /// `YYYY-MM-DDTHH:MM:SSZ`).
 pub fn year_of(published_at: &str) -> Option<u16> {
     let p = published_at.as_bytes();
-    if p.len() == 20 && p[4] == b'-' && p[10] == b'T' && p[19] == b'Z' && p[..4].iter().all(u8::is_ascii_digit) {
+    if p.len() == 20
+        && p[4] == b'-'
+        && p[10] == b'T'
+        && p[19] == b'Z'
+        && p[..4].iter().all(u8::is_ascii_digit)
+    {
         return published_at[..4].parse().ok();
     }
     year_of_date(published_at)
@@ -1228,9 +1249,15 @@ fn write_run<'a>(path: &Path, rows: impl Iterator<Item = RowRef<'a>>) -> Result<
     let mut out = BufWriter::with_capacity(1 << 20, file);
     for r in rows {
         let mut header = [0u8; 20];
-        for (k, n) in [r.key.len(), r.updated.len(), r.csv.len(), r.cmp, usize::from(r.year)]
-            .into_iter()
-            .enumerate()
+        for (k, n) in [
+            r.key.len(),
+            r.updated.len(),
+            r.csv.len(),
+            r.cmp,
+            usize::from(r.year),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let n = u32::try_from(n).map_err(|_| io_err(path)(io::Error::other("row over 4 GiB")))?;
             header[k * 4..k * 4 + 4].copy_from_slice(&n.to_le_bytes());
@@ -1275,7 +1302,14 @@ impl RunReader {
                 Err(e) => return Err(io_err(&self.path)(e)),
             }
         }
-        let n = |k: usize| u32::from_le_bytes([header[k * 4], header[k * 4 + 1], header[k * 4 + 2], header[k * 4 + 3]]) as usize;
+        let n = |k: usize| {
+            u32::from_le_bytes([
+                header[k * 4],
+                header[k * 4 + 1],
+                header[k * 4 + 2],
+                header[k * 4 + 3],
+            ]) as usize
+        };
         let (key, updated, csv, cmp, year) = (n(0), n(1), n(2), n(3), n(4));
         let buf = row.buffer();
         buf.clear();

@@ -353,7 +353,12 @@ struct Scratch {
 /// to `rows`: the row [`super::row::into_record`] makes of
 /// [`parse_line`]'s paper, made without copying the line's text.
 /// `Ok(false)`: filtered out.
-fn parse_into(line: &[u8], filters: &[String], rows: &mut RowBatch, scratch: &mut Scratch) -> Result<bool, String> {
+fn parse_into(
+    line: &[u8],
+    filters: &[String],
+    rows: &mut RowBatch,
+    scratch: &mut Scratch,
+) -> Result<bool, String> {
     let checked = check(line)?;
     let l = &checked.line;
     if !categories_match(text(&l.categories), filters) {
