@@ -2,17 +2,22 @@
 //! newer or equal `updated_at` wins), each file replaced atomically.
 //!
 //! Design, with memory bounded whatever the input size:
-//! - Incoming rows are buffered; past [`MergeOptions::memory_budget`] the
-//!   buffer is sorted by `paper_id` and spilled as a *run* (a binary file in
-//!   a `.tmp-<pid>-spill*` directory of the metadata directory).
+//! - Incoming rows are held encoded ([`RowBatch`]: each row as its CSV
+//!   line, made once); past [`MergeOptions::memory_budget`] the buffer is
+//!   sorted by `paper_id` and spilled as a *run* (a binary file in a
+//!   `.tmp-<pid>-spill*` directory of the metadata directory).
 //! - A commit merges, in one pass ordered by `paper_id`, the runs, the
 //!   buffer and the stored year files involved (papersys writes them sorted;
 //!   a file that is not is sorted into runs first). Every paper is decided
 //!   once, with all its stored and incoming rows in view, so a paper whose
-//!   `published_at` moved to another year leaves its old file.
+//!   `published_at` moved to another year leaves its old file. The winning
+//!   row's line is copied straight into its year's output.
 //! - Each year's output goes to a temporary file beside the target, and
 //!   replaces it only when a row of that year was added, changed or removed:
 //!   merging the same rows twice writes nothing.
+//! - The rows a commit adds or changes go, in the same pass, to a CSV in
+//!   the spill directory; at the end of a run of one commit that file
+//!   becomes `latest.csv` as it is (several commits' files are merged).
 //! - Which stored files take part: every `metadata-YYYY.csv` when the
 //!   incoming rows were spilled (a snapshot import); otherwise the files of
 //!   the incoming rows' years, plus those of the years next to the year in
@@ -29,15 +34,14 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use jiff::Timestamp;
 use serde::Serialize;
-use tempfile::{NamedTempFile, TempDir};
+use tempfile::TempDir;
 
+use super::encoded::{OwnedRow, RowBatch, RowRef};
 use super::row::{parse_instant, year_of_date};
 use crate::metadata::PaperRecord;
 use crate::metadata::record::COLUMNS;
 use crate::store::atomic::{self, TEMP_PREFIX};
-
 /// Name of the file holding the rows the last run added or changed.
 pub const LATEST_FILE: &str = "latest.csv";
 
@@ -174,16 +178,25 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MergeError + '_ {
     }
 }
 
+/// A batch of the open buffer is handed to the sorted buffer at this size.
+const OPEN_BATCH_BYTES: usize = 1 << 20;
+
+/// At most this many emptied batches are kept for reuse.
+const MAX_SPENT_BATCHES: usize = 16;
+
 /// Merges incoming rows into a metadata directory; one per run (the rows
 /// `latest.csv` lists are those of all its commits).
 pub struct Merger {
     dir: PathBuf,
     options: MergeOptions,
-    buffer: Vec<PaperRecord>,
+    batches: Vec<RowBatch>,
+    open: RowBatch,
     buffered_bytes: usize,
     spill: Option<TempDir>,
     runs: Vec<PathBuf>,
-    latest_runs: Vec<PathBuf>,
+    latest_files: Vec<(PathBuf, u64)>,
+    /// Emptied batches of the last spill, for [`Merger::spent_batch`].
+    spent: Vec<RowBatch>,
     next_run: u64,
     pending: CommitReport,
     report: MergeReport,
@@ -210,11 +223,13 @@ impl Merger {
         Ok(Merger {
             dir: metadata_dir.to_path_buf(),
             options,
-            buffer: Vec::new(),
+            batches: Vec::new(),
+            open: RowBatch::default(),
             buffered_bytes: 0,
             spill: None,
             runs: Vec::new(),
-            latest_runs: Vec::new(),
+            latest_files: Vec::new(),
+            spent: Vec::new(),
             next_run: 0,
             pending: CommitReport::default(),
             report: MergeReport::default(),
@@ -231,36 +246,85 @@ impl Merger {
             ));
             return Ok(());
         }
-        if year_of(&record).is_none() {
+        let Some(year) = year_of(&record.published_at) else {
             self.pending.skipped.push(format!(
                 "{}: published_at {:?} is not a date, so no year file can hold it; skipped",
                 record.paper_id, record.published_at
             ));
             return Ok(());
+        };
+        let before = self.open.bytes();
+        self.open.push_record(&record, year);
+        self.buffered_bytes += self.open.bytes() - before;
+        if self.open.bytes() >= OPEN_BATCH_BYTES {
+            self.batches.push(std::mem::take(&mut self.open));
         }
-        self.buffered_bytes += record_size(&record);
-        self.buffer.push(record);
-        if self.buffered_bytes >= self.options.memory_budget {
-            let rows = sorted_unique(std::mem::take(&mut self.buffer), &mut self.pending.duplicates);
-            self.buffered_bytes = 0;
-            let path = self.new_run_path()?;
-            write_run(&path, rows.iter())?;
-            self.runs.push(path);
+        self.spill_if_full()
+    }
+
+    /// Queues a batch of encoded rows for the next commit. Every row must
+    /// have a non-blank `paper_id` and the year of its `published_at` (as
+    /// [`Merger::add`] checks); the snapshot's parser makes them so.
+    pub fn add_batch(&mut self, batch: RowBatch) -> Result<(), MergeError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.buffered_bytes += batch.bytes();
+        self.batches.push(batch);
+        self.spill_if_full()
+    }
+
+    fn take_buffer(&mut self) -> Vec<RowBatch> {
+        let mut batches = std::mem::take(&mut self.batches);
+        if !self.open.is_empty() {
+            batches.push(std::mem::take(&mut self.open));
+        }
+        self.buffered_bytes = 0;
+        batches
+    }
+
+    fn spill_if_full(&mut self) -> Result<(), MergeError> {
+        if self.buffered_bytes < self.options.memory_budget {
+            return Ok(());
+        }
+        let batches = self.take_buffer();
+        let order = sorted_unique(&batches, &mut self.pending.duplicates);
+        let path = self.new_run_path()?;
+        write_run(
+            &path,
+            order.iter().map(|&(b, r)| batches[b as usize].get(r as usize)),
+        )?;
+        self.runs.push(path);
+        for mut batch in batches {
+            if self.spent.len() < MAX_SPENT_BATCHES {
+                batch.clear();
+                self.spent.push(batch);
+            }
         }
         Ok(())
+    }
+
+    /// An emptied batch to fill again (its memory already mapped), when a
+    /// spill left one.
+    pub fn spent_batch(&mut self) -> Option<RowBatch> {
+        self.spent.pop()
     }
 
     /// Durably merges every row added since the last commit. Returns what
     /// changed; on error nothing of this commit is on disk.
     pub fn commit(&mut self) -> Result<CommitReport, MergeError> {
         let mut report = std::mem::take(&mut self.pending);
-        let memory = sorted_unique(std::mem::take(&mut self.buffer), &mut report.duplicates);
-        self.buffered_bytes = 0;
+        let batches = self.take_buffer();
+        let memory = sorted_unique(&batches, &mut report.duplicates);
         let runs = std::mem::take(&mut self.runs);
         if memory.is_empty() && runs.is_empty() {
             self.report.totals.absorb(report.clone());
             return Ok(report);
         }
+        let memory = Memory {
+            batches: &batches,
+            order: &memory,
+        };
         let stored = self.stored_files(&memory, !runs.is_empty())?;
         let latest_path = self.new_run_path()?;
         let mut presorted: BTreeMap<u16, Vec<PathBuf>> = BTreeMap::new();
@@ -276,7 +340,7 @@ impl Merger {
                     if presorted.contains_key(&year) {
                         return Err(io_err(path)(io::Error::other("internal: sorting did not sort")));
                     }
-                    let sorted = self.sort_stored_file(path)?;
+                    let sorted = self.sort_stored_file(path, year)?;
                     presorted.insert(year, sorted);
                 }
             }
@@ -295,7 +359,9 @@ impl Merger {
             atomic::sync_dir(&self.dir).map_err(io_err(&self.dir))?;
         }
         if outcome.latest_rows > 0 {
-            self.latest_runs.push(latest_path);
+            self.latest_files.push((latest_path, outcome.latest_rows));
+        } else {
+            let _ = std::fs::remove_file(&latest_path);
         }
         for run in runs.iter().chain(presorted.values().flatten()) {
             let _ = std::fs::remove_file(run);
@@ -310,38 +376,17 @@ impl Merger {
     /// nothing, `latest.csv` is left as it was.
     pub fn finish(mut self) -> Result<MergeReport, MergeError> {
         self.commit()?;
-        if !self.latest_runs.is_empty() {
-            let mut sources: Vec<RunReader> = Vec::new();
-            for path in &self.latest_runs {
-                sources.push(RunReader::open(path)?);
+        let target = self.dir.join(LATEST_FILE);
+        match self.latest_files.as_slice() {
+            [] => {}
+            [(only, rows)] => {
+                persist_file(only, &target)?;
+                self.report.latest_rows = *rows;
             }
-            let target = self.dir.join(LATEST_FILE);
-            let mut rows = 0u64;
-            let mut heads: Vec<Option<PaperRecord>> = Vec::new();
-            for s in &mut sources {
-                heads.push(s.next()?);
+            several => {
+                let paths: Vec<&Path> = several.iter().map(|(p, _)| p.as_path()).collect();
+                self.report.latest_rows = merge_latest(&paths, &target)?;
             }
-            let result = atomic::write_atomic(&target, |w| {
-                let mut csv = csv_writer(w);
-                csv.write_record(COLUMNS)?;
-                while let Some(min) = heads.iter().flatten().map(|r| r.paper_id.clone()).min() {
-                    let mut chosen = None;
-                    for (i, head) in heads.iter_mut().enumerate() {
-                        if head.as_ref().is_some_and(|r| r.paper_id == min) {
-                            chosen = head.take();
-                            *head = sources[i].next().map_err(io::Error::other)?;
-                        }
-                    }
-                    if let Some(record) = chosen {
-                        write_row(&mut csv, &record)?;
-                        rows += 1;
-                    }
-                }
-                csv.flush()?;
-                Ok(())
-            });
-            result.map_err(io_err(&target))?;
-            self.report.latest_rows = rows;
         }
         Ok(self.report)
     }
@@ -364,24 +409,18 @@ impl Merger {
     }
 
     /// The stored year files this commit reads, by year.
-    fn stored_files(
-        &self,
-        memory: &[PaperRecord],
-        spilled: bool,
-    ) -> Result<BTreeMap<u16, PathBuf>, MergeError> {
+    fn stored_files(&self, memory: &Memory<'_>, spilled: bool) -> Result<BTreeMap<u16, PathBuf>, MergeError> {
         let existing = year_files(&self.dir)?;
         if spilled {
             return Ok(existing);
         }
         let mut chosen = BTreeMap::new();
         let mut neighbours = BTreeMap::new();
-        for record in memory {
-            if let Some(y) = year_of(record)
-                && let Some(path) = existing.get(&y)
-            {
-                chosen.insert(y, path.clone());
+        for row in memory.iter() {
+            if let Some(path) = existing.get(&row.year) {
+                chosen.insert(row.year, path.clone());
             }
-            if let Some(id_year) = id_year(&record.paper_id) {
+            if let Some(id_year) = id_year(&String::from_utf8_lossy(row.key)) {
                 for y in id_year.saturating_sub(1)..=id_year + 1 {
                     if let Some(path) = existing.get(&y) {
                         neighbours.insert(y, path.clone());
@@ -389,7 +428,7 @@ impl Merger {
                 }
             }
         }
-        let ids: HashSet<&str> = memory.iter().map(|r| r.paper_id.as_str()).collect();
+        let ids: HashSet<&[u8]> = memory.iter().map(|r| r.key).collect();
         for (year, path) in neighbours {
             if !chosen.contains_key(&year) && file_holds_any(&path, &ids) {
                 chosen.insert(year, path);
@@ -399,28 +438,25 @@ impl Merger {
     }
 
     /// Sorts a stored file that is not in `paper_id` order into runs.
-    fn sort_stored_file(&mut self, path: &Path) -> Result<Vec<PathBuf>, MergeError> {
+    fn sort_stored_file(&mut self, path: &Path, year: u16) -> Result<Vec<PathBuf>, MergeError> {
         let mut reader = CsvSource::open(path)?;
         let mut runs = Vec::new();
-        let mut buffer = Vec::new();
-        let mut bytes = 0usize;
+        let mut batch = RowBatch::default();
         loop {
             let next = reader.next_record()?;
-            let flush = next.is_none() || bytes >= self.options.memory_budget;
-            if flush && !buffer.is_empty() {
+            let flush = next.is_none() || batch.bytes() >= self.options.memory_budget;
+            if flush && !batch.is_empty() {
                 // Duplicates inside a stored file are resolved by the merge
                 // (and counted as removed), so keep them all here.
-                let rows = sorted_keep_all(std::mem::take(&mut buffer));
-                bytes = 0;
+                let mut order: Vec<usize> = (0..batch.len()).collect();
+                order.sort_by(|&a, &b| batch.get(a).key.cmp(batch.get(b).key));
                 let run = self.new_run_path()?;
-                write_run(&run, rows.iter())?;
+                write_run(&run, order.iter().map(|&i| batch.get(i)))?;
                 runs.push(run);
+                batch = RowBatch::default();
             }
             match next {
-                Some(record) => {
-                    bytes += record_size(&record);
-                    buffer.push(record);
-                }
+                Some(record) => batch.push_record(&record, year),
                 None => break,
             }
         }
@@ -429,7 +465,7 @@ impl Merger {
 
     fn merge_once(
         &self,
-        memory: &[PaperRecord],
+        memory: &Memory<'_>,
         runs: &[PathBuf],
         stored: &BTreeMap<u16, PathBuf>,
         presorted: &BTreeMap<u16, Vec<PathBuf>>,
@@ -441,55 +477,73 @@ impl Merger {
             match presorted.get(year) {
                 Some(sorted) => {
                     for run in sorted {
-                        sources.push((Origin::Stored(*year), Source::Run(RunReader::open(run)?)));
+                        sources.push((Origin::Stored(*year), Source::run(RunReader::open(run)?)));
                     }
                 }
-                None => sources.push((Origin::Stored(*year), Source::Csv(CsvSource::open(path)?))),
+                None => sources.push((Origin::Stored(*year), Source::csv(CsvSource::open(path)?, *year))),
             }
         }
         for (order, run) in runs.iter().enumerate() {
-            sources.push((Origin::Incoming(order), Source::Run(RunReader::open(run)?)));
+            sources.push((Origin::Incoming(order), Source::run(RunReader::open(run)?)));
         }
-        sources.push((Origin::Incoming(runs.len()), Source::Memory(memory.iter())));
+        sources.push((Origin::Incoming(runs.len()), Source::memory(memory)));
 
         let mut heap = BinaryHeap::new();
-        let mut heads: Vec<Option<PaperRecord>> = Vec::with_capacity(sources.len());
         for (i, (origin, source)) in sources.iter_mut().enumerate() {
-            let head = match source.next()? {
-                Step::Row(r) => Some(r),
-                Step::End => None,
+            match source.advance()? {
+                Step::Row => {
+                    if let Some(r) = source.head() {
+                        heap.push(Reverse((r.key.to_vec(), i)));
+                    }
+                }
+                Step::End => {}
                 Step::Unsorted => return Ok(unsorted(*origin)),
-            };
-            if let Some(r) = &head {
-                heap.push(Reverse((r.paper_id.clone(), i)));
             }
-            heads.push(head);
         }
 
         let mut outputs: BTreeMap<u16, YearOutput> = BTreeMap::new();
-        let mut latest = RunWriter::create(latest_path)?;
+        let mut latest = YearOutput::create(&self.dir, Some(latest_path))?;
         let mut latest_rows = 0u64;
         let mut counts: BTreeMap<u16, YearCounts> = BTreeMap::new();
         let mut totals = CommitReport::default();
-        let mut stored_rows: Vec<(u16, usize, PaperRecord)> = Vec::new();
-        let mut incoming_rows: Vec<(usize, PaperRecord)> = Vec::new();
+        // The rows of the paper being decided (buffers reused across papers).
+        let mut stored_pool: Vec<(u16, OwnedRow)> = Vec::new();
+        let mut incoming_pool: Vec<(usize, OwnedRow)> = Vec::new();
+        let mut free_keys: Vec<Vec<u8>> = Vec::new();
 
         while let Some(Reverse((id, first))) = heap.pop() {
-            stored_rows.clear();
-            incoming_rows.clear();
+            let (mut n_stored, mut n_incoming) = (0usize, 0usize);
             let mut next_index = Some(first);
             while let Some(i) = next_index {
-                let Some(record) = heads[i].take() else {
+                let Some(head) = sources[i].1.head() else {
                     break;
                 };
                 match sources[i].0 {
-                    Origin::Stored(year) => stored_rows.push((year, stored_rows.len(), record)),
-                    Origin::Incoming(order) => incoming_rows.push((order, record)),
+                    Origin::Stored(year) => {
+                        if stored_pool.len() == n_stored {
+                            stored_pool.push((year, OwnedRow::default()));
+                        }
+                        stored_pool[n_stored].0 = year;
+                        stored_pool[n_stored].1.set(head);
+                        n_stored += 1;
+                    }
+                    Origin::Incoming(order) => {
+                        if incoming_pool.len() == n_incoming {
+                            incoming_pool.push((order, OwnedRow::default()));
+                        }
+                        incoming_pool[n_incoming].0 = order;
+                        incoming_pool[n_incoming].1.set(head);
+                        n_incoming += 1;
+                    }
                 }
-                match sources[i].1.next()? {
-                    Step::Row(r) => {
-                        heap.push(Reverse((r.paper_id.clone(), i)));
-                        heads[i] = Some(r);
+                match sources[i].1.advance()? {
+                    Step::Row => {
+                        if let Some(r) = sources[i].1.head() {
+                            let mut key = free_keys.pop().unwrap_or_default();
+                            key.clear();
+                            key.extend_from_slice(r.key);
+                            heap.push(Reverse((key, i)));
+                        }
                     }
                     Step::End => {}
                     Step::Unsorted => return Ok(unsorted(sources[i].0)),
@@ -497,18 +551,23 @@ impl Merger {
                 next_index = match heap.peek() {
                     Some(Reverse((next_id, j))) if *next_id == id => {
                         let j = *j;
-                        heap.pop();
+                        if let Some(Reverse((key, _))) = heap.pop() {
+                            free_keys.push(key);
+                        }
                         Some(j)
                     }
                     _ => None,
                 };
             }
+            free_keys.push(id);
+            let stored_rows = &stored_pool[..n_stored];
+            let incoming_rows = &incoming_pool[..n_incoming];
 
             let stored_best = stored_rows
                 .iter()
                 .enumerate()
                 .max_by(|a, b| {
-                    cmp_updated(&a.1.2, &b.1.2)
+                    cmp_updated(&a.1.1.as_ref(), &b.1.1.as_ref())
                         .then(a.1.0.cmp(&b.1.0))
                         .then(a.0.cmp(&b.0))
                 })
@@ -516,45 +575,47 @@ impl Merger {
             let incoming_best = incoming_rows
                 .iter()
                 .enumerate()
-                .max_by(|a, b| cmp_updated(&a.1.1, &b.1.1).then(a.1.0.cmp(&b.1.0)))
+                .max_by(|a, b| cmp_updated(&a.1.1.as_ref(), &b.1.1.as_ref()).then(a.1.0.cmp(&b.1.0)))
                 .map(|(k, _)| k);
             totals.duplicates += incoming_rows.len().saturating_sub(1) as u64;
 
             let incoming_wins = match (incoming_best, stored_best) {
-                (Some(i), Some(s)) => cmp_updated(&incoming_rows[i].1, &stored_rows[s].2) != Ordering::Less,
+                (Some(i), Some(s)) => {
+                    cmp_updated(&incoming_rows[i].1.as_ref(), &stored_rows[s].1.as_ref()) != Ordering::Less
+                }
                 (Some(_), None) => true,
                 _ => false,
             };
             let (row, year, change) = if incoming_wins {
-                let (_, incoming) = &incoming_rows[incoming_best.unwrap_or(0)];
-                let target = year_of(incoming).unwrap_or(0);
+                let incoming = incoming_rows[incoming_best.unwrap_or(0)].1.as_ref();
+                let target = incoming.year;
                 match stored_best.map(|s| &stored_rows[s]) {
-                    Some((stored_year, _, stored))
-                        if *stored_year == target && same_except_source(stored, incoming) =>
+                    Some((stored_year, stored))
+                        if *stored_year == target && stored.as_ref().same_except_source(&incoming) =>
                     {
-                        (stored.clone(), target, Change::Unchanged)
+                        (stored.as_ref(), target, Change::Unchanged)
                     }
-                    Some((stored_year, _, _)) => {
+                    Some((stored_year, _)) => {
                         if *stored_year != target {
                             totals.moved += 1;
                         }
-                        (incoming.clone(), target, Change::Updated)
+                        (incoming, target, Change::Updated)
                     }
-                    None => (incoming.clone(), target, Change::New),
+                    None => (incoming, target, Change::New),
                 }
             } else {
-                let (year, _, stored) = &stored_rows[stored_best.unwrap_or(0)];
+                let (year, stored) = &stored_rows[stored_best.unwrap_or(0)];
                 let change = if incoming_rows.is_empty() {
                     Change::Kept
                 } else {
                     Change::Older
                 };
-                (stored.clone(), *year, change)
+                (stored.as_ref(), *year, change)
             };
 
             // Stored rows that are neither written back nor replaced in
             // place leave their year (the paper moved, or was stored twice).
-            for (k, (stored_year, _, _)) in stored_rows.iter().enumerate() {
+            for (k, (stored_year, _)) in stored_rows.iter().enumerate() {
                 let in_place = Some(k) == stored_best && *stored_year == year;
                 if !in_place {
                     output_for(&mut outputs, &self.dir, *stored_year)?.dirty = true;
@@ -585,16 +646,15 @@ impl Merger {
             let output = output_for(&mut outputs, &self.dir, year)?;
             if matches!(change, Change::New | Change::Updated) {
                 output.dirty = true;
-                latest.write(&row)?;
+                latest.write(row.csv)?;
                 latest_rows += 1;
             }
-            output.write(&row)?;
+            output.write(row.csv)?;
         }
         // A stored year every row of which moved out still gets its file.
         for year in stored.keys() {
             output_for(&mut outputs, &self.dir, *year)?;
         }
-        latest.finish()?;
         for (year, c) in counts {
             let t = report.per_year.entry(year.to_string()).or_default();
             t.new += c.new;
@@ -609,15 +669,122 @@ impl Merger {
         report.older += totals.older;
         report.moved += totals.moved;
         report.duplicates += totals.duplicates;
-        let mut finished = BTreeMap::new();
-        for (year, out) in outputs {
-            finished.insert(year, out.finish()?);
-        }
+        let finished = finish_outputs(outputs, latest, latest_rows > 0)?;
         Ok(Attempt::Done(Outcome {
             outputs: finished,
             latest_rows,
         }))
     }
+}
+
+/// The buffered rows of a commit: batches, and their rows' order by key.
+struct Memory<'a> {
+    batches: &'a [RowBatch],
+    order: &'a [(u32, u32)],
+}
+
+impl<'a> Memory<'a> {
+    fn get(&self, k: usize) -> RowRef<'a> {
+        let (b, r) = self.order[k];
+        self.batches[b as usize].get(r as usize)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = RowRef<'a>> + '_ {
+        (0..self.order.len()).map(|k| self.get(k))
+    }
+}
+
+/// Flushes every output, and those to be persisted to disk, all at once
+/// (one thread each: the disk gets the flushes together rather than one
+/// after another). The commit's changes (`latest`) are flushed to disk
+/// too when they will become `latest.csv` (`keep_latest`).
+fn finish_outputs(
+    outputs: BTreeMap<u16, YearOutput>,
+    latest: YearOutput,
+    keep_latest: bool,
+) -> Result<BTreeMap<u16, FinishedOutput>, MergeError> {
+    std::thread::scope(|scope| {
+        let latest = scope.spawn(move || latest.finish_with(keep_latest, false));
+        let years: Vec<_> = outputs
+            .into_iter()
+            .map(|(year, out)| (year, scope.spawn(move || out.finish())))
+            .collect();
+        let mut finished = BTreeMap::new();
+        let mut first_error = None;
+        for (year, handle) in years {
+            match handle.join() {
+                Ok(Ok(out)) => {
+                    finished.insert(year, out);
+                }
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        match latest.join() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(finished),
+        }
+    })
+}
+
+/// Replaces `target` by the complete file `path` (same directory tree):
+/// flushed, renamed, the directory flushed.
+fn persist_file(path: &Path, target: &Path) -> Result<(), MergeError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    crate::fault::charge_write(&file).map_err(io_err(target))?;
+    file.sync_all().map_err(io_err(path))?;
+    crate::fault::write_point(target, "before_rename");
+    std::fs::rename(path, target).map_err(io_err(target))?;
+    crate::fault::write_point(target, "after_rename");
+    let dir = target.parent().unwrap_or(Path::new("."));
+    atomic::sync_dir(dir).map_err(io_err(dir))
+}
+
+/// Merges the sorted CSVs of several commits' changes into `target` (a
+/// later commit wins for a paper in several); returns the rows written.
+fn merge_latest(files: &[&Path], target: &Path) -> Result<u64, MergeError> {
+    let mut sources = Vec::new();
+    let mut heads: Vec<Option<PaperRecord>> = Vec::new();
+    for path in files {
+        let mut source = CsvSource::open(path)?;
+        heads.push(source.next_record()?);
+        sources.push(source);
+    }
+    let mut rows = 0u64;
+    let mut line = OwnedRow::default();
+    atomic::write_atomic(target, |w| {
+        w.write_all(header_line().as_bytes())?;
+        while let Some(min) = heads.iter().flatten().map(|r| r.paper_id.clone()).min() {
+            let mut chosen = None;
+            for (i, head) in heads.iter_mut().enumerate() {
+                if head.as_ref().is_some_and(|r| r.paper_id == min) {
+                    chosen = head.take();
+                    *head = sources[i].next_record().map_err(io::Error::other)?;
+                }
+            }
+            if let Some(record) = chosen {
+                line.set_record(&record, 0);
+                w.write_all(line.as_ref().csv)?;
+                rows += 1;
+            }
+        }
+        Ok(())
+    })
+    .map_err(io_err(target))?;
+    Ok(rows)
+}
+
+fn header_line() -> String {
+    format!("{}\n", COLUMNS.join(","))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -653,46 +820,113 @@ enum Origin {
     Incoming(usize),
 }
 
-// A transient return value, moved once: boxing the row would only add an
-// allocation per row.
-#[allow(clippy::large_enum_variant)]
 enum Step {
-    Row(PaperRecord),
+    Row,
     End,
     Unsorted,
 }
 
+/// A sorted stream of rows; its head is the row last advanced to.
 enum Source<'a> {
-    Csv(CsvSource),
-    Run(RunReader),
-    Memory(std::slice::Iter<'a, PaperRecord>),
+    Csv {
+        csv: CsvSource,
+        year: u16,
+        current: OwnedRow,
+        previous: Vec<u8>,
+        started: bool,
+    },
+    Run {
+        run: RunReader,
+        current: OwnedRow,
+        started: bool,
+    },
+    Memory {
+        memory: &'a Memory<'a>,
+        next: usize,
+    },
 }
 
-impl Source<'_> {
-    fn next(&mut self) -> Result<Step, MergeError> {
+impl<'a> Source<'a> {
+    fn csv(csv: CsvSource, year: u16) -> Source<'a> {
+        Source::Csv {
+            csv,
+            year,
+            current: OwnedRow::default(),
+            previous: Vec::new(),
+            started: false,
+        }
+    }
+
+    fn run(run: RunReader) -> Source<'a> {
+        Source::Run {
+            run,
+            current: OwnedRow::default(),
+            started: false,
+        }
+    }
+
+    fn memory(memory: &'a Memory<'a>) -> Source<'a> {
+        Source::Memory { memory, next: 0 }
+    }
+
+    /// The current row (`None` before the first advance and at the end).
+    fn head(&self) -> Option<RowRef<'_>> {
+        match self {
+            Source::Csv { current, started, .. } | Source::Run { current, started, .. } => {
+                started.then(|| current.as_ref())
+            }
+            Source::Memory { memory, next } => {
+                (*next > 0 && *next <= memory.order.len()).then(|| memory.get(next - 1))
+            }
+        }
+    }
+
+    fn advance(&mut self) -> Result<Step, MergeError> {
         Ok(match self {
-            Source::Csv(csv) => {
-                let previous = csv.previous.take();
+            Source::Csv {
+                csv,
+                year,
+                current,
+                previous,
+                started,
+            } => {
+                if *started {
+                    previous.clear();
+                    previous.extend_from_slice(current.as_ref().key);
+                }
                 match csv.next_record()? {
                     Some(r) => {
-                        if previous.as_ref().is_some_and(|p| *p > r.paper_id) {
+                        if *started && previous.as_slice() > r.paper_id.as_bytes() {
+                            *started = false;
                             Step::Unsorted
                         } else {
-                            csv.previous = Some(r.paper_id.clone());
-                            Step::Row(r)
+                            current.set_record(&r, *year);
+                            *started = true;
+                            Step::Row
                         }
                     }
-                    None => Step::End,
+                    None => {
+                        *started = false;
+                        Step::End
+                    }
                 }
             }
-            Source::Run(run) => match run.next()? {
-                Some(r) => Step::Row(r),
-                None => Step::End,
-            },
-            Source::Memory(iter) => match iter.next() {
-                Some(r) => Step::Row(r.clone()),
-                None => Step::End,
-            },
+            Source::Run {
+                run,
+                current,
+                started,
+            } => {
+                *started = run.next(current)?;
+                if *started { Step::Row } else { Step::End }
+            }
+            Source::Memory { memory, next } => {
+                *next += 1;
+                if *next <= memory.order.len() {
+                    Step::Row
+                } else {
+                    Step::End
+                }
+            }
         })
     }
 }
@@ -703,7 +937,6 @@ struct CsvSource {
     reader: csv::Reader<BufReader<File>>,
     headers: csv::StringRecord,
     record: csv::StringRecord,
-    previous: Option<String>,
 }
 
 impl CsvSource {
@@ -741,7 +974,6 @@ impl CsvSource {
             reader,
             headers,
             record: csv::StringRecord::new(),
-            previous: None,
         })
     }
 
@@ -772,23 +1004,30 @@ impl CsvSource {
     }
 }
 
-/// One year's new content, in a temporary file beside the target.
+/// One year's new content (or a commit's changes), in a temporary file.
 struct YearOutput {
-    writer: csv::Writer<BufWriter<NamedTempFile>>,
+    path: PathBuf,
+    writer: BufWriter<File>,
+    temp: Option<tempfile::TempPath>,
     rows: u64,
     dirty: bool,
 }
 
 struct FinishedOutput {
-    temp: NamedTempFile,
+    temp: Option<tempfile::TempPath>,
     rows: u64,
     dirty: bool,
 }
 
 impl FinishedOutput {
     fn persist(self, target: &Path) -> Result<(), MergeError> {
+        let Some(temp) = self.temp else {
+            return Err(io_err(target)(io::Error::other(
+                "internal: no temporary file to persist",
+            )));
+        };
         crate::fault::write_point(target, "before_rename");
-        self.temp.persist(target).map_err(|e| MergeError::Io {
+        temp.persist(target).map_err(|e| MergeError::Io {
             path: target.to_path_buf(),
             source: e.error,
         })?;
@@ -803,22 +1042,7 @@ fn output_for<'a>(
     year: u16,
 ) -> Result<&'a mut YearOutput, MergeError> {
     if let std::collections::btree_map::Entry::Vacant(slot) = outputs.entry(year) {
-        let mut builder = tempfile::Builder::new();
-        let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
-        builder.prefix(&prefix);
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let temp = builder.tempfile_in(dir).map_err(io_err(dir))?;
-        let mut writer = csv_writer(BufWriter::with_capacity(1 << 20, temp));
-        writer.write_record(COLUMNS).map_err(|e| MergeError::Io {
-            path: dir.to_path_buf(),
-            source: e.into(),
-        })?;
-        slot.insert(YearOutput {
-            writer,
-            rows: 0,
-            dirty: false,
-        });
+        slot.insert(YearOutput::create(dir, None)?);
     }
     outputs
         .get_mut(&year)
@@ -826,64 +1050,71 @@ fn output_for<'a>(
 }
 
 impl YearOutput {
-    fn write(&mut self, record: &PaperRecord) -> Result<(), MergeError> {
-        write_row(&mut self.writer, record).map_err(|e| MergeError::Io {
-            path: PathBuf::from("(temporary year file)"),
-            source: e,
-        })?;
+    /// A new output with the header written: at `path`, or a temporary
+    /// file in `dir` (removed unless persisted).
+    fn create(dir: &Path, path: Option<&Path>) -> Result<YearOutput, MergeError> {
+        let (file, temp, path) = match path {
+            Some(path) => (
+                File::create(path).map_err(io_err(path))?,
+                None,
+                path.to_path_buf(),
+            ),
+            None => {
+                let mut builder = tempfile::Builder::new();
+                let prefix = format!("{TEMP_PREFIX}{}-", std::process::id());
+                builder.prefix(&prefix);
+                #[cfg(unix)]
+                builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+                let (file, temp) = builder.tempfile_in(dir).map_err(io_err(dir))?.into_parts();
+                let path = temp.to_path_buf();
+                (file, Some(temp), path)
+            }
+        };
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        writer
+            .write_all(header_line().as_bytes())
+            .map_err(io_err(&path))?;
+        Ok(YearOutput {
+            path,
+            writer,
+            temp,
+            rows: 0,
+            dirty: false,
+        })
+    }
+
+    fn write(&mut self, csv_line: &[u8]) -> Result<(), MergeError> {
+        self.writer.write_all(csv_line).map_err(io_err(&self.path))?;
         self.rows += 1;
         Ok(())
     }
 
+    /// Flushes the output; a dirty one (to be persisted) also to disk.
     fn finish(self) -> Result<FinishedOutput, MergeError> {
-        let to_io = |e: io::Error| MergeError::Io {
-            path: PathBuf::from("(temporary year file)"),
-            source: e,
-        };
-        let buffered = self
+        let dirty = self.dirty;
+        self.finish_with(dirty, dirty)
+    }
+
+    /// Flushes the output, to disk when `sync`; `charge`: counts its bytes
+    /// against a test's write budget.
+    fn finish_with(self, sync: bool, charge: bool) -> Result<FinishedOutput, MergeError> {
+        let path = self.path;
+        let file = self
             .writer
             .into_inner()
-            .map_err(|e| to_io(io::Error::other(e.to_string())))?;
-        let temp = buffered.into_inner().map_err(|e| to_io(e.into_error()))?;
-        if self.dirty {
-            crate::fault::charge_write(temp.as_file()).map_err(to_io)?;
-            temp.as_file().sync_all().map_err(to_io)?;
+            .map_err(|e| io_err(&path)(e.into_error()))?;
+        if charge {
+            crate::fault::charge_write(&file).map_err(io_err(&path))?;
+        }
+        if sync {
+            file.sync_all().map_err(io_err(&path))?;
         }
         Ok(FinishedOutput {
-            temp,
+            temp: self.temp,
             rows: self.rows,
             dirty: self.dirty,
         })
     }
-}
-
-fn csv_writer<W: Write>(out: W) -> csv::Writer<W> {
-    csv::WriterBuilder::new()
-        .has_headers(false)
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(out)
-}
-
-fn fields(r: &PaperRecord) -> [&str; 13] {
-    [
-        &r.paper_id,
-        &r.title,
-        &r.abstract_text,
-        &r.categories,
-        &r.primary_category,
-        &r.authors,
-        &r.published_at,
-        &r.updated_at,
-        &r.doi,
-        &r.comment,
-        &r.journal_ref,
-        &r.license,
-        &r.source,
-    ]
-}
-
-fn write_row<W: Write>(csv: &mut csv::Writer<W>, r: &PaperRecord) -> io::Result<()> {
-    csv.write_record(fields(r)).map_err(io::Error::from)
 }
 
 /// `metadata-YYYY.csv`, the file papersys writes for `year`.
@@ -913,7 +1144,7 @@ fn year_files(dir: &Path) -> Result<BTreeMap<u16, PathBuf>, MergeError> {
 /// Whether the CSV at `path` has a row whose `paper_id` is in `ids` (only
 /// that column is decoded). An unreadable file counts as holding one, so
 /// that the merge reads it and names the problem.
-fn file_holds_any(path: &Path, ids: &HashSet<&str>) -> bool {
+fn file_holds_any(path: &Path, ids: &HashSet<&[u8]>) -> bool {
     let Ok(file) = File::open(path) else { return true };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -933,8 +1164,7 @@ fn file_holds_any(path: &Path, ids: &HashSet<&str>) -> bool {
         match reader.read_byte_record(&mut record) {
             Ok(false) => return false,
             Ok(true) => {
-                let id = record.get(col).and_then(|b| std::str::from_utf8(b).ok());
-                if id.is_some_and(|id| ids.contains(id)) {
+                if record.get(col).is_some_and(|id| ids.contains(id)) {
                     return true;
                 }
             }
@@ -962,103 +1192,82 @@ pub fn id_year(paper_id: &str) -> Option<u16> {
     })
 }
 
-/// Year file of a row: its `published_at` year (fast path for the
-/// canonical `YYYY-MM-DDTHH:MM:SSZ`).
-fn year_of(record: &PaperRecord) -> Option<u16> {
-    let p = record.published_at.as_bytes();
+/// Year file of a `published_at` value (fast path for the canonical
+/// `YYYY-MM-DDTHH:MM:SSZ`).
+pub fn year_of(published_at: &str) -> Option<u16> {
+    let p = published_at.as_bytes();
     if p.len() == 20
         && p[4] == b'-'
         && p[10] == b'T'
         && p[19] == b'Z'
         && p[..4].iter().all(u8::is_ascii_digit)
     {
-        return record.published_at[..4].parse().ok();
+        return published_at[..4].parse().ok();
     }
-    year_of_date(&record.published_at)
-}
-
-fn updated_instant(record: &PaperRecord) -> Option<Timestamp> {
-    parse_instant(&record.updated_at)
+    year_of_date(published_at)
 }
 
 /// Orders rows by `updated_at` as instants; empty or unreadable is oldest.
-fn cmp_updated(a: &PaperRecord, b: &PaperRecord) -> Ordering {
-    if a.updated_at == b.updated_at {
+fn cmp_updated(a: &RowRef<'_>, b: &RowRef<'_>) -> Ordering {
+    if a.updated == b.updated {
         return Ordering::Equal;
     }
-    updated_instant(a).cmp(&updated_instant(b))
+    parse_instant(&a.updated_text()).cmp(&parse_instant(&b.updated_text()))
 }
 
-fn same_except_source(a: &PaperRecord, b: &PaperRecord) -> bool {
-    fields(a)[..12] == fields(b)[..12]
-}
-
-fn record_size(r: &PaperRecord) -> usize {
-    fields(r).iter().map(|f| f.len() + 24).sum::<usize>() + 32
-}
-
-/// Rows sorted by `paper_id`, one per paper: the newest `updated_at`, the
-/// later row on a tie. `duplicates` counts the rows dropped.
-fn sorted_unique(mut rows: Vec<PaperRecord>, duplicates: &mut u64) -> Vec<PaperRecord> {
-    rows.sort_by(|a, b| a.paper_id.cmp(&b.paper_id));
-    let mut out: Vec<PaperRecord> = Vec::with_capacity(rows.len());
-    for row in rows {
+/// The buffered rows' order by `paper_id`, one per paper: the newest
+/// `updated_at`, the later row on a tie. `duplicates` counts the rows
+/// dropped.
+fn sorted_unique(batches: &[RowBatch], duplicates: &mut u64) -> Vec<(u32, u32)> {
+    let get = |(b, r): (u32, u32)| batches[b as usize].get(r as usize);
+    let mut order: Vec<(u32, u32)> = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(b, batch)| (0..batch.len()).map(move |r| (b as u32, r as u32)))
+        .collect();
+    order.sort_by(|&a, &b| get(a).key.cmp(get(b).key));
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(order.len());
+    for at in order {
         match out.last_mut() {
-            Some(last) if last.paper_id == row.paper_id => {
+            Some(last) if get(*last).key == get(at).key => {
                 *duplicates += 1;
-                if cmp_updated(&row, last) != Ordering::Less {
-                    *last = row;
+                if cmp_updated(&get(at), &get(*last)) != Ordering::Less {
+                    *last = at;
                 }
             }
-            _ => out.push(row),
+            _ => out.push(at),
         }
     }
     out
 }
 
-fn sorted_keep_all(mut rows: Vec<PaperRecord>) -> Vec<PaperRecord> {
-    rows.sort_by(|a, b| a.paper_id.cmp(&b.paper_id));
-    rows
-}
-
-/// A sorted run on disk: each row as 13 length-prefixed UTF-8 fields.
-fn write_run<'a>(path: &Path, rows: impl Iterator<Item = &'a PaperRecord>) -> Result<(), MergeError> {
-    let mut w = RunWriter::create(path)?;
+/// A sorted run on disk: per row, five little-endian `u32` (lengths of the
+/// key, `updated_at` and CSV line; the compared prefix; the year), then the
+/// key, `updated_at` and CSV line.
+fn write_run<'a>(path: &Path, rows: impl Iterator<Item = RowRef<'a>>) -> Result<(), MergeError> {
+    let file = File::create(path).map_err(io_err(path))?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
     for r in rows {
-        w.write(r)?;
-    }
-    w.finish()
-}
-
-struct RunWriter {
-    path: PathBuf,
-    out: BufWriter<File>,
-}
-
-impl RunWriter {
-    fn create(path: &Path) -> Result<RunWriter, MergeError> {
-        let file = File::create(path).map_err(io_err(path))?;
-        Ok(RunWriter {
-            path: path.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 20, file),
-        })
-    }
-
-    fn write(&mut self, r: &PaperRecord) -> Result<(), MergeError> {
-        for f in fields(r) {
-            let len = u32::try_from(f.len())
-                .map_err(|_| io_err(&self.path)(io::Error::other("field over 4 GiB")))?;
-            self.out
-                .write_all(&len.to_le_bytes())
-                .map_err(io_err(&self.path))?;
-            self.out.write_all(f.as_bytes()).map_err(io_err(&self.path))?;
+        let mut header = [0u8; 20];
+        for (k, n) in [
+            r.key.len(),
+            r.updated.len(),
+            r.csv.len(),
+            r.cmp,
+            usize::from(r.year),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let n = u32::try_from(n).map_err(|_| io_err(path)(io::Error::other("row over 4 GiB")))?;
+            header[k * 4..k * 4 + 4].copy_from_slice(&n.to_le_bytes());
         }
-        Ok(())
+        out.write_all(&header).map_err(io_err(path))?;
+        out.write_all(r.key).map_err(io_err(path))?;
+        out.write_all(r.updated).map_err(io_err(path))?;
+        out.write_all(r.csv).map_err(io_err(path))?;
     }
-
-    fn finish(mut self) -> Result<(), MergeError> {
-        self.out.flush().map_err(io_err(&self.path))
-    }
+    out.flush().map_err(io_err(path))
 }
 
 struct RunReader {
@@ -1075,42 +1284,39 @@ impl RunReader {
         })
     }
 
-    /// The next field; `None` at a clean end of the run (only checked
-    /// before a row's first field).
-    fn field(&mut self, first: bool) -> Result<Option<String>, MergeError> {
-        let mut len = [0u8; 4];
-        match self.input.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if first && e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(io_err(&self.path)(e)),
+    /// Reads the next row into `row`; `false` at the end of the run.
+    fn next(&mut self, row: &mut OwnedRow) -> Result<bool, MergeError> {
+        let mut header = [0u8; 20];
+        let mut got = 0;
+        while got < header.len() {
+            match self.input.read(&mut header[got..]) {
+                Ok(0) if got == 0 => return Ok(false),
+                Ok(0) => {
+                    return Err(io_err(&self.path)(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "run cut short",
+                    )));
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&self.path)(e)),
+            }
         }
-        let mut bytes = vec![0u8; u32::from_le_bytes(len) as usize];
-        self.input.read_exact(&mut bytes).map_err(io_err(&self.path))?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|e| io_err(&self.path)(io::Error::new(io::ErrorKind::InvalidData, e)))
-    }
-
-    fn next(&mut self) -> Result<Option<PaperRecord>, MergeError> {
-        let Some(paper_id) = self.field(true)? else {
-            return Ok(None);
+        let n = |k: usize| {
+            u32::from_le_bytes([
+                header[k * 4],
+                header[k * 4 + 1],
+                header[k * 4 + 2],
+                header[k * 4 + 3],
+            ]) as usize
         };
-        let mut f = || -> Result<String, MergeError> { Ok(self.field(false)?.unwrap_or_default()) };
-        Ok(Some(PaperRecord {
-            paper_id,
-            title: f()?,
-            abstract_text: f()?,
-            categories: f()?,
-            primary_category: f()?,
-            authors: f()?,
-            published_at: f()?,
-            updated_at: f()?,
-            doi: f()?,
-            comment: f()?,
-            journal_ref: f()?,
-            license: f()?,
-            source: f()?,
-        }))
+        let (key, updated, csv, cmp, year) = (n(0), n(1), n(2), n(3), n(4));
+        let buf = row.buffer();
+        buf.clear();
+        buf.resize(key + updated + csv, 0);
+        self.input.read_exact(buf).map_err(io_err(&self.path))?;
+        row.set_parts(key, updated, cmp, year as u16);
+        Ok(true)
     }
 }
 

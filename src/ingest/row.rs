@@ -110,15 +110,24 @@ pub fn into_record(paper: ArxivPaper, source: &str) -> PaperRecord {
 /// Categories `;`-joined in order, each entry split further on whitespace
 /// (arXiv sends `"math.CO cs.CG"` as one string), duplicates dropped.
 pub fn join_categories<'a>(categories: impl IntoIterator<Item = &'a str>) -> String {
-    let mut out: Vec<&str> = Vec::new();
+    let mut out = String::new();
+    join_categories_into(categories, &mut out);
+    out
+}
+
+/// [`join_categories`] into `out` (its content replaced).
+pub fn join_categories_into<'a>(categories: impl IntoIterator<Item = &'a str>, out: &mut String) {
+    out.clear();
     for entry in categories {
         for c in entry.split(|ch: char| ch.is_whitespace() || ch == ';' || ch == ',') {
-            if !c.is_empty() && !out.contains(&c) {
-                out.push(c);
+            if !c.is_empty() && !out.split(';').any(|seen| seen == c) {
+                if !out.is_empty() {
+                    out.push(';');
+                }
+                out.push_str(c);
             }
         }
     }
-    out.join(";")
 }
 
 /// Structured authors as `forenames keyname suffix`, `;`-joined; each name
@@ -147,6 +156,52 @@ const SUFFIXES: [&str; 8] = ["Jr", "Jr.", "Sr", "Sr.", "II", "III", "IV", "V"];
 /// `"D.V. Shetty, S.J. Yennello, and G.A. Souliotis"` gives
 /// `"D.V. Shetty;S.J. Yennello;G.A. Souliotis"`.
 pub fn split_author_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    split_author_string_into(text, &mut out);
+    out
+}
+
+/// [`split_author_string`] into `out` (its content replaced). Strings
+/// without parentheses, nearly all of them, are split in one pass without
+/// intermediate strings.
+pub fn split_author_string_into(text: &str, out: &mut String) {
+    out.clear();
+    if text.contains(['(', ')']) {
+        out.push_str(&split_author_string_general(text));
+        return;
+    }
+    let mut have_name = false;
+    for part in text.split([',', ';']) {
+        let mut words = part.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        let mut rest = words.peekable();
+        if rest.peek().is_none() && have_name && SUFFIXES.contains(&first) {
+            out.push(' ');
+            out.push_str(first);
+            continue;
+        }
+        let mut in_name = false;
+        for word in std::iter::once(first).chain(rest) {
+            if word == "and" || word == "&" {
+                in_name = false;
+            } else {
+                if in_name {
+                    out.push(' ');
+                } else {
+                    if have_name {
+                        out.push(';');
+                    }
+                    have_name = true;
+                    in_name = true;
+                }
+                out.push_str(word);
+            }
+        }
+    }
+}
+
+/// [`split_author_string`] by the rule as stated, for every string.
+fn split_author_string_general(text: &str) -> String {
     let collapsed = collapse_whitespace(text);
     let without_groups = strip_parenthesised(&collapsed).unwrap_or(collapsed);
     let mut names: Vec<String> = Vec::new();
@@ -218,7 +273,82 @@ fn collapse_whitespace(text: &str) -> String {
 /// ISO-8601/RFC 3339 with an offset or `Z`, and a day alone (`2007-04-02`,
 /// read as midnight UTC). `None` when it is none of these.
 pub fn normalize_date(text: &str) -> Option<String> {
+    if let Some(iso) = rfc2822_gmt(text.trim()) {
+        return std::str::from_utf8(&iso).ok().map(str::to_string);
+    }
     parse_instant(text).map(format_instant)
+}
+
+/// [`normalize_date`] of the one form arXiv's snapshot uses,
+/// `Mon, 2 Apr 2007 19:18:42 GMT`, without the general parser (a snapshot
+/// import normalises millions of them). `None` for anything else, or for
+/// a date this fast path does not vouch for (then the general parser
+/// decides); when `Some`, the bytes are what the general parser gives.
+pub fn rfc2822_gmt(text: &str) -> Option<[u8; 20]> {
+    const WEEKDAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+    const MONTHS: [&[u8]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
+    ];
+    let b = text.as_bytes();
+    if !(28..=29).contains(&b.len()) || !WEEKDAYS.contains(&&b[..3]) || &b[3..5] != b", " {
+        return None;
+    }
+    let digits = |s: &[u8]| -> Option<u32> {
+        s.iter().try_fold(0u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    let (day_text, rest) = if b.len() == 28 {
+        (&b[5..6], &b[6..])
+    } else {
+        (&b[5..7], &b[7..])
+    };
+    // rest: " Apr 2007 19:18:42 GMT"
+    if rest[0] != b' '
+        || rest[4] != b' '
+        || rest[9] != b' '
+        || rest[12] != b':'
+        || rest[15] != b':'
+        || &rest[18..] != b" GMT"
+    {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == &rest[1..4])? as u32 + 1;
+    let (day, year) = (digits(day_text)?, digits(&rest[5..9])?);
+    let (hour, minute, second) = (
+        digits(&rest[10..12])?,
+        digits(&rest[13..15])?,
+        digits(&rest[16..18])?,
+    );
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1900..=2099).contains(&year)
+        || !(1..=month_days).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, width: usize, mut n: u32| {
+        for k in (at..at + width).rev() {
+            out[k] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, hour);
+    put(14, 2, minute);
+    put(17, 2, second);
+    Some(out)
 }
 
 /// The instant a date names, for comparing dates as times rather than
@@ -286,6 +416,37 @@ mod tests {
         assert_eq!(year_of_date("Mon, 31 Dec 2007 23:59:59 GMT"), Some(2007));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn the_snapshot_date_fast_path_agrees_with_the_general_parser(
+            weekday in proptest::sample::select(vec!["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun", "Xyz"]),
+            day in 0u32..33,
+            padded in proptest::bool::ANY,
+            month in proptest::sample::select(vec!["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec", "Foo"]),
+            year in 1890u32..2110,
+            hour in 0u32..25,
+            minute in 0u32..61,
+            second in 0u32..61,
+        ) {
+            let day_text = if padded { format!("{day:02}") } else { day.to_string() };
+            let text = format!("{weekday}, {day_text} {month} {year} {hour:02}:{minute:02}:{second:02} GMT");
+            let general = parse_instant(&text).map(format_instant);
+            match rfc2822_gmt(&text) {
+                Some(fast) => proptest::prop_assert_eq!(
+                    Some(std::str::from_utf8(&fast).unwrap().to_string()),
+                    general.clone()
+                ),
+                None => proptest::prop_assert!(
+                    // A leap second (`:60`), read as `:59`, is left to the
+                    // general parser.
+                    general.is_none() || !(1900..=2099).contains(&year) || second == 60,
+                    "{text}: the fast path refused a date the general parser reads: {general:?}"
+                ),
+            }
+            proptest::prop_assert_eq!(normalize_date(&text), general);
+        }
+    }
+
     #[test]
     fn author_strings_split_into_names() {
         assert_eq!(
@@ -310,6 +471,21 @@ mod tests {
         );
         assert_eq!(split_author_string("ATLAS Collaboration"), "ATLAS Collaboration");
         assert_eq!(split_author_string("A. Smith (MIT"), "A. Smith (MIT");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_author_split_agrees_with_the_rule(
+            words in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "Ann", "B.", "Lee", "and", "&", "Jr.", "III", " ", "  ", "\n ", ",", ", ", ";", "\u{a0}", "(1)", "(", ")", "é",
+                ]),
+                0..12,
+            ),
+        ) {
+            let text: String = words.concat();
+            proptest::prop_assert_eq!(split_author_string(&text), split_author_string_general(&text), "{:?}", text);
+        }
     }
 
     #[test]

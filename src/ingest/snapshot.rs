@@ -2,11 +2,15 @@
 //! one JSON object per line, ~2.8M lines), plain, `.gz` or `.zip` (the
 //! format is told by the file's first bytes, not its name).
 //!
-//! Streaming: one line at a time goes through [`super::row::to_record`]
-//! into a [`Merger`], which spills to sorted runs past its memory budget,
-//! so memory does not grow with the file. A line that is not a snapshot
-//! record is reported with its number and skipped; the rest is imported.
+//! Streaming: the calling thread reads batches of lines; parsing threads
+//! turn each line into its row by [`super::row::to_record`]'s rule (the
+//! JSON's strings borrowed, the row encoded as its CSV line at once) and
+//! the batches go, in file order, into a [`Merger`], which spills to sorted
+//! runs past its memory budget, so memory does not grow with the file. A
+//! line that is not a snapshot record is reported with its number and
+//! skipped; the rest is imported.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Seek};
@@ -15,9 +19,12 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::merge::{MergeError, MergeOptions, MergeReport, Merger};
-use super::row::{ArxivPaper, Author, SOURCE_SNAPSHOT, into_record, normalize_date};
-use crate::metadata::PaperRecord;
+use super::encoded::RowBatch;
+use super::merge::{MergeError, MergeOptions, MergeReport, Merger, year_of};
+use super::row::{
+    ArxivPaper, Author, SOURCE_SNAPSHOT, join_categories_into, join_structured_authors, normalize_date,
+    rfc2822_gmt, split_author_string_into,
+};
 
 /// At most this many bad lines are listed in the report (all are counted).
 pub const MAX_LISTED_ISSUES: usize = 100;
@@ -100,20 +107,59 @@ pub enum SnapshotError {
     Merge(#[from] MergeError),
 }
 
+/// A JSON string, borrowed from the line when it holds no escape.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Text<'a>, D::Error> {
+        struct TextVisitor;
+        impl<'de> serde::de::Visitor<'de> for TextVisitor {
+            type Value = Cow<'de, str>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_string()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        deserializer.deserialize_str(TextVisitor).map(Text)
+    }
+}
+
+impl Text<'_> {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn text<'s>(t: &'s Option<Text<'_>>) -> &'s str {
+    t.as_ref().map_or("", Text::as_str)
+}
+
 /// One snapshot line (`null` reads as absent; other keys are ignored).
 #[derive(Default)]
-struct Line {
-    id: String,
-    title: Option<String>,
-    abstract_text: Option<String>,
-    authors: Option<String>,
+struct Line<'a> {
+    id: Option<Text<'a>>,
+    title: Option<Text<'a>>,
+    abstract_text: Option<Text<'a>>,
+    authors: Option<Text<'a>>,
     authors_parsed: Option<Vec<Vec<String>>>,
-    categories: Option<String>,
-    versions: Option<Vec<Version>>,
-    comments: Option<String>,
-    journal_ref: Option<String>,
-    doi: Option<String>,
-    license: Option<String>,
+    categories: Option<Text<'a>>,
+    versions: Option<Vec<Version<'a>>>,
+    comments: Option<Text<'a>>,
+    journal_ref: Option<Text<'a>>,
+    doi: Option<Text<'a>>,
+    license: Option<Text<'a>>,
 }
 
 /// The keys of a snapshot line that are read.
@@ -136,23 +182,22 @@ enum Key {
     Other,
 }
 
-impl<'de> Deserialize<'de> for Line {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Line, D::Error> {
-        struct LineVisitor;
-        impl<'de> serde::de::Visitor<'de> for LineVisitor {
-            type Value = Line;
+impl<'de: 'a, 'a> Deserialize<'de> for Line<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Line<'a>, D::Error> {
+        struct LineVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for LineVisitor<'a> {
+            type Value = Line<'a>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Line<'a>, A::Error> {
                 use serde::de::IgnoredAny;
                 let mut line = Line::default();
-                let mut id = None;
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
-                        Key::Id => id = Some(map.next_value::<String>()?),
+                        Key::Id => line.id = Some(map.next_value::<Text<'a>>()?),
                         Key::Title => line.title = map.next_value()?,
                         Key::Abstract => line.abstract_text = map.next_value()?,
                         Key::Authors => line.authors = map.next_value()?,
@@ -173,103 +218,232 @@ impl<'de> Deserialize<'de> for Line {
                         }
                     }
                 }
-                line.id = id.ok_or_else(|| serde::de::Error::missing_field("id"))?;
+                if line.id.is_none() {
+                    return Err(serde::de::Error::missing_field("id"));
+                }
                 Ok(line)
             }
         }
-        deserializer.deserialize_map(LineVisitor)
+        deserializer.deserialize_map(LineVisitor(std::marker::PhantomData))
     }
 }
 
 #[derive(Deserialize)]
-struct Version {
-    #[serde(default)]
-    created: Option<String>,
+struct Version<'a> {
+    #[serde(default, borrow)]
+    created: Option<Text<'a>>,
+}
+
+/// A date as [`normalize_date`] writes it.
+#[derive(Clone)]
+enum IsoDate {
+    Fast([u8; 20]),
+    Slow(String),
+}
+
+impl IsoDate {
+    fn of(text: &str) -> Option<IsoDate> {
+        match rfc2822_gmt(text.trim()) {
+            Some(iso) => Some(IsoDate::Fast(iso)),
+            None => normalize_date(text).map(IsoDate::Slow),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            IsoDate::Fast(iso) => std::str::from_utf8(iso).unwrap_or(""),
+            IsoDate::Slow(s) => s,
+        }
+    }
+}
+
+/// A line that is a usable record, with its first and last version dates
+/// normalised.
+struct Checked<'a> {
+    line: Line<'a>,
+    published: IsoDate,
+    updated: IsoDate,
+}
+
+fn check(line: &[u8]) -> Result<Checked<'_>, String> {
+    let parsed: Line<'_> = serde_json::from_slice(line).map_err(|e| format!("not a snapshot record: {e}"))?;
+    let id = text(&parsed.id);
+    if id.trim().is_empty() {
+        return Err("empty `id`".to_string());
+    }
+    let mut dates = parsed
+        .versions
+        .iter()
+        .flatten()
+        .filter_map(|v| v.created.as_ref().map(Text::as_str));
+    let mut first = None;
+    let mut last = None;
+    for date in dates.by_ref() {
+        let Some(iso) = IsoDate::of(date) else {
+            return Err(format!("{id}: version date {date:?} is not an RFC 2822 date"));
+        };
+        if first.is_none() {
+            first = Some(iso);
+        } else {
+            last = Some(iso);
+        }
+    }
+    let Some(published) = first else {
+        return Err(format!("{id}: no `versions[].created` date"));
+    };
+    let updated = match last {
+        Some(last) => last,
+        None => published.clone(),
+    };
+    Ok(Checked {
+        line: parsed,
+        published,
+        updated,
+    })
+}
+
+fn structured_authors(parsed: &Option<Vec<Vec<String>>>) -> Vec<Author> {
+    parsed
+        .iter()
+        .flatten()
+        .map(|parts| {
+            let part = |k: usize| parts.get(k).cloned().unwrap_or_default();
+            Author {
+                keyname: part(0),
+                forenames: part(1),
+                suffix: part(2),
+            }
+        })
+        .collect()
 }
 
 /// Parses one snapshot line into a paper. `Err` says why the line is not a
 /// usable record.
 pub fn parse_line(line: &[u8]) -> Result<ArxivPaper, String> {
-    let parsed: Line = serde_json::from_slice(line).map_err(|e| format!("not a snapshot record: {e}"))?;
-    if parsed.id.trim().is_empty() {
-        return Err("empty `id`".to_string());
-    }
-    let version_dates: Vec<String> = parsed
-        .versions
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|v| v.created)
-        .collect();
-    if version_dates.is_empty() {
-        return Err(format!("{}: no `versions[].created` date", parsed.id));
-    }
-    if let Some(bad) = version_dates.iter().find(|d| normalize_date(d).is_none()) {
-        return Err(format!(
-            "{}: version date {bad:?} is not an RFC 2822 date",
-            parsed.id
-        ));
-    }
-    let authors = parsed
-        .authors_parsed
-        .unwrap_or_default()
-        .into_iter()
-        .map(|parts| {
-            let mut parts = parts.into_iter();
-            Author {
-                keyname: parts.next().unwrap_or_default(),
-                forenames: parts.next().unwrap_or_default(),
-                suffix: parts.next().unwrap_or_default(),
-            }
-        })
-        .collect();
+    let checked = check(line)?;
+    let l = &checked.line;
     Ok(ArxivPaper {
-        id: parsed.id,
-        title: parsed.title.unwrap_or_default(),
-        abstract_text: parsed.abstract_text.unwrap_or_default(),
-        categories: parsed.categories.into_iter().collect(),
-        authors,
-        authors_text: parsed.authors.unwrap_or_default(),
-        version_dates,
-        doi: parsed.doi.unwrap_or_default(),
-        comment: parsed.comments.unwrap_or_default(),
-        journal_ref: parsed.journal_ref.unwrap_or_default(),
-        license: parsed.license.unwrap_or_default(),
+        id: text(&l.id).to_string(),
+        title: text(&l.title).to_string(),
+        abstract_text: text(&l.abstract_text).to_string(),
+        categories: l.categories.iter().map(|c| c.as_str().to_string()).collect(),
+        authors: structured_authors(&l.authors_parsed),
+        authors_text: text(&l.authors).to_string(),
+        version_dates: l
+            .versions
+            .iter()
+            .flatten()
+            .filter_map(|v| v.created.as_ref().map(|c| c.as_str().to_string()))
+            .collect(),
+        doi: text(&l.doi).to_string(),
+        comment: text(&l.comments).to_string(),
+        journal_ref: text(&l.journal_ref).to_string(),
+        license: text(&l.license).to_string(),
     })
+}
+
+/// Strings a parsing thread reuses from line to line.
+#[derive(Default)]
+struct Scratch {
+    categories: String,
+    authors: String,
+}
+
+/// Parses one snapshot line and, when it passes `filters`, appends its row
+/// to `rows`: the row [`super::row::into_record`] makes of
+/// [`parse_line`]'s paper, made without copying the line's text.
+/// `Ok(false)`: filtered out.
+fn parse_into(
+    line: &[u8],
+    filters: &[String],
+    rows: &mut RowBatch,
+    scratch: &mut Scratch,
+) -> Result<bool, String> {
+    let checked = check(line)?;
+    let l = &checked.line;
+    if !categories_match(text(&l.categories), filters) {
+        return Ok(false);
+    }
+    join_categories_into(l.categories.iter().map(Text::as_str), &mut scratch.categories);
+    let primary_category = scratch.categories.split(';').next().unwrap_or("");
+    let authors_text = text(&l.authors);
+    if authors_text.trim().is_empty() {
+        scratch.authors = join_structured_authors(&structured_authors(&l.authors_parsed));
+    } else {
+        split_author_string_into(authors_text, &mut scratch.authors);
+    }
+    let id = text(&l.id);
+    let published_at = checked.published.as_str();
+    let Some(year) = year_of(published_at) else {
+        return Err(format!(
+            "{id}: published_at {published_at:?} is not a date, so no year file can hold it"
+        ));
+    };
+    rows.push(
+        [
+            id.trim(),
+            text(&l.title),
+            text(&l.abstract_text),
+            &scratch.categories,
+            primary_category,
+            &scratch.authors,
+            published_at,
+            checked.updated.as_str(),
+            text(&l.doi),
+            text(&l.comments),
+            text(&l.journal_ref),
+            text(&l.license),
+            SOURCE_SNAPSHOT,
+        ],
+        year,
+    );
+    Ok(true)
 }
 
 /// Whether a paper with `categories` passes `filters` (empty: all pass).
 pub fn category_matches(categories: &[String], filters: &[String]) -> bool {
-    if filters.is_empty() {
-        return true;
-    }
-    categories.iter().flat_map(|c| c.split_whitespace()).any(|c| {
-        filters.iter().any(|f| {
-            c == f || (c.len() > f.len() && c.starts_with(f.as_str()) && c.as_bytes()[f.len()] == b'.')
-        })
-    })
+    filters.is_empty() || categories.iter().any(|c| categories_match(c, filters))
 }
 
-/// Lines per batch handed to a parsing thread.
-const BATCH_LINES: usize = 2048;
+/// [`category_matches`] of one whitespace-separated category string.
+fn categories_match(categories: &str, filters: &[String]) -> bool {
+    filters.is_empty()
+        || categories.split_whitespace().any(|c| {
+            filters.iter().any(|f| {
+                c == f || (c.len() > f.len() && c.starts_with(f.as_str()) && c.as_bytes()[f.len()] == b'.')
+            })
+        })
+}
+
+/// Bytes read per batch handed to a parsing thread (whole lines: a line
+/// cut at the end moves to the next batch).
+const BATCH_BYTES: usize = 4 << 20;
 
 /// A run of consecutive lines, concatenated.
+#[derive(Default)]
 struct Batch {
     first_line: u64,
     data: Vec<u8>,
+    /// End of each line in `data` (after its `\n`, if any).
     ends: Vec<usize>,
 }
 
-/// What became of one non-blank line. Nearly every line is a row, so the
-/// rows are kept inline rather than boxed.
-#[allow(clippy::large_enum_variant)]
-enum Parsed {
-    Row(PaperRecord),
-    FilteredOut,
-    Bad { line: u64, message: String },
+/// What became of a batch of lines: the rows of those imported, in line
+/// order, and the others counted.
+struct Parsed {
+    rows: RowBatch,
+    filtered_out: u64,
+    bad: Vec<LineIssue>,
 }
 
-fn parse_batch(batch: &Batch, filters: &[String]) -> Vec<Parsed> {
-    let mut out = Vec::with_capacity(batch.ends.len());
+fn parse_batch(batch: &Batch, filters: &[String], mut rows: RowBatch, scratch: &mut Scratch) -> Parsed {
+    rows.clear();
+    rows.reserve(batch.data.len(), batch.ends.len());
+    let mut parsed = Parsed {
+        rows,
+        filtered_out: 0,
+        bad: Vec::new(),
+    };
     let mut start = 0;
     for (i, &end) in batch.ends.iter().enumerate() {
         let line = &batch.data[start..end];
@@ -277,23 +451,25 @@ fn parse_batch(batch: &Batch, filters: &[String]) -> Vec<Parsed> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        out.push(match parse_line(line) {
-            Ok(paper) if !category_matches(&paper.categories, filters) => Parsed::FilteredOut,
-            Ok(paper) => Parsed::Row(into_record(paper, SOURCE_SNAPSHOT)),
-            Err(message) => Parsed::Bad {
+        match parse_into(line, filters, &mut parsed.rows, scratch) {
+            Ok(true) => {}
+            Ok(false) => parsed.filtered_out += 1,
+            Err(message) => parsed.bad.push(LineIssue {
                 line: batch.first_line + i as u64,
                 message,
-            },
-        });
+            }),
+        }
     }
-    out
+    parsed
 }
 
 /// Imports the snapshot at `path` into `metadata_dir` (the caller holds the
 /// ingestion lock). `progress` is called every 10,000 lines or so.
 ///
 /// The calling thread reads and merges; lines are parsed on one thread per
-/// CPU, in batches, and their rows merged in file order.
+/// CPU, in batches, and their rows merged in file order. The batches'
+/// buffers go round (reader, parser, merger, reader) rather than being
+/// allocated afresh.
 pub fn import_snapshot(
     path: &Path,
     metadata_dir: &Path,
@@ -309,119 +485,166 @@ pub fn import_snapshot(
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let max_in_flight = workers * 4;
+    let max_in_flight = workers * 3;
     with_input(path, |input| {
-        let (work_tx, work_rx) = crossbeam_channel::unbounded::<(u64, Batch)>();
-        let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, Vec<Parsed>)>();
+        let (work_tx, work_rx) = crossbeam_channel::unbounded::<(u64, Batch, RowBatch)>();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, Parsed, Batch)>();
         std::thread::scope(|scope| {
             for _ in 0..workers {
                 let work_rx = work_rx.clone();
                 let done_tx = done_tx.clone();
                 let filters = &options.categories;
                 scope.spawn(move || {
-                    for (seq, batch) in work_rx {
-                        if done_tx.send((seq, parse_batch(&batch, filters))).is_err() {
+                    let mut scratch = Scratch::default();
+                    for (seq, batch, rows) in work_rx {
+                        let parsed = parse_batch(&batch, filters, rows, &mut scratch);
+                        if done_tx.send((seq, parsed, batch)).is_err() {
                             break;
                         }
                     }
                 });
             }
             drop(done_tx);
-            let result = feed_and_merge(
+            let pipe = Pipe {
                 path,
-                input,
-                &work_tx,
-                &done_rx,
+                work_tx: &work_tx,
+                done_rx: &done_rx,
                 max_in_flight,
-                &mut merger,
-                &mut report,
-                progress,
-            );
+            };
+            let result = pipe.feed_and_merge(input, &mut merger, &mut report, progress);
             drop(work_tx);
             result
         })
     })?;
     progress(&report.counts);
+    tracing::debug!(
+        "{}: read and parsed in {:.1} s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
     report.merge = merger.finish()?;
     report.seconds = started.elapsed().as_secs_f64();
+    tracing::debug!("{}: imported in {:.1} s", path.display(), report.seconds);
     Ok(report)
 }
 
-/// Reads batches of lines and sends them to the parsers, and merges the
-/// parsed batches in order, keeping at most `max_in_flight` batches between.
-#[allow(clippy::too_many_arguments)]
-fn feed_and_merge(
-    path: &Path,
-    input: &mut dyn BufRead,
-    work_tx: &crossbeam_channel::Sender<(u64, Batch)>,
-    done_rx: &crossbeam_channel::Receiver<(u64, Vec<Parsed>)>,
+/// The reading end of the parsing threads.
+struct Pipe<'a> {
+    path: &'a Path,
+    work_tx: &'a crossbeam_channel::Sender<(u64, Batch, RowBatch)>,
+    done_rx: &'a crossbeam_channel::Receiver<(u64, Parsed, Batch)>,
     max_in_flight: usize,
-    merger: &mut Merger,
-    report: &mut SnapshotReport,
-    progress: &mut dyn FnMut(&SnapshotCounts),
-) -> Result<(), SnapshotError> {
-    let mut sent = 0u64;
-    let mut applied = 0u64;
-    let mut waiting: BTreeMap<u64, Vec<Parsed>> = BTreeMap::new();
-    let mut eof = false;
-    let mut last_progress = 0u64;
-    while !eof || applied < sent {
-        if !eof && sent - applied < max_in_flight as u64 {
-            let mut batch = Batch {
-                first_line: report.counts.lines + 1,
-                data: Vec::with_capacity(BATCH_LINES * 2048),
-                ends: Vec::with_capacity(BATCH_LINES),
-            };
-            while batch.ends.len() < BATCH_LINES {
-                let read =
-                    input
-                        .read_until(b'\n', &mut batch.data)
-                        .map_err(|source| SnapshotError::Read {
-                            path: path.to_path_buf(),
-                            line: Some(report.counts.lines + 1),
-                            source,
-                        })?;
-                if read == 0 {
-                    eof = true;
-                    break;
+}
+
+impl Pipe<'_> {
+    /// Reads batches of lines and sends them to the parsers, and merges the
+    /// parsed batches in order, keeping at most `max_in_flight` batches
+    /// between.
+    fn feed_and_merge(
+        &self,
+        input: &mut dyn BufRead,
+        merger: &mut Merger,
+        report: &mut SnapshotReport,
+        progress: &mut dyn FnMut(&SnapshotCounts),
+    ) -> Result<(), SnapshotError> {
+        let mut sent = 0u64;
+        let mut applied = 0u64;
+        let mut waiting: BTreeMap<u64, Parsed> = BTreeMap::new();
+        let mut free: Vec<Batch> = Vec::new();
+        // The start of a line cut by the end of the previous read.
+        let mut carry: Vec<u8> = Vec::new();
+        let mut eof = false;
+        let mut last_progress = 0u64;
+        while !eof || applied < sent {
+            if !eof && sent - applied < self.max_in_flight as u64 {
+                let mut batch = free.pop().unwrap_or_default();
+                batch.first_line = report.counts.lines + 1;
+                batch.data.clear();
+                batch.ends.clear();
+                batch.data.append(&mut carry);
+                eof = self.fill(input, &mut batch.data, report.counts.lines + 1)?;
+                let complete = if eof {
+                    batch.data.len()
+                } else {
+                    memchr::memrchr(b'\n', &batch.data).map_or(0, |at| at + 1)
+                };
+                carry.extend_from_slice(&batch.data[complete..]);
+                batch.data.truncate(complete);
+                batch
+                    .ends
+                    .extend(memchr::memchr_iter(b'\n', &batch.data).map(|at| at + 1));
+                if batch.ends.last().copied().unwrap_or(0) < batch.data.len() {
+                    // The last line of a file that does not end in `\n`.
+                    batch.ends.push(batch.data.len());
                 }
-                report.counts.lines += 1;
-                report.counts.bytes += read as u64;
-                batch.ends.push(batch.data.len());
+                report.counts.lines += batch.ends.len() as u64;
+                report.counts.bytes += batch.data.len() as u64;
+                if batch.ends.is_empty() {
+                    free.push(batch);
+                } else {
+                    let rows = merger.spent_batch().unwrap_or_default();
+                    self.work_tx
+                        .send((sent, batch, rows))
+                        .map_err(|_| parser_gone(self.path))?;
+                    sent += 1;
+                }
+                if report.counts.lines - last_progress >= 10_000 {
+                    last_progress = report.counts.lines;
+                    progress(&report.counts);
+                }
+                continue;
             }
-            if !batch.ends.is_empty() {
-                work_tx.send((sent, batch)).map_err(|_| parser_gone(path))?;
-                sent += 1;
-            }
-            if report.counts.lines - last_progress >= 10_000 {
-                last_progress = report.counts.lines;
-                progress(&report.counts);
-            }
-            continue;
-        }
-        let (seq, parsed) = done_rx.recv().map_err(|_| parser_gone(path))?;
-        waiting.insert(seq, parsed);
-        while let Some(parsed) = waiting.remove(&applied) {
-            applied += 1;
-            for outcome in parsed {
-                match outcome {
-                    Parsed::Row(record) => {
-                        merger.add(record)?;
-                        report.counts.imported += 1;
-                    }
-                    Parsed::FilteredOut => report.counts.filtered_out += 1,
-                    Parsed::Bad { line, message } => {
-                        report.counts.bad_lines += 1;
-                        tracing::warn!("{}:{line}: {message}; line skipped", path.display());
-                        if report.issues.len() < MAX_LISTED_ISSUES {
-                            report.issues.push(LineIssue { line, message });
-                        }
+            let (seq, parsed, batch) = self.done_rx.recv().map_err(|_| parser_gone(self.path))?;
+            free.push(batch);
+            waiting.insert(seq, parsed);
+            while let Some(parsed) = waiting.remove(&applied) {
+                applied += 1;
+                report.counts.imported += parsed.rows.len() as u64;
+                report.counts.filtered_out += parsed.filtered_out;
+                for issue in parsed.bad {
+                    report.counts.bad_lines += 1;
+                    tracing::warn!(
+                        "{}:{}: {}; line skipped",
+                        self.path.display(),
+                        issue.line,
+                        issue.message
+                    );
+                    if report.issues.len() < MAX_LISTED_ISSUES {
+                        report.issues.push(issue);
                     }
                 }
+                merger.add_batch(parsed.rows)?;
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// Appends [`BATCH_BYTES`] of the input to `data`, or what is left of
+    /// it; `true` at the end of the input.
+    fn fill(&self, input: &mut dyn BufRead, data: &mut Vec<u8>, line: u64) -> Result<bool, SnapshotError> {
+        let target = data.len() + BATCH_BYTES;
+        data.reserve(BATCH_BYTES);
+        while data.len() < target {
+            let buffered = match input.fill_buf() {
+                Ok(buffered) => buffered,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(SnapshotError::Read {
+                        path: self.path.to_path_buf(),
+                        line: Some(line),
+                        source,
+                    });
+                }
+            };
+            if buffered.is_empty() {
+                return Ok(true);
+            }
+            let n = buffered.len().min(target - data.len());
+            data.extend_from_slice(&buffered[..n]);
+            input.consume(n);
+        }
+        Ok(false)
+    }
 }
 
 fn parser_gone(path: &Path) -> SnapshotError {
