@@ -99,6 +99,9 @@ pub enum Precision {
     Float32,
     /// 16-bit floats where the device supports them.
     Float16,
+    /// bfloat16 linear layers with f32 sums (the native CPU engine, on CPUs
+    /// with AVX512-BF16; f32 with a warning elsewhere).
+    Bfloat16,
 }
 
 impl Precision {
@@ -108,6 +111,7 @@ impl Precision {
             Precision::Auto => "auto",
             Precision::Float32 => "float32",
             Precision::Float16 => "float16",
+            Precision::Bfloat16 => "bfloat16",
         }
     }
 }
@@ -627,10 +631,13 @@ impl Resolver<'_> {
                 "auto" => Precision::Auto,
                 "float32" | "fp32" => Precision::Float32,
                 "float16" | "fp16" => Precision::Float16,
+                "bfloat16" | "bf16" => Precision::Bfloat16,
                 other => {
                     return self.invalid(
                         p.span().start,
-                        format!("`precision` = {other:?}; expected \"auto\", \"float32\" or \"float16\""),
+                        format!(
+                            "`precision` = {other:?}; expected \"auto\", \"float32\", \"float16\" or \"bfloat16\""
+                        ),
                     );
                 }
             },

@@ -33,6 +33,7 @@ pub use loader::{ModelFiles, ModelSource, hf_hub_cache_dir, resolve_model};
 pub use models::SUPPORTED_MODEL_TYPES;
 
 use config::{SentenceConfig, TransformerConfig};
+use kernels::bf16::Bf16Dispatch;
 use models::encoder::{Encoder, Scratch};
 use tokenize::TextTokenizer;
 use weights::WeightsFile;
@@ -60,8 +61,9 @@ pub struct NativeOptions {
     pub batch_size: usize,
     /// `""` or `"cpu"`; `"cuda"` / `"cuda:N"` in builds with the `cuda` feature.
     pub device: String,
-    /// `"auto"`, `"float32"` or `"float16"` (f16 only on CUDA; the CPU
-    /// computes in f32).
+    /// `"auto"`, `"float32"`, `"float16"` (f16 only on CUDA; the CPU
+    /// computes in f32) or `"bfloat16"` (the CPU engine's linear layers in
+    /// bf16 where the CPU has AVX512-BF16, else f32 with a warning).
     pub precision: String,
     /// Worker threads; `None` uses every core.
     pub threads: Option<usize>,
@@ -138,6 +140,9 @@ pub enum Precision {
     F32,
     /// f16 weights and activations (CUDA only); vectors are still stored as f32.
     F16,
+    /// bf16 weights and activations of the linear layers, f32 sums; the
+    /// rest (LayerNorm, softmax, GELU, attention) in f32.
+    BF16,
 }
 
 fn parse_precision(precision: &str, device: Device) -> Result<Precision, EmbedError> {
@@ -145,9 +150,10 @@ fn parse_precision(precision: &str, device: Device) -> Result<Precision, EmbedEr
         "" | "auto" => None,
         "float32" | "fp32" | "f32" => Some(Precision::F32),
         "float16" | "fp16" | "f16" | "half" => Some(Precision::F16),
+        "bfloat16" | "bf16" => Some(Precision::BF16),
         other => {
             return Err(EmbedError::Unsupported(format!(
-                "precision {other:?} is not supported (supported: \"auto\", \"float32\", \"float16\")"
+                "precision {other:?} is not supported (supported: \"auto\", \"float32\", \"float16\", \"bfloat16\")"
             )));
         }
     };
@@ -156,6 +162,7 @@ fn parse_precision(precision: &str, device: Device) -> Result<Precision, EmbedEr
             tracing::info!("precision float16 requested: the CPU engine computes in float32");
             Precision::F32
         }
+        (Device::Cpu, Some(Precision::BF16)) => Precision::BF16,
         (Device::Cpu, _) => Precision::F32,
         (Device::Cuda(_), None) => Precision::F16,
         (Device::Cuda(_), Some(p)) => p,
@@ -280,6 +287,8 @@ fn resolve_threads(threads: Option<usize>) -> usize {
 /// The CPU engine: encoder weights, a dedicated thread pool and reused buffers.
 struct CpuEngine {
     encoder: Encoder,
+    /// What the linear layers run on, for logs and status.
+    path: &'static str,
     pool: rayon::ThreadPool,
     threads: usize,
     scratch: Mutex<Scratch>,
@@ -308,8 +317,35 @@ impl NativeEmbedder {
         let device = Device::parse(&opts.device)?;
         let precision = parse_precision(&opts.precision, device)?;
         match device {
-            Device::Cpu => Self::load_cpu(opts),
+            Device::Cpu => Self::load_cpu(opts, precision, Bf16Dispatch::detect()),
             Device::Cuda(ordinal) => Self::load_cuda(opts, ordinal, precision),
+        }
+    }
+
+    /// Loads the model into the CPU engine with the bf16 path given instead
+    /// of the detected one: [`Bf16Dispatch::select`]`(false)` runs what a
+    /// CPU without AVX512-BF16 gets. `opts.device` must be the CPU.
+    pub fn load_cpu_with(opts: &NativeOptions, dispatch: Bf16Dispatch) -> Result<Self, EmbedError> {
+        if Device::parse(&opts.device)? != Device::Cpu {
+            return Err(EmbedError::Unsupported(format!(
+                "load_cpu_with needs device \"cpu\", not {:?}",
+                opts.device
+            )));
+        }
+        Self::load_cpu(opts, parse_precision(&opts.precision, Device::Cpu)?, dispatch)
+    }
+
+    /// What the forward pass runs on: `cpu float32`, `cpu bfloat16
+    /// (avx512-bf16)`, `cpu float32 (bfloat16 requested, no AVX512-BF16)`,
+    /// or the candle engine's device and dtype.
+    pub fn compute_path(&self) -> String {
+        match &self.engine {
+            Engine::Cpu(cpu) => cpu.path.to_string(),
+            #[cfg(feature = "candle")]
+            Engine::Candle(_) => match self.identity.precision.as_deref() {
+                Some(p) => format!("candle {p}"),
+                None => "candle".to_string(),
+            },
         }
     }
 
@@ -323,7 +359,11 @@ impl NativeEmbedder {
         Err(cuda_not_built(&opts.device))
     }
 
-    fn load_cpu(opts: &NativeOptions) -> Result<Self, EmbedError> {
+    fn load_cpu(
+        opts: &NativeOptions,
+        precision: Precision,
+        dispatch: Bf16Dispatch,
+    ) -> Result<Self, EmbedError> {
         let setup = setup(opts, |cfg| {
             let offset = match cfg.model_type.as_str() {
                 "bert" => 0,
@@ -333,7 +373,22 @@ impl NativeEmbedder {
             Ok(cfg.max_position_embeddings.saturating_sub(offset))
         })?;
         let weights = WeightsFile::open(&setup.files.weights())?;
-        let encoder = models::load_encoder(&setup.transformer, &weights.tensors()?)?;
+        let mut encoder = models::load_encoder(&setup.transformer, &weights.tensors()?)?;
+        let path = match (precision, dispatch) {
+            (Precision::BF16, Bf16Dispatch::Avx512Bf16(isa)) => {
+                encoder.use_bf16(isa);
+                "cpu bfloat16 (avx512-bf16)"
+            }
+            (Precision::BF16, Bf16Dispatch::Float32Fallback) => {
+                tracing::warn!(
+                    model = %opts.name,
+                    "precision \"bfloat16\" needs a CPU with AVX512-BF16, which this one lacks: \
+                     computing in float32 instead (vectors are recorded as float32)"
+                );
+                "cpu float32 (bfloat16 requested, no AVX512-BF16)"
+            }
+            _ => "cpu float32",
+        };
         let sha = weights_sha256(&setup.files, &weights);
         drop(weights);
         let threads = resolve_threads(opts.threads);
@@ -342,8 +397,9 @@ impl NativeEmbedder {
             .thread_name(|i| format!("papersys-embed-{i}"))
             .build()
             .map_err(|e| EmbedError::Load(format!("cannot start {threads} embedding threads: {e}")))?;
-        let identity = Self::identity_of(opts, &setup, sha);
-        tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, "native CPU engine loaded");
+        let mut identity = Self::identity_of(opts, &setup, sha);
+        identity.precision = encoder.runs_bf16().then(|| "bfloat16".to_string());
+        tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, compute = path, "native CPU engine loaded");
         Ok(NativeEmbedder {
             identity,
             tokenizer: setup.tokenizer,
@@ -352,6 +408,7 @@ impl NativeEmbedder {
             normalize: setup.sentence.normalize,
             engine: Engine::Cpu(CpuEngine {
                 encoder,
+                path,
                 pool,
                 threads,
                 scratch: Mutex::new(Scratch::default()),
@@ -384,7 +441,8 @@ impl NativeEmbedder {
         let sha = weights_sha256(&setup.files, &weights);
         drop(weights);
         let engine = candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
-        let identity = Self::identity_of(opts, &setup, sha);
+        let mut identity = Self::identity_of(opts, &setup, sha);
+        identity.precision = (precision == Precision::BF16).then(|| "bfloat16".to_string());
         Ok(NativeEmbedder {
             identity,
             tokenizer: setup.tokenizer,
@@ -406,6 +464,7 @@ impl NativeEmbedder {
             normalize: setup.sentence.normalize,
             document_prefix: setup.tokenizer.prefix().to_string(),
             backend: "native".into(),
+            precision: None,
         }
     }
 
@@ -550,6 +609,9 @@ mod tests {
             parse_precision("float32", Device::Cuda(0)).unwrap(),
             Precision::F32
         );
+        assert_eq!(parse_precision("bfloat16", Device::Cpu).unwrap(), Precision::BF16);
+        assert_eq!(parse_precision("BF16", Device::Cpu).unwrap(), Precision::BF16);
+        assert_eq!(parse_precision("auto", Device::Cpu).unwrap(), Precision::F32);
         assert!(parse_precision("int8", Device::Cpu).is_err());
     }
 }
