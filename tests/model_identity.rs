@@ -162,8 +162,9 @@ fn a_float32_store_refuses_a_bfloat16_run_without_reembed() {
             let again = tree.json(&["embed", "--reembed"]);
             assert_eq!(again["models"][0]["embedded"], 6);
             assert_eq!(manifest_identity(&tree)["precision"], "bfloat16");
-            // And back to float32: refused the same way.
+            // And back to float32, with new papers waiting: refused the same way.
             std::fs::write(tree.path("papersys.toml"), common::REAL_MODEL).unwrap();
+            papers(&tree, 0..8);
             assert_eq!(tree.cmd(&["embed"]).output().unwrap().status.code(), Some(2));
         }
         Bf16Dispatch::Float32Fallback => {
