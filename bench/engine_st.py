@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=64)
     ap.add_argument("--max-seq-length", type=int, default=None)
     ap.add_argument("--gemm", action="store_true")
+    ap.add_argument("--save-f32", help="write the last run's vectors here (row-major f32, input order)")
     args = ap.parse_args()
 
     import torch
@@ -56,8 +57,10 @@ def main() -> None:
     times = []
     for _ in range(args.runs):
         t = time.perf_counter()
-        model.encode(texts, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
+        vectors = model.encode(texts, batch_size=args.batch_size, show_progress_bar=False, convert_to_numpy=True)
         times.append(time.perf_counter() - t)
+    if args.save_f32:
+        vectors.astype("<f4").tofile(args.save_f32)
     n = len(texts)
     print(
         json.dumps(

@@ -122,3 +122,55 @@ fn year_files_that_record_no_model_are_adopted_and_then_record_it() {
         "the adopted vectors are kept"
     );
 }
+
+fn manifest_identity(tree: &Tree) -> serde_json::Value {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tree.model_dir().join("manifest.json")).unwrap()).unwrap();
+    manifest["model_identity"].clone()
+}
+
+/// The precision is part of the model identity: vectors made in float32
+/// and in bfloat16 never mix under one alias without `--reembed`. On a CPU
+/// without AVX512-BF16 the bfloat16 request runs float32 (with a warning)
+/// and is recorded as such, so the store is kept.
+#[test]
+fn a_float32_store_refuses_a_bfloat16_run_without_reembed() {
+    use papersys_backend_native::kernels::bf16::Bf16Dispatch;
+    let tree = Tree::with_config(common::REAL_MODEL);
+    papers(&tree, 0..4);
+    assert_eq!(tree.json(&["embed"])["models"][0]["embedded"], 4);
+    assert_eq!(
+        manifest_identity(&tree).get("precision"),
+        None,
+        "float32 is not recorded"
+    );
+    std::fs::write(
+        tree.path("papersys.toml"),
+        common::REAL_MODEL.replace("batch_size = 32", "batch_size = 32\nprecision = \"bfloat16\""),
+    )
+    .unwrap();
+    papers(&tree, 0..6);
+    let output = tree.cmd(&["embed"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match Bf16Dispatch::detect() {
+        Bf16Dispatch::Avx512Bf16(_) => {
+            assert_eq!(output.status.code(), Some(2), "{stderr}");
+            assert!(
+                stderr.contains("precision") && stderr.contains("bfloat16") && stderr.contains("float32"),
+                "names the precisions: {stderr}"
+            );
+            let again = tree.json(&["embed", "--reembed"]);
+            assert_eq!(again["models"][0]["embedded"], 6);
+            assert_eq!(manifest_identity(&tree)["precision"], "bfloat16");
+            // And back to float32, with new papers waiting: refused the same way.
+            std::fs::write(tree.path("papersys.toml"), common::REAL_MODEL).unwrap();
+            papers(&tree, 0..8);
+            assert_eq!(tree.cmd(&["embed"]).output().unwrap().status.code(), Some(2));
+        }
+        Bf16Dispatch::Float32Fallback => {
+            assert!(output.status.success(), "{stderr}");
+            assert!(stderr.contains("AVX512-BF16"), "warns: {stderr}");
+            assert_eq!(manifest_identity(&tree).get("precision"), None);
+        }
+    }
+}

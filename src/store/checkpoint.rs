@@ -281,6 +281,7 @@ mod tests {
             normalize: true,
             document_prefix: String::new(),
             backend: "test".into(),
+            precision: None,
         }
     }
 

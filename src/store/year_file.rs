@@ -1107,6 +1107,7 @@ mod tests {
             normalize: true,
             document_prefix: String::new(),
             backend: "test".into(),
+            precision: None,
         }
     }
 

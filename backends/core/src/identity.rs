@@ -55,6 +55,11 @@ pub struct ModelIdentity {
     /// Which backend kind computed the vectors (`native`, `openai`, ...);
     /// informational, not compared.
     pub backend: String,
+    /// The reduced precision the linear layers ran in (`bfloat16`), absent
+    /// for the float32 reference (and in manifests written before it was
+    /// recorded); compared as `float32` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 /// One field on which a configured model differs from the recorded one.
@@ -105,6 +110,11 @@ impl ModelIdentity {
             format!("{:?}", recorded.document_prefix),
             format!("{:?}", self.document_prefix),
         );
+        check(
+            "precision",
+            recorded.precision.as_deref().unwrap_or("float32").to_string(),
+            self.precision.as_deref().unwrap_or("float32").to_string(),
+        );
         if let (Some(a), Some(b)) = (&recorded.weights_sha256, &self.weights_sha256) {
             check("weights_sha256", a.clone(), b.clone());
         }
@@ -142,6 +152,7 @@ mod tests {
             normalize: true,
             document_prefix: String::new(),
             backend: "native".into(),
+            precision: None,
         }
     }
 
@@ -167,6 +178,24 @@ mod tests {
         current.max_tokens = 512;
         let fields: Vec<_> = current.mismatches(&recorded).iter().map(|m| m.field).collect();
         assert_eq!(fields, ["document_prefix", "weights_sha256", "max_tokens"]);
+    }
+
+    #[test]
+    fn precision_is_compared_and_absent_means_float32() {
+        let recorded = minilm();
+        let mut current = minilm();
+        current.precision = Some("bfloat16".into());
+        let found = current.mismatches(&recorded);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(
+            found[0].to_string(),
+            "precision: recorded float32, configured bfloat16"
+        );
+        assert_eq!(recorded.mismatches(&current)[0].field, "precision");
+        current.precision = Some("float32".into());
+        assert!(current.mismatches(&recorded).is_empty());
+        let json = serde_json::to_string(&minilm()).unwrap();
+        assert!(!json.contains("precision"), "{json}");
     }
 
     #[test]

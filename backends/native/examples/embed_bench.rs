@@ -4,6 +4,8 @@
 //! cargo run --release -p papersys-backend-native --example embed_bench -- \
 //!     --texts texts.jsonl --threads 2 --batch-size 32 --runs 3
 //! cargo run --release -p papersys-backend-native --example embed_bench -- --gemm --threads 2
+//! cargo run --release -p papersys-backend-native --example embed_bench -- \
+//!     --texts texts.jsonl --precision bfloat16
 //! ```
 //!
 //! Texts are sorted by length and cut into batches as the pipeline does;
@@ -16,7 +18,7 @@ use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
 use papersys_backend_core::{Embedder, PreparedBatch};
-use papersys_backend_native::{NativeEmbedder, NativeOptions};
+use papersys_backend_native::{NativeEmbedder, NativeOptions, Precision};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -33,6 +35,7 @@ struct Args {
     max_length: Option<usize>,
     gemm: bool,
     save: Option<PathBuf>,
+    precision: String,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,6 +51,7 @@ fn parse_args() -> Result<Args, String> {
         max_length: None,
         gemm: false,
         save: None,
+        precision: "auto".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,11 +68,12 @@ fn parse_args() -> Result<Args, String> {
             "--limit" => args.limit = Some(number(value()?)?),
             "--max-length" => args.max_length = Some(number(value()?)?),
             "--save-f32" => args.save = Some(value()?.into()),
+            "--precision" => args.precision = value()?,
             "--gemm" => args.gemm = true,
             "-h" | "--help" => {
                 println!(
                     "embed_bench --texts FILE.jsonl [--threads N] [--batch-size N] [--runs N] [--warmup N] \
-                     [--limit N] [--max-length N] [--name ID] [--model-path DIR] [--save-f32 FILE] | --gemm [--threads N]"
+                     [--limit N] [--max-length N] [--name ID] [--model-path DIR] [--save-f32 FILE] [--precision P] | --gemm [--threads N]"
                 );
                 std::process::exit(0);
             }
@@ -223,6 +228,10 @@ fn main() {
         threads: Some(threads),
         batch_size: args.batch_size,
         max_length: args.max_length,
+        precision: Precision::parse(&args.precision).unwrap_or_else(|e| {
+            eprintln!("embed_bench: {e}");
+            std::process::exit(2)
+        }),
         ..NativeOptions::default()
     };
     let t = Instant::now();
@@ -264,6 +273,8 @@ fn main() {
         "{}",
         serde_json::json!({
             "engine": "papersys-native",
+            "precision": args.precision,
+            "compute": embedder.compute_path(),
             "threads": threads,
             "batch_size": args.batch_size,
             "n_texts": texts.len(),

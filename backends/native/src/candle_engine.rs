@@ -134,6 +134,7 @@ impl CandleEngine {
         let dtype = match precision {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
+            Precision::BF16 => DType::BF16,
         };
         // SAFETY: the weights file is mapped read-only, as in the CPU engine.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], dtype, &device) }

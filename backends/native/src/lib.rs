@@ -37,6 +37,7 @@ pub use options::{
 };
 
 use config::{SentenceConfig, TransformerConfig};
+use kernels::bf16::Bf16Dispatch;
 use models::encoder::{Encoder, Scratch};
 use tokenize::TextTokenizer;
 use weights::WeightsFile;
@@ -167,6 +168,8 @@ fn resolve_threads(threads: Option<usize>) -> usize {
 /// The CPU engine: encoder weights, a dedicated thread pool and reused buffers.
 struct CpuEngine {
     encoder: Encoder,
+    /// What the linear layers run on, for logs and status.
+    path: &'static str,
     pool: rayon::ThreadPool,
     threads: usize,
     scratch: Mutex<Scratch>,
@@ -194,8 +197,35 @@ impl NativeEmbedder {
     pub fn load(opts: &NativeOptions) -> Result<Self, EmbedError> {
         let precision = Precision::effective(opts.precision, opts.device);
         match opts.device {
-            Device::Cpu => Self::load_cpu(opts),
+            Device::Cpu => Self::load_cpu(opts, precision, Bf16Dispatch::detect()),
             Device::Cuda(ordinal) => Self::load_cuda(opts, ordinal, precision),
+        }
+    }
+
+    /// Loads the model into the CPU engine with the bf16 path given instead
+    /// of the detected one: [`Bf16Dispatch::select`]`(false)` runs what a
+    /// CPU without AVX512-BF16 gets. `opts.device` must be the CPU.
+    pub fn load_cpu_with(opts: &NativeOptions, dispatch: Bf16Dispatch) -> Result<Self, EmbedError> {
+        if opts.device != Device::Cpu {
+            return Err(EmbedError::Unsupported(format!(
+                "load_cpu_with needs device \"cpu\", not {:?}",
+                opts.device
+            )));
+        }
+        Self::load_cpu(opts, Precision::effective(opts.precision, Device::Cpu), dispatch)
+    }
+
+    /// What the forward pass runs on: `cpu float32`, `cpu bfloat16
+    /// (avx512-bf16)`, `cpu float32 (bfloat16 requested, no AVX512-BF16)`,
+    /// or the candle engine's device and dtype.
+    pub fn compute_path(&self) -> String {
+        match &self.engine {
+            Engine::Cpu(cpu) => cpu.path.to_string(),
+            #[cfg(feature = "candle")]
+            Engine::Candle(_) => match self.identity.precision.as_deref() {
+                Some(p) => format!("candle {p}"),
+                None => "candle".to_string(),
+            },
         }
     }
 
@@ -209,7 +239,11 @@ impl NativeEmbedder {
         Err(options::cuda_not_built(opts.device))
     }
 
-    fn load_cpu(opts: &NativeOptions) -> Result<Self, EmbedError> {
+    fn load_cpu(
+        opts: &NativeOptions,
+        precision: Precision,
+        dispatch: Bf16Dispatch,
+    ) -> Result<Self, EmbedError> {
         let setup = setup(opts, |cfg| {
             let offset = match cfg.model_type.as_str() {
                 "bert" => 0,
@@ -219,7 +253,22 @@ impl NativeEmbedder {
             Ok(cfg.max_position_embeddings.saturating_sub(offset))
         })?;
         let weights = WeightsFile::open(&setup.files.weights())?;
-        let encoder = models::load_encoder(&setup.transformer, &weights.tensors()?)?;
+        let mut encoder = models::load_encoder(&setup.transformer, &weights.tensors()?)?;
+        let path = match (precision, dispatch) {
+            (Precision::BF16, Bf16Dispatch::Avx512Bf16(isa)) => {
+                encoder.use_bf16(isa);
+                "cpu bfloat16 (avx512-bf16)"
+            }
+            (Precision::BF16, Bf16Dispatch::Float32Fallback) => {
+                tracing::warn!(
+                    model = %opts.name,
+                    "precision \"bfloat16\" needs a CPU with AVX512-BF16, which this one lacks: \
+                     computing in float32 instead (vectors are recorded as float32)"
+                );
+                "cpu float32 (bfloat16 requested, no AVX512-BF16)"
+            }
+            _ => "cpu float32",
+        };
         let sha = weights_sha256(&weights);
         drop(weights);
         let threads = resolve_threads(opts.threads);
@@ -228,8 +277,9 @@ impl NativeEmbedder {
             .thread_name(|i| format!("papersys-embed-{i}"))
             .build()
             .map_err(|e| EmbedError::Load(format!("cannot start {threads} embedding threads: {e}")))?;
-        let identity = Self::identity_of(opts, &setup, sha);
-        tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, "native CPU engine loaded");
+        let mut identity = Self::identity_of(opts, &setup, sha);
+        identity.precision = encoder.runs_bf16().then(|| "bfloat16".to_string());
+        tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, compute = path, "native CPU engine loaded");
         Ok(NativeEmbedder {
             identity,
             tokenizer: setup.tokenizer,
@@ -238,6 +288,7 @@ impl NativeEmbedder {
             normalize: setup.sentence.normalize,
             engine: Engine::Cpu(CpuEngine {
                 encoder,
+                path,
                 pool,
                 threads,
                 scratch: Mutex::new(Scratch::default()),
@@ -270,7 +321,8 @@ impl NativeEmbedder {
         let sha = weights_sha256(&weights);
         drop(weights);
         let engine = candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
-        let identity = Self::identity_of(opts, &setup, sha);
+        let mut identity = Self::identity_of(opts, &setup, sha);
+        identity.precision = (precision == Precision::BF16).then(|| "bfloat16".to_string());
         Ok(NativeEmbedder {
             identity,
             tokenizer: setup.tokenizer,
@@ -292,6 +344,7 @@ impl NativeEmbedder {
             normalize: setup.sentence.normalize,
             document_prefix: setup.tokenizer.prefix().to_string(),
             backend: "native".into(),
+            precision: None,
         }
     }
 

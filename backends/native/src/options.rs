@@ -203,6 +203,10 @@ pub enum Precision {
     F32,
     /// f16 weights and activations (CUDA only); vectors are still stored as f32.
     F16,
+    /// bf16 weights and activations of the linear layers, f32 sums; the
+    /// rest (LayerNorm, softmax, GELU, attention) in f32. The CPU engine runs
+    /// it where the CPU has AVX512-BF16, else f32 with a warning.
+    BF16,
 }
 
 impl Precision {
@@ -219,6 +223,8 @@ impl Precision {
         ("fp16", Some(Precision::F16)),
         ("f16", Some(Precision::F16)),
         ("half", Some(Precision::F16)),
+        ("bfloat16", Some(Precision::BF16)),
+        ("bf16", Some(Precision::BF16)),
     ];
 
     /// Parses a `precision` value; `Ok(None)` is "auto".
@@ -250,14 +256,15 @@ impl Precision {
     }
 
     /// The precision the engine on `device` computes in when `requested`
-    /// (`None`: auto) is asked for: the CPU engine computes in f32 whatever
-    /// is asked; a GPU honours the request and picks f16 for auto.
+    /// (`None`: auto) is asked for: the CPU engine computes in f32 unless
+    /// bf16 is asked; a GPU honours the request and picks f16 for auto.
     pub fn effective(requested: Option<Precision>, device: Device) -> Precision {
         match (device, requested) {
             (Device::Cpu, Some(Precision::F16)) => {
                 tracing::info!("precision float16 requested: the CPU engine computes in float32");
                 Precision::F32
             }
+            (Device::Cpu, Some(Precision::BF16)) => Precision::BF16,
             (Device::Cpu, _) => Precision::F32,
             (Device::Cuda(_), None) => Precision::F16,
             (Device::Cuda(_), Some(p)) => p,
@@ -321,6 +328,8 @@ mod tests {
             ("float16", Some(Precision::F16)),
             ("fp16", Some(Precision::F16)),
             ("half", Some(Precision::F16)),
+            ("bfloat16", Some(Precision::BF16)),
+            ("BF16", Some(Precision::BF16)),
         ] {
             assert_eq!(Precision::parse(text), Ok(wanted), "{text}");
         }
@@ -330,6 +339,11 @@ mod tests {
             "{e}"
         );
         assert_eq!(Precision::F16.as_str(), "float16");
+        assert_eq!(Precision::BF16.as_str(), "bfloat16");
+        assert_eq!(
+            Precision::effective(Some(Precision::BF16), Device::Cpu),
+            Precision::BF16
+        );
         assert_eq!(
             Precision::effective(Some(Precision::F16), Device::Cpu),
             Precision::F32

@@ -101,6 +101,7 @@ impl RemoteEmbedder {
             normalize: false,
             document_prefix: options.document_prefix.clone(),
             backend: "openai".into(),
+            precision: None,
         };
         Ok(RemoteEmbedder {
             identity,

@@ -14,6 +14,7 @@ use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 
 use crate::config::TransformerConfig;
+use crate::kernels::bf16::{self, Bf16Isa, PackedBf16};
 use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
@@ -88,20 +89,44 @@ impl EncoderConfig {
 }
 
 /// A dense layer with its weight transposed to [in, out], the layout the
-/// GEMM reads fastest.
+/// GEMM reads fastest, or packed as bf16 (then `w` is empty).
 struct Linear {
     w: Vec<f32>,
     b: Vec<f32>,
     inputs: usize,
     outputs: usize,
+    /// The bf16 weight and the detected CPU support its GEMM runs on.
+    packed: Option<(Bf16Isa, PackedBf16)>,
 }
 
 impl Linear {
     /// `out[T, outputs] = x[T, inputs] · W`, added to `out`'s contents when
-    /// `accumulate` (the bias is not applied here).
-    fn matmul(&self, x: &[f32], out: &mut [f32], accumulate: bool, par: Parallelism) {
+    /// `accumulate` (the bias is not applied here). The bf16 GEMM rounds `x`
+    /// into `xb` first.
+    fn matmul(&self, x: &[f32], out: &mut [f32], accumulate: bool, par: Parallelism, xb: &mut Vec<u16>) {
         let rows = x.len() / self.inputs;
-        debug_assert_eq!(out.len(), rows * self.outputs);
+        assert!(
+            x.len() == rows * self.inputs && out.len() == rows * self.outputs,
+            "Linear::matmul: {} inputs and {} outputs are not {rows} rows of [{}, {}]",
+            x.len(),
+            out.len(),
+            self.inputs,
+            self.outputs
+        );
+        if let Some((isa, packed)) = &self.packed {
+            let threads = match par {
+                Parallelism::Rayon(n) => n,
+                _ => 1,
+            };
+            bf16::pack_rows(*isa, x, self.inputs, xb);
+            bf16::gemm(*isa, xb, rows, packed, out, accumulate, threads);
+            return;
+        }
+        assert_eq!(
+            self.w.len(),
+            self.inputs * self.outputs,
+            "Linear::matmul: weight not loaded"
+        );
         // SAFETY: x holds rows·inputs floats, out rows·outputs, w
         // inputs·outputs (checked at load); all row-major and contiguous.
         unsafe {
@@ -156,6 +181,8 @@ pub struct Encoder {
     layers: Vec<Layer>,
     /// The kernel family of the element-wise passes, detected at load.
     isa: Isa,
+    /// Set when the linear layers run the bf16 GEMM.
+    bf16: Option<Bf16Isa>,
 }
 
 /// Buffers of one forward pass, grown on demand and reused.
@@ -166,6 +193,8 @@ pub struct Scratch {
     qkv: Vec<f32>,
     ctx: Vec<f32>,
     inter: Vec<f32>,
+    /// Activations rounded to bf16 for the bf16 GEMM.
+    xb: Vec<u16>,
 }
 
 impl Scratch {
@@ -227,6 +256,7 @@ impl Encoder {
                     b: t.get(&n(&l(&format!("{s}.bias"))), &[outputs])?,
                     inputs,
                     outputs,
+                    packed: None,
                 })
             };
             let q = linear("attention.self.query", h, h)?;
@@ -245,6 +275,7 @@ impl Encoder {
                     b,
                     inputs: h,
                     outputs: 3 * h,
+                    packed: None,
                 },
                 attn_out: linear("attention.output.dense", h, h)?,
                 attn_norm: norm(&l("attention.output.LayerNorm"))?,
@@ -260,7 +291,34 @@ impl Encoder {
             emb_norm,
             layers,
             isa: Isa::best(),
+            bf16: None,
         })
+    }
+
+    /// Packs every linear layer's weight as bf16 (dropping the f32 copy):
+    /// from now on they run the bf16 GEMM on `isa`. LayerNorm, softmax,
+    /// GELU and attention stay f32.
+    pub fn use_bf16(&mut self, isa: Bf16Isa) {
+        for layer in &mut self.layers {
+            for linear in [
+                &mut layer.qkv,
+                &mut layer.attn_out,
+                &mut layer.ffn_in,
+                &mut layer.ffn_out,
+            ] {
+                if linear.packed.is_none() {
+                    let packed = PackedBf16::pack(&linear.w, linear.inputs, linear.outputs);
+                    linear.packed = Some((isa, packed));
+                    linear.w = Vec::new();
+                }
+            }
+        }
+        self.bf16 = Some(isa);
+    }
+
+    /// Whether the linear layers run the bf16 GEMM.
+    pub fn runs_bf16(&self) -> bool {
+        self.bf16.is_some()
     }
 
     /// Runs the encoder on a packed batch; the token vectors end up in
@@ -309,6 +367,7 @@ impl Encoder {
             qkv,
             ctx,
             inter,
+            xb,
         } = scratch;
         let hidden = &mut hidden[..tokens * h];
         let qkv = &mut qkv[..tokens * 3 * h];
@@ -339,18 +398,18 @@ impl Encoder {
         layer_norm(hidden, None, &self.emb_norm);
 
         for layer in &self.layers {
-            layer.qkv.matmul(hidden, qkv, false, par);
+            layer.qkv.matmul(hidden, qkv, false, par, xb);
             par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.qkv.b));
             self.attention(qkv, ctx, cu);
             // The projection is accumulated onto the residual; its bias is
             // added inside the LayerNorm pass.
-            layer.attn_out.matmul(ctx, hidden, true, par);
+            layer.attn_out.matmul(ctx, hidden, true, par, xb);
             layer_norm(hidden, Some(&layer.attn_out.b), &layer.attn_norm);
-            layer.ffn_in.matmul(hidden, inter, false, par);
+            layer.ffn_in.matmul(hidden, inter, false, par, xb);
             par_rows(inter, cfg.intermediate, |rows| {
                 kernels::bias_gelu_with(rows, &layer.ffn_in.b, isa)
             });
-            layer.ffn_out.matmul(inter, hidden, true, par);
+            layer.ffn_out.matmul(inter, hidden, true, par, xb);
             layer_norm(hidden, Some(&layer.ffn_out.b), &layer.ffn_norm);
         }
         Ok(())
@@ -480,6 +539,7 @@ mod tests {
                 b: self.vec(outputs),
                 inputs,
                 outputs,
+                packed: None,
             }
         }
 
@@ -519,6 +579,7 @@ mod tests {
             }],
             cfg,
             isa,
+            bf16: None,
         }
     }
 
@@ -543,6 +604,26 @@ mod tests {
             for (a, b) in got.as_flat().iter().zip(want.as_flat()) {
                 assert!((a - b).abs() < 1e-5, "{isa:?}: {a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn bf16_linear_layers_stay_close_to_f32() {
+        let want = embed(&tiny(Isa::best())).unwrap();
+        let Some(isa) = Bf16Isa::detect() else {
+            assert!(!tiny(Isa::best()).runs_bf16());
+            eprintln!("no AVX512-BF16 here: the bf16 encoder is not run");
+            return;
+        };
+        let mut enc = tiny(Isa::best());
+        enc.use_bf16(isa);
+        assert!(enc.runs_bf16());
+        assert!(enc.layers[0].ffn_in.w.is_empty(), "the f32 weight is dropped");
+        let got = embed(&enc).unwrap();
+        assert_ne!(got.as_flat(), want.as_flat());
+        for (a, b) in got.rows().zip(want.rows()) {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!(dot > 0.999, "cosine {dot}");
         }
     }
 
