@@ -301,8 +301,7 @@ fn config_errors_exit_2_with_file_key_and_line() {
         .assert()
         .code(2)
         .stderr(contains("batchsize"))
-        .stderr(contains("line 6"))
-        .stderr(contains("papersys.toml"));
+        .stderr(contains("papersys.toml:6:"));
 }
 
 #[test]
