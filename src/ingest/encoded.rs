@@ -149,7 +149,7 @@ impl RowBatch {
 
     /// Appends `record`, filed in `year`.
     pub fn push_record(&mut self, record: &PaperRecord, year: u16) {
-        self.push(fields(record), year);
+        self.push(record.fields(), year);
     }
 
     /// Appends a copy of `row`.
@@ -254,47 +254,13 @@ impl OwnedRow {
     }
 }
 
-/// The 13 columns of `r`, in the contract's order.
-pub fn fields(r: &PaperRecord) -> [&str; 13] {
-    [
-        &r.paper_id,
-        &r.title,
-        &r.abstract_text,
-        &r.categories,
-        &r.primary_category,
-        &r.authors,
-        &r.published_at,
-        &r.updated_at,
-        &r.doi,
-        &r.comment,
-        &r.journal_ref,
-        &r.license,
-        &r.source,
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     fn record(fields: &[String]) -> PaperRecord {
-        let f = |i: usize| fields[i].clone();
-        PaperRecord {
-            paper_id: f(0),
-            title: f(1),
-            abstract_text: f(2),
-            categories: f(3),
-            primary_category: f(4),
-            authors: f(5),
-            published_at: f(6),
-            updated_at: f(7),
-            doi: f(8),
-            comment: f(9),
-            journal_ref: f(10),
-            license: f(11),
-            source: f(12),
-        }
+        PaperRecord::from_fields(std::array::from_fn(|i| fields[i].as_str()))
     }
 
     proptest! {

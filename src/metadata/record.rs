@@ -66,6 +66,60 @@ pub struct PaperRecord {
 }
 
 impl PaperRecord {
+    /// The 13 columns, in the contract's order (the CSV header's).
+    pub fn fields(&self) -> [&str; 13] {
+        [
+            &self.paper_id,
+            &self.title,
+            &self.abstract_text,
+            &self.categories,
+            &self.primary_category,
+            &self.authors,
+            &self.published_at,
+            &self.updated_at,
+            &self.doi,
+            &self.comment,
+            &self.journal_ref,
+            &self.license,
+            &self.source,
+        ]
+    }
+
+    /// A record from its 13 columns in the contract's order (the inverse of
+    /// [`PaperRecord::fields`]).
+    pub fn from_fields(fields: [&str; 13]) -> PaperRecord {
+        let [
+            paper_id,
+            title,
+            abstract_text,
+            categories,
+            primary_category,
+            authors,
+            published_at,
+            updated_at,
+            doi,
+            comment,
+            journal_ref,
+            license,
+            source,
+        ] = fields.map(str::to_string);
+        PaperRecord {
+            paper_id,
+            title,
+            abstract_text,
+            categories,
+            primary_category,
+            authors,
+            published_at,
+            updated_at,
+            doi,
+            comment,
+            journal_ref,
+            license,
+            source,
+        }
+    }
+
     /// The categories as a list (`;`-separated in the file; spaces tolerated).
     pub fn category_list(&self) -> impl Iterator<Item = &str> {
         self.categories

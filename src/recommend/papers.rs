@@ -91,39 +91,6 @@ impl Status {
     }
 }
 
-fn record(fields: &[&str; 13]) -> PaperRecord {
-    let [
-        paper_id,
-        title,
-        abstract_text,
-        categories,
-        primary_category,
-        authors,
-        published_at,
-        updated_at,
-        doi,
-        comment,
-        journal_ref,
-        license,
-        source,
-    ] = fields.map(str::to_string);
-    PaperRecord {
-        paper_id,
-        title,
-        abstract_text,
-        categories,
-        primary_category,
-        authors,
-        published_at,
-        updated_at,
-        doi,
-        comment,
-        journal_ref,
-        license,
-        source,
-    }
-}
-
 impl Papers {
     /// Applies one row: the paper's entries become what this row says.
     fn apply(&mut self, id: &str, status: &Status, fields: &[&str; 13]) {
@@ -139,7 +106,8 @@ impl Papers {
             self.background.remove(id);
         }
         if status.candidate() {
-            self.candidates.insert(id.to_string(), record(fields));
+            self.candidates
+                .insert(id.to_string(), PaperRecord::from_fields(*fields));
         } else {
             self.candidates.remove(id);
         }
@@ -282,21 +250,7 @@ mod tests {
             let mut issues = Vec::new();
             let _ = read_records(&file.path, &mut issues, |_, r| {
                 let id = r.paper_id.trim().to_string();
-                let fields: [&str; 13] = [
-                    &r.paper_id,
-                    &r.title,
-                    &r.abstract_text,
-                    &r.categories,
-                    &r.primary_category,
-                    &r.authors,
-                    &r.published_at,
-                    &r.updated_at,
-                    &r.doi,
-                    &r.comment,
-                    &r.journal_ref,
-                    &r.license,
-                    &r.source,
-                ];
+                let fields = r.fields();
                 let status = Status::of(&fields, &id, criteria);
                 papers.apply(&id, &status, &fields);
             });
