@@ -15,7 +15,6 @@ use crate::Precision;
 use crate::config::TransformerConfig;
 use crate::loader::ModelFiles;
 use crate::models::encoder::EncoderConfig;
-use crate::models::unsupported_model_type;
 use crate::weights::WeightsFile;
 
 /// Where candle runs.
@@ -260,4 +259,12 @@ impl CandleEngine {
         }
         x.reshape((n * l, h))
     }
+}
+
+/// The error for a `model_type` the candle engine (GPU builds) cannot run.
+pub fn unsupported_model_type(model_type: &str) -> EmbedError {
+    EmbedError::Unsupported(format!(
+        "model_type {model_type:?} is not supported by the candle engine used for device \"cuda\" \
+         (supported: bert, xlm-roberta, roberta); run it on device \"cpu\""
+    ))
 }

@@ -3,7 +3,7 @@
 //! config, `sentence_bert_config.json`, `config_sentence_transformers.json`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use papersys_backend_core::{EmbedError, Pooling};
 use serde::Deserialize;
@@ -138,10 +138,52 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Opt
         .map_err(|e| EmbedError::Load(format!("cannot parse {}: {e}", path.display())))
 }
 
-/// Reads the transformer's `config.json` (required).
-pub fn read_transformer_config(dir: &Path) -> Result<TransformerConfig, EmbedError> {
-    let path = dir.join("config.json");
-    read_json(&path)?.ok_or_else(|| EmbedError::Load(format!("{} is missing", path.display())))
+/// The transformer's `config.json`: its `model_type` and the whole
+/// document, which each architecture reads into its own struct.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// `bert`, `xlm-roberta`, `qwen3`, ...
+    pub model_type: String,
+    /// Where it was read from, for error messages.
+    pub path: PathBuf,
+    /// The parsed document.
+    pub raw: serde_json::Value,
+}
+
+impl ModelConfig {
+    /// Reads `dir/config.json` (required; `model_type` required).
+    pub fn read(dir: &Path) -> Result<Self, EmbedError> {
+        let path = dir.join("config.json");
+        let raw: serde_json::Value =
+            read_json(&path)?.ok_or_else(|| EmbedError::Load(format!("{} is missing", path.display())))?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| {
+                EmbedError::Load(format!(
+                    "{}: no \"model_type\" string; is this a Hugging Face transformers config?",
+                    path.display()
+                ))
+            })?
+            .to_string();
+        Ok(ModelConfig {
+            model_type,
+            path,
+            raw,
+        })
+    }
+
+    /// The document as an architecture's own config struct; a missing or
+    /// mistyped field is an error naming the file.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, EmbedError> {
+        T::deserialize(&self.raw)
+            .map_err(|e| EmbedError::Load(format!("cannot parse {}: {e}", self.path.display())))
+    }
+
+    /// The document as the BERT-family encoder reads it.
+    pub fn transformer(&self) -> Result<TransformerConfig, EmbedError> {
+        self.parse()
+    }
 }
 
 /// Picks the prompt sentence-transformers would put before a document:

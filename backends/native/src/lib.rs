@@ -30,15 +30,15 @@ use papersys_backend_core::{
 };
 
 pub use loader::{ModelFiles, ModelSource, hf_hub_cache_dir, resolve_model};
-pub use models::SUPPORTED_MODEL_TYPES;
+pub use models::supported_model_types;
 pub use options::{
     BACKEND_NAMES, DEFAULT_MAX_LENGTH, DEFAULT_MODEL, Device, NATIVE_KEYS, NativeOptions, NativeTable,
     Precision,
 };
 
-use config::{SentenceConfig, TransformerConfig};
+use config::{ModelConfig, SentenceConfig};
 use kernels::bf16::Bf16Dispatch;
-use models::encoder::{Encoder, Scratch};
+use models::{ModelShape, TokenModel};
 use tokenize::TextTokenizer;
 use weights::WeightsFile;
 
@@ -50,7 +50,8 @@ const TOKENS_PER_PASS: usize = 4096;
 /// Everything read from a model directory before the weights are run.
 struct ModelSetup {
     files: ModelFiles,
-    transformer: TransformerConfig,
+    model: ModelConfig,
+    shape: ModelShape,
     sentence: SentenceConfig,
     tokenizer: TextTokenizer,
     max_tokens: usize,
@@ -60,21 +61,22 @@ struct ModelSetup {
 /// effective truncation and document prefix.
 fn setup(
     opts: &NativeOptions,
-    usable_positions: impl Fn(&TransformerConfig) -> Result<usize, EmbedError>,
+    model_shape: impl Fn(&ModelConfig) -> Result<ModelShape, EmbedError>,
 ) -> Result<ModelSetup, EmbedError> {
     let files = resolve_model(opts)?;
     let sentence = config::read_sentence_config(&files.dir)?;
-    let transformer = config::read_transformer_config(&files.dir.join(&sentence.transformer_path))?;
+    let model = ModelConfig::read(&files.dir.join(&sentence.transformer_path))?;
+    let shape = model_shape(&model)?;
     if let Some(expected) = opts.expected_dimension
-        && expected != transformer.hidden_size
+        && expected != shape.hidden
     {
         return Err(EmbedError::Load(format!(
             "model {} makes vectors of dimension {}, but the model table's `dimension` says {expected}; \
              set dimension = {} (or pick the model that has {expected})",
-            opts.name, transformer.hidden_size, transformer.hidden_size
+            opts.name, shape.hidden, shape.hidden
         )));
     }
-    let positions = usable_positions(&transformer)?;
+    let positions = shape.max_tokens;
     // sentence-transformers' own default when max_seq_length is absent.
     #[derive(serde::Deserialize)]
     struct TokenizerConfig {
@@ -87,9 +89,7 @@ fn setup(
             let model_max = tc
                 .and_then(|t| t.model_max_length)
                 .filter(|v| *v >= 1.0 && *v < 1e9);
-            model_max.map_or(transformer.max_position_embeddings, |m| {
-                (m as usize).min(transformer.max_position_embeddings)
-            })
+            model_max.map_or(positions, |m| (m as usize).min(positions))
         }
     };
     let max_tokens = [
@@ -117,7 +117,8 @@ fn setup(
     let tokenizer = TextTokenizer::load(&tokenizer_path, max_tokens, prefix, sentence.lowercase)?;
     Ok(ModelSetup {
         files,
-        transformer,
+        model,
+        shape,
         sentence,
         tokenizer,
         max_tokens,
@@ -165,14 +166,15 @@ fn resolve_threads(threads: Option<usize>) -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// The CPU engine: encoder weights, a dedicated thread pool and reused buffers.
+/// The CPU engine: the model, a dedicated thread pool and a reused buffer
+/// for the token vectors.
 struct CpuEngine {
-    encoder: Encoder,
+    model: Box<dyn TokenModel>,
     /// What the linear layers run on, for logs and status.
     path: &'static str,
     pool: rayon::ThreadPool,
     threads: usize,
-    scratch: Mutex<Scratch>,
+    hidden: Mutex<Vec<f32>>,
 }
 
 enum Engine {
@@ -244,20 +246,29 @@ impl NativeEmbedder {
         precision: Precision,
         dispatch: Bf16Dispatch,
     ) -> Result<Self, EmbedError> {
-        let setup = setup(opts, |cfg| {
-            let offset = match cfg.model_type.as_str() {
-                "bert" => 0,
-                "xlm-roberta" | "roberta" => cfg.pad_token_id.unwrap_or(1) + 1,
-                other => return Err(models::unsupported_model_type(other)),
-            };
-            Ok(cfg.max_position_embeddings.saturating_sub(offset))
-        })?;
+        let setup = setup(opts, |cfg| (models::architecture(cfg)?.shape)(cfg))?;
         let weights = WeightsFile::open(&setup.files.weights())?;
-        let mut encoder = models::load_encoder(&setup.transformer, &weights.tensors()?)?;
+        let mut model = (models::architecture(&setup.model)?.load)(&setup.model, &weights.tensors()?)?;
+        if model.hidden_size() != setup.shape.hidden {
+            return Err(EmbedError::Load(format!(
+                "{}: the checkpoint makes token vectors of {} values, config.json says {}",
+                setup.files.dir.display(),
+                model.hidden_size(),
+                setup.shape.hidden
+            )));
+        }
         let path = match (precision, dispatch) {
-            (Precision::BF16, Bf16Dispatch::Avx512Bf16(isa)) => {
-                encoder.use_bf16(isa);
+            (Precision::BF16, Bf16Dispatch::Avx512Bf16(isa)) if model.use_bf16(isa) => {
                 "cpu bfloat16 (avx512-bf16)"
+            }
+            (Precision::BF16, Bf16Dispatch::Avx512Bf16(_)) => {
+                tracing::warn!(
+                    model = %opts.name,
+                    model_type = %setup.model.model_type,
+                    "precision \"bfloat16\" is not built for this architecture: \
+                     computing in float32 instead (vectors are recorded as float32)"
+                );
+                "cpu float32 (bfloat16 requested, not built for this architecture)"
             }
             (Precision::BF16, Bf16Dispatch::Float32Fallback) => {
                 tracing::warn!(
@@ -278,7 +289,7 @@ impl NativeEmbedder {
             .build()
             .map_err(|e| EmbedError::Load(format!("cannot start {threads} embedding threads: {e}")))?;
         let mut identity = Self::identity_of(opts, &setup, sha);
-        identity.precision = encoder.runs_bf16().then(|| "bfloat16".to_string());
+        identity.precision = model.runs_bf16().then(|| "bfloat16".to_string());
         tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, compute = path, "native CPU engine loaded");
         Ok(NativeEmbedder {
             identity,
@@ -287,11 +298,11 @@ impl NativeEmbedder {
             pooling: setup.sentence.pooling,
             normalize: setup.sentence.normalize,
             engine: Engine::Cpu(CpuEngine {
-                encoder,
+                model,
                 path,
                 pool,
                 threads,
-                scratch: Mutex::new(Scratch::default()),
+                hidden: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -311,16 +322,14 @@ impl NativeEmbedder {
         precision: Precision,
     ) -> Result<Self, EmbedError> {
         let setup = setup(opts, |cfg| match cfg.model_type.as_str() {
-            "bert" => Ok(cfg.max_position_embeddings),
-            "xlm-roberta" | "roberta" => Ok(cfg
-                .max_position_embeddings
-                .saturating_sub(cfg.pad_token_id.unwrap_or(1) + 1)),
-            other => Err(models::unsupported_model_type(other)),
+            "bert" | "xlm-roberta" | "roberta" => (models::architecture(cfg)?.shape)(cfg),
+            other => Err(candle_engine::unsupported_model_type(other)),
         })?;
         let weights = WeightsFile::open(&setup.files.weights())?;
         let sha = weights_sha256(&weights);
         drop(weights);
-        let engine = candle_engine::CandleEngine::load(&setup.files, &setup.transformer, device, precision)?;
+        let engine =
+            candle_engine::CandleEngine::load(&setup.files, &setup.model.transformer()?, device, precision)?;
         let mut identity = Self::identity_of(opts, &setup, sha);
         identity.precision = (precision == Precision::BF16).then(|| "bfloat16".to_string());
         Ok(NativeEmbedder {
@@ -338,7 +347,7 @@ impl NativeEmbedder {
             name: opts.name.clone(),
             revision: setup.files.revision.clone(),
             weights_sha256: Some(sha),
-            dimension: setup.transformer.hidden_size,
+            dimension: setup.shape.hidden,
             max_tokens: setup.max_tokens,
             pooling: setup.sentence.pooling,
             normalize: setup.sentence.normalize,
@@ -409,11 +418,11 @@ impl NativeEmbedder {
         let dim = self.identity.dimension;
         match &self.engine {
             Engine::Cpu(cpu) => {
-                let mut guard = cpu.scratch.lock().unwrap_or_else(|e| e.into_inner());
-                let scratch: &mut Scratch = &mut guard;
+                let mut guard = cpu.hidden.lock().unwrap_or_else(|e| e.into_inner());
+                let hidden: &mut Vec<f32> = &mut guard;
                 cpu.pool
-                    .install(|| cpu.encoder.forward(ids, cu, scratch, cpu.threads))?;
-                pooling::pool(&scratch.hidden, cu, dim, self.pooling, self.normalize, out);
+                    .install(|| cpu.model.forward(ids, cu, cpu.threads, hidden))?;
+                pooling::pool(hidden, cu, dim, self.pooling, self.normalize, out);
             }
             #[cfg(feature = "candle")]
             Engine::Candle(engine) => {

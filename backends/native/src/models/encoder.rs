@@ -7,14 +7,16 @@
 //! a fused bias+GELU pass; second projection accumulated onto the residual.
 //! All buffers live in [`Scratch`] and are reused across batches.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
-use gemm::Parallelism;
 use papersys_backend_core::EmbedError;
-use rayon::prelude::*;
 
+use super::TokenModel;
+use super::layers::{
+    AttentionShape, LayerNorm, Linear, Mask, attention, check_packed, grow, par_rows, parallelism,
+};
 use crate::config::TransformerConfig;
-use crate::kernels::bf16::{self, Bf16Isa, PackedBf16};
+use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
@@ -88,78 +90,6 @@ impl EncoderConfig {
     }
 }
 
-/// A dense layer with its weight transposed to [in, out], the layout the
-/// GEMM reads fastest, or packed as bf16 (then `w` is empty).
-struct Linear {
-    w: Vec<f32>,
-    b: Vec<f32>,
-    inputs: usize,
-    outputs: usize,
-    /// The bf16 weight and the detected CPU support its GEMM runs on.
-    packed: Option<(Bf16Isa, PackedBf16)>,
-}
-
-impl Linear {
-    /// `out[T, outputs] = x[T, inputs] · W`, added to `out`'s contents when
-    /// `accumulate` (the bias is not applied here). The bf16 GEMM rounds `x`
-    /// into `xb` first.
-    fn matmul(&self, x: &[f32], out: &mut [f32], accumulate: bool, par: Parallelism, xb: &mut Vec<u16>) {
-        let rows = x.len() / self.inputs;
-        assert!(
-            x.len() == rows * self.inputs && out.len() == rows * self.outputs,
-            "Linear::matmul: {} inputs and {} outputs are not {rows} rows of [{}, {}]",
-            x.len(),
-            out.len(),
-            self.inputs,
-            self.outputs
-        );
-        if let Some((isa, packed)) = &self.packed {
-            let threads = match par {
-                Parallelism::Rayon(n) => n,
-                _ => 1,
-            };
-            bf16::pack_rows(*isa, x, self.inputs, xb);
-            bf16::gemm(*isa, xb, rows, packed, out, accumulate, threads);
-            return;
-        }
-        assert_eq!(
-            self.w.len(),
-            self.inputs * self.outputs,
-            "Linear::matmul: weight not loaded"
-        );
-        // SAFETY: x holds rows·inputs floats, out rows·outputs, w
-        // inputs·outputs (checked at load); all row-major and contiguous.
-        unsafe {
-            gemm::gemm(
-                rows,
-                self.outputs,
-                self.inputs,
-                out.as_mut_ptr(),
-                1,
-                self.outputs as isize,
-                accumulate,
-                x.as_ptr(),
-                1,
-                self.inputs as isize,
-                self.w.as_ptr(),
-                1,
-                self.outputs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
-    }
-}
-
-struct LayerNorm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-}
-
 struct Layer {
     /// Q (pre-scaled by 1/√head_dim), K and V side by side: [hidden, 3·hidden].
     qkv: Linear,
@@ -206,22 +136,6 @@ impl Scratch {
     }
 }
 
-fn grow(v: &mut Vec<f32>, len: usize) {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-}
-
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut t = vec![0.0; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
-    }
-    t
-}
-
 impl Encoder {
     /// Loads the encoder from tensors named `{prefix}embeddings.*` and
     /// `{prefix}encoder.layer.{i}.*`, checking every shape.
@@ -249,16 +163,8 @@ impl Encoder {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let l = |s: &str| format!("encoder.layer.{i}.{s}");
-            let linear = |s: &str, inputs: usize, outputs: usize| -> Result<Linear, EmbedError> {
-                let w = t.get(&n(&l(&format!("{s}.weight"))), &[outputs, inputs])?;
-                Ok(Linear {
-                    w: transpose(&w, outputs, inputs),
-                    b: t.get(&n(&l(&format!("{s}.bias"))), &[outputs])?,
-                    inputs,
-                    outputs,
-                    packed: None,
-                })
-            };
+            let linear =
+                |s: &str, inputs: usize, outputs: usize| Linear::load(t, &n(&l(s)), inputs, outputs, true);
             let q = linear("attention.self.query", h, h)?;
             let k = linear("attention.self.key", h, h)?;
             let v = linear("attention.self.value", h, h)?;
@@ -306,11 +212,7 @@ impl Encoder {
                 &mut layer.ffn_in,
                 &mut layer.ffn_out,
             ] {
-                if linear.packed.is_none() {
-                    let packed = PackedBf16::pack(&linear.w, linear.inputs, linear.outputs);
-                    linear.packed = Some((isa, packed));
-                    linear.w = Vec::new();
-                }
+                linear.pack_bf16(isa);
             }
         }
         self.bf16 = Some(isa);
@@ -334,33 +236,8 @@ impl Encoder {
         let cfg = &self.cfg;
         let h = cfg.hidden;
         let tokens = ids.len();
-        let par = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
-        for w in cu.windows(2) {
-            let len = w[1]
-                .checked_sub(w[0])
-                .ok_or_else(|| EmbedError::Inference("cu_seq_lengths not increasing".into()))?;
-            if len as usize > cfg.max_tokens() {
-                return Err(EmbedError::Inference(format!(
-                    "a sequence of {len} tokens exceeds the model's {} positions",
-                    cfg.max_tokens()
-                )));
-            }
-        }
-        if cu.first() != Some(&0) || cu.last().map(|&l| l as usize) != Some(tokens) {
-            return Err(EmbedError::Inference(
-                "cu_seq_lengths do not cover input_ids".into(),
-            ));
-        }
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
-            return Err(EmbedError::Inference(format!(
-                "token id {bad} outside the vocabulary of {}",
-                cfg.vocab
-            )));
-        }
+        let par = parallelism(threads);
+        check_packed(ids, cu, cfg.max_tokens(), cfg.vocab)?;
         scratch.ensure(tokens, cfg);
         let Scratch {
             hidden,
@@ -415,100 +292,67 @@ impl Encoder {
         Ok(())
     }
 
-    /// Self-attention of every (sequence, head) pair, in parallel:
-    /// `ctx = softmax(Q·Kᵀ)·V` (Q already scaled) read straight from `qkv`.
+    /// Self-attention over the fused QKV rows (Q pre-scaled), every token
+    /// of a sequence seeing every other.
     fn attention(&self, qkv: &[f32], ctx: &mut [f32], cu: &[u32]) {
         let h = self.cfg.hidden;
-        let heads = self.cfg.heads;
-        let dh = h / heads;
-        let ld = 3 * h;
-        let out = SendPtr(ctx.as_mut_ptr());
-        let n_seq = cu.len() - 1;
-        (0..n_seq * heads).into_par_iter().for_each(|task| {
-            let (s, head) = (task / heads, task % heads);
-            let start = cu[s] as usize;
-            let l = cu[s + 1] as usize - start;
-            if l == 0 {
-                return;
-            }
-            SCORES.with(|cell| {
-                let mut scores = cell.borrow_mut();
-                grow(&mut scores, l * l);
-                let q = qkv[start * ld + head * dh..].as_ptr();
-                let k = qkv[start * ld + h + head * dh..].as_ptr();
-                let v = qkv[start * ld + 2 * h + head * dh..].as_ptr();
-                let out = &out;
-                // SAFETY: q, k, v address rows start..start+l of qkv with row
-                // stride ld; scores holds l·l floats; each task writes only
-                // its own rows and head columns of ctx, disjoint from others.
-                unsafe {
-                    gemm::gemm(
-                        l,
-                        l,
-                        dh,
-                        scores.as_mut_ptr(),
-                        1,
-                        l as isize,
-                        false,
-                        q,
-                        1,
-                        ld as isize,
-                        k,
-                        ld as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                for row in scores[..l * l].chunks_exact_mut(l) {
-                    kernels::softmax_with(row, self.isa);
-                }
-                unsafe {
-                    gemm::gemm(
-                        l,
-                        dh,
-                        l,
-                        out.0.add(start * h + head * dh),
-                        1,
-                        h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        l as isize,
-                        v,
-                        1,
-                        ld as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            });
-        });
+        let shape = AttentionShape {
+            heads: self.cfg.heads,
+            kv_heads: self.cfg.heads,
+            head_dim: h / self.cfg.heads,
+            stride: 3 * h,
+            q: 0,
+            k: h,
+            v: 2 * h,
+        };
+        attention(qkv, &shape, cu, Mask::Full, None, self.isa, ctx);
     }
 }
 
-thread_local! {
-    /// Attention scores of one (sequence, head), per worker thread.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+/// The encoder with its reusable buffers: what the engine runs.
+pub struct EncoderModel {
+    encoder: Encoder,
+    scratch: Mutex<Scratch>,
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint regions of one buffer to rayon tasks.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
+impl EncoderModel {
+    /// Wraps a loaded encoder.
+    pub fn new(encoder: Encoder) -> Self {
+        EncoderModel {
+            encoder,
+            scratch: Mutex::new(Scratch::default()),
+        }
+    }
+}
 
-/// Applies `f` to blocks of whole rows in parallel.
-fn par_rows(x: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
-    const ROWS: usize = 32;
-    x.par_chunks_mut(width * ROWS).for_each(f);
+impl TokenModel for EncoderModel {
+    fn hidden_size(&self) -> usize {
+        self.encoder.cfg.hidden
+    }
+
+    fn forward(
+        &self,
+        ids: &[u32],
+        cu: &[u32],
+        threads: usize,
+        hidden: &mut Vec<f32>,
+    ) -> Result<(), EmbedError> {
+        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let scratch: &mut Scratch = &mut guard;
+        self.encoder.forward(ids, cu, scratch, threads)?;
+        hidden.clear();
+        hidden.extend_from_slice(&scratch.hidden[..ids.len() * self.encoder.cfg.hidden]);
+        Ok(())
+    }
+
+    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
+        self.encoder.use_bf16(isa);
+        true
+    }
+
+    fn runs_bf16(&self) -> bool {
+        self.encoder.runs_bf16()
+    }
 }
 
 #[cfg(test)]

@@ -1,32 +1,88 @@
-//! Supported architectures. Each maps its checkpoint onto the shared
-//! [`encoder::Encoder`]; they differ only in tensor names and position ids.
+//! Supported architectures, one file each, behind one trait: a
+//! [`TokenModel`] turns a packed token batch into one vector per token.
+//! [`ARCHITECTURES`] maps config.json's `model_type` to the file that runs
+//! it; [`layers`] holds what they share.
 
 pub mod bert;
 pub mod encoder;
+pub mod layers;
 pub mod xlm_roberta;
 
 use papersys_backend_core::EmbedError;
 
-use crate::config::TransformerConfig;
+use crate::config::ModelConfig;
+use crate::kernels::bf16::Bf16Isa;
 use crate::weights::Tensors;
-use encoder::Encoder;
 
-/// `model_type` values this engine runs.
-pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["bert", "xlm-roberta", "roberta"];
+/// A transformer run on packed batches: sequences back to back, `cu` the
+/// cumulative lengths (`cu[0] = 0`, `cu[n] = ids.len()`).
+pub trait TokenModel: Send + Sync {
+    /// Width of the token vectors [`TokenModel::forward`] writes.
+    fn hidden_size(&self) -> usize;
 
-/// Builds the encoder for `cfg.model_type` from the checkpoint's tensors.
-pub fn load_encoder(cfg: &TransformerConfig, tensors: &Tensors<'_>) -> Result<Encoder, EmbedError> {
-    match cfg.model_type.as_str() {
-        "bert" => bert::load(cfg, tensors),
-        "xlm-roberta" | "roberta" => xlm_roberta::load(cfg, tensors),
-        other => Err(unsupported_model_type(other)),
-    }
+    /// Runs the model; `hidden` is replaced by [tokens, hidden_size] token
+    /// vectors. Called inside the engine's thread pool with its `threads`.
+    fn forward(
+        &self,
+        ids: &[u32],
+        cu: &[u32],
+        threads: usize,
+        hidden: &mut Vec<f32>,
+    ) -> Result<(), EmbedError>;
+
+    /// Switches the dense layers to the bf16 GEMM on `isa`; false when this
+    /// architecture has no bf16 path (it then keeps computing in f32).
+    fn use_bf16(&mut self, isa: Bf16Isa) -> bool;
+
+    /// Whether the dense layers run the bf16 GEMM.
+    fn runs_bf16(&self) -> bool;
+}
+
+/// What the engine needs to know of a model before loading its weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelShape {
+    /// Width of the token vectors.
+    pub hidden: usize,
+    /// Longest sequence (special tokens included) its positions allow.
+    pub max_tokens: usize,
+}
+
+/// Builds a model from config.json and the checkpoint's tensors.
+pub type LoadFn = fn(&ModelConfig, &Tensors<'_>) -> Result<Box<dyn TokenModel>, EmbedError>;
+
+/// One architecture: the `model_type` values it runs and how.
+pub struct Architecture {
+    /// config.json `model_type` values this architecture runs.
+    pub model_types: &'static [&'static str],
+    /// Reads the shape from config.json alone.
+    pub shape: fn(&ModelConfig) -> Result<ModelShape, EmbedError>,
+    /// Builds the model from config.json and the checkpoint's tensors.
+    pub load: LoadFn,
+}
+
+/// Every architecture the CPU engine runs.
+pub const ARCHITECTURES: &[Architecture] = &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE];
+
+/// `model_type` values the CPU engine runs, in [`ARCHITECTURES`] order.
+pub fn supported_model_types() -> Vec<&'static str> {
+    ARCHITECTURES
+        .iter()
+        .flat_map(|a| a.model_types.iter().copied())
+        .collect()
+}
+
+/// The architecture that runs `cfg.model_type`.
+pub fn architecture(cfg: &ModelConfig) -> Result<&'static Architecture, EmbedError> {
+    ARCHITECTURES
+        .iter()
+        .find(|a| a.model_types.contains(&cfg.model_type.as_str()))
+        .ok_or_else(|| unsupported_model_type(&cfg.model_type))
 }
 
 /// The error for a `model_type` no engine here can run.
 pub fn unsupported_model_type(model_type: &str) -> EmbedError {
     EmbedError::Unsupported(format!(
         "model_type {model_type:?} is not supported by the native engine (supported: {})",
-        SUPPORTED_MODEL_TYPES.join(", ")
+        supported_model_types().join(", ")
     ))
 }

@@ -1,0 +1,470 @@
+//! Building blocks every architecture shares: dense layers (f32 or packed
+//! bf16), norms, packed-batch checks and attention over a packed batch with
+//! optional grouped-query heads, causal or windowed masks and score biases.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use papersys_backend_core::EmbedError;
+use rayon::prelude::*;
+
+use crate::kernels::bf16::{self, Bf16Isa, PackedBf16};
+use crate::kernels::{self, Isa};
+use crate::weights::Tensors;
+
+/// A dense layer with its weight transposed to [in, out], the layout the
+/// GEMM reads fastest, or packed as bf16 (then `w` is empty).
+pub(crate) struct Linear {
+    /// [inputs, outputs], row-major; empty once packed as bf16.
+    pub w: Vec<f32>,
+    /// [outputs]; empty for a layer without bias.
+    pub b: Vec<f32>,
+    /// Input width.
+    pub inputs: usize,
+    /// Output width.
+    pub outputs: usize,
+    /// The bf16 weight and the detected CPU support its GEMM runs on.
+    pub packed: Option<(Bf16Isa, PackedBf16)>,
+}
+
+impl Linear {
+    /// `out[T, outputs] = x[T, inputs] · W`, added to `out`'s contents when
+    /// `accumulate` (the bias is not applied here). The bf16 GEMM rounds `x`
+    /// into `xb` first.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32], accumulate: bool, par: Parallelism, xb: &mut Vec<u16>) {
+        let rows = x.len() / self.inputs;
+        assert!(
+            x.len() == rows * self.inputs && out.len() == rows * self.outputs,
+            "Linear::matmul: {} inputs and {} outputs are not {rows} rows of [{}, {}]",
+            x.len(),
+            out.len(),
+            self.inputs,
+            self.outputs
+        );
+        if let Some((isa, packed)) = &self.packed {
+            let threads = match par {
+                Parallelism::Rayon(n) => n,
+                _ => 1,
+            };
+            bf16::pack_rows(*isa, x, self.inputs, xb);
+            bf16::gemm(*isa, xb, rows, packed, out, accumulate, threads);
+            return;
+        }
+        assert_eq!(
+            self.w.len(),
+            self.inputs * self.outputs,
+            "Linear::matmul: weight not loaded"
+        );
+        // SAFETY: x holds rows·inputs floats, out rows·outputs, w
+        // inputs·outputs (checked at load); all row-major and contiguous.
+        unsafe {
+            gemm::gemm(
+                rows,
+                self.outputs,
+                self.inputs,
+                out.as_mut_ptr(),
+                1,
+                self.outputs as isize,
+                accumulate,
+                x.as_ptr(),
+                1,
+                self.inputs as isize,
+                self.w.as_ptr(),
+                1,
+                self.outputs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+}
+
+impl Linear {
+    /// Loads `{name}.weight` ([outputs, inputs] as PyTorch stores it) and,
+    /// when `bias`, `{name}.bias`, transposing the weight for the GEMM.
+    pub fn load(
+        t: &Tensors<'_>,
+        name: &str,
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+    ) -> Result<Self, EmbedError> {
+        let w = t.get(&format!("{name}.weight"), &[outputs, inputs])?;
+        let b = if bias {
+            t.get(&format!("{name}.bias"), &[outputs])?
+        } else {
+            Vec::new()
+        };
+        Ok(Linear {
+            w: transpose(&w, outputs, inputs),
+            b,
+            inputs,
+            outputs,
+            packed: None,
+        })
+    }
+
+    /// Packs the weight as bf16 for `isa` and drops the f32 copy.
+    pub fn pack_bf16(&mut self, isa: Bf16Isa) {
+        if self.packed.is_none() {
+            self.packed = Some((isa, PackedBf16::pack(&self.w, self.inputs, self.outputs)));
+            self.w = Vec::new();
+        }
+    }
+}
+
+/// LayerNorm's scale and shift.
+pub(crate) struct LayerNorm {
+    /// Scale, [hidden].
+    pub gamma: Vec<f32>,
+    /// Shift, [hidden].
+    pub beta: Vec<f32>,
+}
+
+/// Grows `v` to at least `len` elements (zeros), never shrinks it.
+pub(crate) fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+/// `w` ([rows, cols], row-major) transposed to [cols, rows].
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = w[r * cols + c];
+        }
+    }
+    t
+}
+
+/// The GEMM parallelism for `threads` workers.
+pub(crate) fn parallelism(threads: usize) -> Parallelism {
+    if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// Checks a packed batch before a forward pass: `cu` starts at 0, never
+/// decreases, ends at `ids.len()`; no sequence is longer than `max_tokens`;
+/// every id is below `vocab`.
+pub(crate) fn check_packed(
+    ids: &[u32],
+    cu: &[u32],
+    max_tokens: usize,
+    vocab: usize,
+) -> Result<(), EmbedError> {
+    for w in cu.windows(2) {
+        let len = w[1]
+            .checked_sub(w[0])
+            .ok_or_else(|| EmbedError::Inference("cu_seq_lengths not increasing".into()))?;
+        if len as usize > max_tokens {
+            return Err(EmbedError::Inference(format!(
+                "a sequence of {len} tokens exceeds the model's {max_tokens} positions"
+            )));
+        }
+    }
+    if cu.first() != Some(&0) || cu.last().map(|&l| l as usize) != Some(ids.len()) {
+        return Err(EmbedError::Inference(
+            "cu_seq_lengths do not cover input_ids".into(),
+        ));
+    }
+    if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+        return Err(EmbedError::Inference(format!(
+            "token id {bad} outside the vocabulary of {vocab}"
+        )));
+    }
+    Ok(())
+}
+
+/// Which keys a query token attends to, within its own sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(
+    dead_code,
+    reason = "Causal and Window are for the decoder and local-attention architectures"
+)]
+pub(crate) enum Mask {
+    /// Every token of the sequence (encoders).
+    Full,
+    /// Tokens up to and including the query (decoders).
+    Causal,
+    /// Tokens at most this many positions away on either side (local attention).
+    Window(usize),
+}
+
+impl Mask {
+    /// The keys `lo..hi` query `i` of a sequence of `len` tokens sees.
+    fn keys(self, i: usize, len: usize) -> (usize, usize) {
+        match self {
+            Mask::Full => (0, len),
+            Mask::Causal => (0, i + 1),
+            Mask::Window(w) => (i.saturating_sub(w), (i + w + 1).min(len)),
+        }
+    }
+}
+
+/// Where Q, K and V sit in the projected rows and how wide the heads are.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttentionShape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (`heads` for ordinary attention; fewer for
+    /// grouped-query attention: each serves `heads / kv_heads` query heads).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Row stride of the projected buffer (floats per token).
+    pub stride: usize,
+    /// Column of head 0's query, key and value within a row.
+    pub q: usize,
+    /// See `q`.
+    pub k: usize,
+    /// See `q`.
+    pub v: usize,
+}
+
+/// Adds a bias to one (sequence, head)'s `len × len` scores before the
+/// softmax (relative position biases, ALiBi).
+pub(crate) type ScoreBias<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
+
+/// Self-attention of every (sequence, head) pair, in parallel:
+/// `ctx = softmax(Q·Kᵀ + bias, masked)·V`, Q already scaled, read straight
+/// out of `qkv` ([tokens, shape.stride]); `ctx` is [tokens, heads·head_dim].
+/// Masked scores are left out of the softmax (exactly zero weight).
+pub(crate) fn attention(
+    qkv: &[f32],
+    shape: &AttentionShape,
+    cu: &[u32],
+    mask: Mask,
+    bias: Option<ScoreBias<'_>>,
+    isa: Isa,
+    ctx: &mut [f32],
+) {
+    let AttentionShape {
+        heads,
+        kv_heads,
+        head_dim: dh,
+        stride: ld,
+        ..
+    } = *shape;
+    let width = heads * dh;
+    let tokens = cu.last().map_or(0, |&c| c as usize);
+    assert!(
+        kv_heads > 0
+            && heads.is_multiple_of(kv_heads)
+            && shape.q + width <= ld
+            && shape.k + kv_heads * dh <= ld
+            && shape.v + kv_heads * dh <= ld
+            && qkv.len() >= tokens * ld
+            && ctx.len() >= tokens * width,
+        "attention: shape {shape:?} does not fit {} projected and {} context floats for {tokens} tokens",
+        qkv.len(),
+        ctx.len()
+    );
+    let group = heads / kv_heads;
+    let out = SendPtr(ctx.as_mut_ptr());
+    let n_seq = cu.len().saturating_sub(1);
+    (0..n_seq * heads).into_par_iter().for_each(|task| {
+        let (s, head) = (task / heads, task % heads);
+        let start = cu[s] as usize;
+        let l = cu[s + 1] as usize - start;
+        if l == 0 {
+            return;
+        }
+        let kv = head / group;
+        SCORES.with(|cell| {
+            let mut scores = cell.borrow_mut();
+            grow(&mut scores, l * l);
+            let q = qkv[start * ld + shape.q + head * dh..].as_ptr();
+            let k = qkv[start * ld + shape.k + kv * dh..].as_ptr();
+            let v = qkv[start * ld + shape.v + kv * dh..].as_ptr();
+            let out = &out;
+            // SAFETY: q, k, v address rows start..start+l of qkv with row
+            // stride ld and dh columns inside the row (asserted above);
+            // scores holds l·l floats.
+            unsafe {
+                gemm::gemm(
+                    l,
+                    l,
+                    dh,
+                    scores.as_mut_ptr(),
+                    1,
+                    l as isize,
+                    false,
+                    q,
+                    1,
+                    ld as isize,
+                    k,
+                    ld as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            let scores = &mut scores[..l * l];
+            if let Some(bias) = bias {
+                bias(head, l, scores);
+            }
+            for (i, row) in scores.chunks_exact_mut(l).enumerate() {
+                let (lo, hi) = mask.keys(i, l);
+                kernels::softmax_with(&mut row[lo..hi], isa);
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+            }
+            // SAFETY: as above for v; the output rows start..start+l, columns
+            // head·dh..(head+1)·dh of ctx (row stride width) belong to this
+            // task alone, so no two tasks write the same float.
+            unsafe {
+                gemm::gemm(
+                    l,
+                    dh,
+                    l,
+                    out.0.add(start * width + head * dh),
+                    1,
+                    width as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    l as isize,
+                    v,
+                    1,
+                    ld as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
+    });
+}
+
+thread_local! {
+    /// Attention scores of one (sequence, head), per worker thread.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+struct SendPtr(*mut f32);
+// SAFETY: used only to hand disjoint regions of one buffer to rayon tasks.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
+
+/// Applies `f` to blocks of whole rows in parallel.
+pub(crate) fn par_rows(x: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+    const ROWS: usize = 32;
+    x.par_chunks_mut(width * ROWS).for_each(f);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Naive attention of one sequence, one head at a time, f64.
+    fn reference(qkv: &[f32], s: &AttentionShape, len: usize, mask: Mask) -> Vec<f32> {
+        let width = s.heads * s.head_dim;
+        let mut ctx = vec![0.0; len * width];
+        for head in 0..s.heads {
+            let kv = head / (s.heads / s.kv_heads);
+            for i in 0..len {
+                let (lo, hi) = mask.keys(i, len);
+                let dot = |j: usize| -> f64 {
+                    (0..s.head_dim)
+                        .map(|d| {
+                            qkv[i * s.stride + s.q + head * s.head_dim + d] as f64
+                                * qkv[j * s.stride + s.k + kv * s.head_dim + d] as f64
+                        })
+                        .sum()
+                };
+                let max = (lo..hi).map(dot).fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = (lo..hi).map(|j| (dot(j) - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for d in 0..s.head_dim {
+                    let v: f64 = (lo..hi)
+                        .zip(&weights)
+                        .map(|(j, w)| w * qkv[j * s.stride + s.v + kv * s.head_dim + d] as f64)
+                        .sum();
+                    ctx[i * width + head * s.head_dim + d] = (v / total) as f32;
+                }
+            }
+        }
+        ctx
+    }
+
+    #[test]
+    fn grouped_heads_and_masks_match_a_naive_attention() {
+        let (heads, kv_heads, dh, len) = (4, 2, 3, 5);
+        let shape = AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: dh,
+            stride: (heads + 2 * kv_heads) * dh,
+            q: 0,
+            k: heads * dh,
+            v: (heads + kv_heads) * dh,
+        };
+        let mut seed = 11u32;
+        let qkv: Vec<f32> = (0..len * shape.stride)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect();
+        for mask in [Mask::Full, Mask::Causal, Mask::Window(1)] {
+            let want = reference(&qkv, &shape, len, mask);
+            for isa in Isa::available() {
+                let mut ctx = vec![f32::NAN; len * heads * dh];
+                attention(&qkv, &shape, &[0, len as u32], mask, None, isa, &mut ctx);
+                for (a, b) in ctx.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "{mask:?} {isa:?}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_score_bias_is_added_before_the_softmax() {
+        let shape = AttentionShape {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+            stride: 3,
+            q: 0,
+            k: 1,
+            v: 2,
+        };
+        // Zero queries: without a bias both keys weigh 1/2.
+        let qkv = [0.0, 0.0, 1.0, 0.0, 0.0, 3.0];
+        let bias = |_: usize, l: usize, s: &mut [f32]| {
+            for i in 0..l {
+                s[i * l] += 2f32.ln();
+            }
+        };
+        let mut ctx = [0.0; 2];
+        attention(
+            &qkv,
+            &shape,
+            &[0, 2],
+            Mask::Full,
+            Some(&bias),
+            Isa::SCALAR,
+            &mut ctx,
+        );
+        // Weights 2/3 and 1/3: 2/3·1 + 1/3·3.
+        for c in ctx {
+            assert!((c - 5.0 / 3.0).abs() < 1e-6, "{c}");
+        }
+    }
+}
