@@ -14,6 +14,10 @@
 //! * The **refresh state** records, per year, the stamps of everything that
 //!   year's backlog rows were computed from. When none changed, the year's
 //!   rows are taken from the previous `backlog.parquet` as they are.
+//! * The **id hashes** hold, per year, the hashes of its paper ids (beside
+//!   the metadata index), so a refresh after one year's CSV changed checks
+//!   only that year's papers against the others for papers filed in several
+//!   years, without reading the unchanged years.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +28,9 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::atomic::{create_owned_dir, write_bytes_atomic};
 use crate::text::TextHash;
+
+mod id_hashes;
+pub use id_hashes::{IdHashes, id_hash};
 
 /// Directory of the caches inside a model directory.
 pub const CACHE_DIR: &str = ".cache";
@@ -321,6 +328,11 @@ pub struct RefreshState {
     /// Papers with rows in several years and the year each belongs to.
     #[serde(default)]
     pub cross_year: Vec<CrossYearPaper>,
+    /// The stamps of each year's metadata files (four-digit year) that
+    /// `cross_year` was resolved from: after a change, only the years whose
+    /// stamps differ are checked again.
+    #[serde(default)]
+    pub metadata_years: BTreeMap<String, Vec<(String, FileStamp)>>,
 }
 
 /// Start of the refresh state's last line: the XXH3-64 of the JSON before it.
@@ -353,6 +365,7 @@ impl RefreshState {
             years: BTreeMap::new(),
             metadata: Vec::new(),
             cross_year: Vec::new(),
+            metadata_years: BTreeMap::new(),
         }
     }
 
