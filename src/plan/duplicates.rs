@@ -13,12 +13,36 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::index::{MetadataPaper, year_metadata};
+use super::index::{MetadataPaper, updated_micros, year_metadata};
 use crate::metadata::{Discovery, InputIssue, MetadataFile, Year};
 use crate::store::cache::{CrossYearPaper, FileStamp, IdHashes};
 
 /// Papers named in a warning before "and N more".
 const NAMED_IN_WARNING: usize = 5;
+
+/// A year's claim on a paper it has rows of: the `updated_at` of its row
+/// there (the last one in the year's files) and the year. The paper belongs
+/// to the year of the greatest claim: the newest row, then the later year.
+/// The one rule, for the plan and for every reader of the metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Claim {
+    /// `updated_at` as [`updated_micros`] gives it (compared first).
+    updated: i64,
+    /// The year (breaks ties).
+    year: Year,
+}
+
+impl Claim {
+    /// The claim of `year` whose row has `updated` (from [`updated_micros`]).
+    pub(crate) fn new(updated: i64, year: Year) -> Claim {
+        Claim { updated, year }
+    }
+
+    /// The claim of `year` whose row's `updated_at` reads `updated_at`.
+    pub(crate) fn of_row(updated_at: &str, year: Year) -> Claim {
+        Claim::new(updated_micros(updated_at), year)
+    }
+}
 
 /// One year's de-duplicated metadata.
 pub(crate) struct YearMetadata {
@@ -229,8 +253,10 @@ pub(crate) fn resolve(discovery: &Discovery, years: &mut [YearMetadata]) -> Vec<
             }
             group.sort_unstable();
             let at = |i: usize| &years[i].papers[next[i] - 1];
-            // Newest row; on a tie the later year (years are ascending).
-            let Some(&owner) = group.iter().max_by_key(|&&i| (at(i).updated, i)) else {
+            let Some(&owner) = group
+                .iter()
+                .max_by_key(|&&i| Claim::new(at(i).updated, years[i].year))
+            else {
                 continue;
             };
             let origin = |i: usize| {

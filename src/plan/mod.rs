@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 pub use counts::{all_papers, metadata_counts};
+pub(crate) use duplicates::Claim;
 pub use index::index_file;
 pub use reuse::{is_current, metadata_stamps};
 
