@@ -3,8 +3,10 @@
 # polars baseline that refreshes the same backlog the way the Python original
 # did, in one run. Prints seconds, peak memory and ratios.
 #
-#   bench/backlog.sh [--tree DIR] [--rows N] [--alias A]
+#   bench/backlog.sh [--tree DIR] [--rows N] [--alias A] [--bin PAPERSYS]
 #
+# --bin times that papersys binary (e.g. an older build, for a before/after
+# comparison) instead of building this checkout's.
 # The tree defaults to /tmp/papersys-big (2.8M papers, 95% embedded), made by
 # `cargo run --release --example make_big_tree` when missing; a tree made by
 # ../shared/bench/make_big.py works too. "Cold" runs drop the page cache
@@ -14,20 +16,25 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tree=/tmp/papersys-big
 rows=2800000
 alias=jasper_v1
+bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tree) tree="$2"; shift 2 ;;
     --rows) rows="$2"; shift 2 ;;
     --alias) alias="$2"; shift 2 ;;
+    --bin) bin="$(realpath "$2")"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 cd "$repo"
-cargo build --release -q --bin papersys --example make_big_tree
-bin="$repo/target/release/papersys"
+if [ -z "$bin" ]; then
+  cargo build --release -q --bin papersys
+  bin="$repo/target/release/papersys"
+fi
 if [ ! -d "$tree/metadata" ]; then
   echo "generating $tree ($rows papers)..." >&2
+  cargo build --release -q --example make_big_tree
   target/release/examples/make_big_tree --out "$tree" --rows "$rows" --coverage 0.95 --alias "$alias"
 fi
 [ -f "$tree/papersys.toml" ] || printf '[embedding]\n[[embedding.models]]\nalias = "%s"\nname = "m"\ndimension = 384\n' "$alias" > "$tree/papersys.toml"
@@ -48,10 +55,18 @@ measure() {
   rm -f "$stats" "$stats.err"
 }
 
+# The newest CSV is changed in place; the original (content and stamp, so
+# other tools' caches of it stay valid) is put back on any exit. A copy left
+# by an earlier run that could not restore it is the original.
 newest=$(ls "$tree"/metadata/metadata-*.csv | sort | tail -1)
-cp "$newest" "$newest.bench-orig"
-restore() { [ -f "$newest.bench-orig" ] && mv -f "$newest.bench-orig" "$newest"; }
+if [ -f "$newest.bench-orig" ]; then
+  echo "restoring $newest from an earlier run's $newest.bench-orig" >&2
+  mv -f "$newest.bench-orig" "$newest"
+fi
+cp -p "$newest" "$newest.bench-orig"
+restore() { if [ -f "$newest.bench-orig" ]; then mv -f "$newest.bench-orig" "$newest"; fi; }
 trap restore EXIT
+trap 'exit 130' INT TERM
 
 cold_label=$([ "$can_drop" = 1 ] && echo "cold page cache" || echo "NOT cold (no root)")
 echo "tree: $tree ($(du -sh "$tree/metadata" | cut -f1) CSV, $(du -sh "$model_dir" | cut -f1) Parquet)"
