@@ -46,14 +46,7 @@ if [ -w /proc/sys/vm/drop_caches ]; then can_drop=1; fi
 drop() { sync; if [ "$can_drop" = 1 ]; then echo 3 > /proc/sys/vm/drop_caches; fi; }
 fresh() { rm -rf "$tree/embeddings/.cache" "$model_dir/.cache" "$model_dir/backlog.parquet"; }
 
-# Runs a command, prints "seconds peak_MB".
-measure() {
-  local stats
-  stats=$(mktemp)
-  /usr/bin/time -o "$stats" -f '%e %M' "$@" >/dev/null 2>"$stats.err" || { cat "$stats.err" >&2; exit 1; }
-  awk '{printf "%.2f %.0f", $1, $2/1024}' "$stats"
-  rm -f "$stats" "$stats.err"
-}
+source "$repo/bench/lib.sh"
 
 # The newest CSV is changed in place; the original (content and stamp, so
 # other tools' caches of it stay valid) is put back on any exit. A copy left
@@ -75,12 +68,11 @@ echo "machine load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Each situation runs $trials times, papersys and baseline alternating; the
 # median is reported (this machine is shared and noisy).
 trials=${TRIALS:-3}
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 run_pair() {  # $1: setup function run before each trial
   local ps=() pm=() bs=() bm=() s m
   for _ in $(seq "$trials"); do
-    $1 papersys; read -r s m <<<"$(measure "$bin" -q --config "$tree/papersys.toml" backlog --model "$alias")"; ps+=("$s"); pm+=("$m")
-    $1 baseline; read -r s m <<<"$(measure "$py" bench/backlog_baseline.py --root "$tree" --alias "$alias")"; bs+=("$s"); bm+=("$m")
+    $1 papersys; read -r s m _ <<<"$(measure "$bin" -q --config "$tree/papersys.toml" backlog --model "$alias")"; ps+=("$s"); pm+=("$m")
+    $1 baseline; read -r s m _ <<<"$(measure "$py" bench/backlog_baseline.py --root "$tree" --alias "$alias")"; bs+=("$s"); bm+=("$m")
   done
   echo "$(printf '%s\n' "${ps[@]}" | median) $(printf '%s\n' "${pm[@]}" | sort -n | tail -1) $(printf '%s\n' "${bs[@]}" | median) $(printf '%s\n' "${bm[@]}" | sort -n | tail -1)"
 }
