@@ -318,33 +318,16 @@ pub fn read_rows_while(
     read_rows_in_chunks(path, CHUNK_BYTES, issues, on_row)
 }
 
-/// An issue about the whole file at `path`.
-fn file_issue(path: &Path, message: String) -> InputIssue {
-    InputIssue {
-        path: path.to_path_buf(),
-        line: None,
-        message,
-    }
-}
-
-/// An issue about the row of `path` starting on `line`.
-fn row_issue(path: &Path, line: u64, message: String) -> InputIssue {
-    InputIssue {
-        path: path.to_path_buf(),
-        line: Some(line),
-        message,
-    }
-}
-
 fn read_error(path: &Path, e: std::io::Error) -> InputIssue {
-    file_issue(path, format!("read error: {e}; the rest of the file is skipped"))
+    InputIssue::file(path, format!("read error: {e}; the rest of the file is skipped"))
 }
 
 /// Opens `path`, skips a UTF-8 byte order mark and reads the header row:
 /// the reader is left at the first row, with the header's names (trimmed).
 /// `Err` says why the file cannot be read at all.
 fn open_with_header(path: &Path, chunk: usize) -> Result<(RecordReader, Vec<String>), InputIssue> {
-    let file = File::open(path).map_err(|e| file_issue(path, format!("cannot open: {e}; file skipped")))?;
+    let file =
+        File::open(path).map_err(|e| InputIssue::file(path, format!("cannot open: {e}; file skipped")))?;
     let mut reader = RecordReader::new(file, chunk.max(1));
     while reader.end < 3 && !reader.eof {
         reader.refill().map_err(|e| read_error(path, e))?;
@@ -353,16 +336,15 @@ fn open_with_header(path: &Path, chunk: usize) -> Result<(RecordReader, Vec<Stri
         reader.start = 3;
     }
     match reader.next_record().map_err(|e| read_error(path, e))? {
-        Next::End => Err(file_issue(path, "empty file: no header row; file skipped".into())),
-        Next::Broken { message, .. } => Err(file_issue(
+        Next::End => Err(InputIssue::file(path, "empty file: no header row; file skipped")),
+        Next::Broken { message, .. } => Err(InputIssue::file(
             path,
             format!("unreadable header row: {message}; file skipped"),
         )),
-        Next::Record { .. } if reader.buf[reader.record.clone()].contains(&0) => Err(file_issue(
+        Next::Record { .. } if reader.buf[reader.record.clone()].contains(&0) => Err(InputIssue::file(
             path,
             "the header row holds NUL bytes: this is a binary or UTF-16 file, not UTF-8 CSV text; \
-             file skipped (save it as UTF-8)"
-                .into(),
+             file skipped (save it as UTF-8)",
         )),
         Next::Record { .. } => {
             let names = (0..reader.fields.len())
@@ -382,7 +364,7 @@ fn read_rows_in_chunks(
     mut on_row: impl FnMut(Row<'_>) -> ControlFlow<()>,
 ) -> Result<FileSummary, InputIssue> {
     let (mut reader, header_names) = open_with_header(path, chunk)?;
-    let columns = find_columns(&header_names).map_err(|m| file_issue(path, m))?;
+    let columns = find_columns(&header_names).map_err(|m| InputIssue::file(path, m))?;
 
     let mut summary = FileSummary::default();
     let mut unescaped: [Vec<u8>; 3] = Default::default();
@@ -395,7 +377,7 @@ fn read_rows_in_chunks(
             Ok(Next::End) => break,
             Ok(Next::Broken { line, message }) => {
                 summary.skipped += 1;
-                issues.push(row_issue(path, line, message));
+                issues.push(InputIssue::row(path, line, message));
                 continue;
             }
             Err(e) => {
@@ -429,14 +411,17 @@ fn read_rows_in_chunks(
             Err(message) => {
                 summary.skipped += 1;
                 let taken = swallowed(&reader.buf[reader.record.clone()], line);
-                issues.push(row_issue(path, line, format!("{message}; row skipped{taken}")));
+                issues.push(InputIssue::row(
+                    path,
+                    line,
+                    format!("{message}; row skipped{taken}"),
+                ));
             }
         }
     }
     if let Some((line, column, rows)) = foreign {
         let name = header_names.get(column).map_or("?", String::as_str);
-        issues.push(row_issue(
-            path,
+        issues.push(InputIssue::row(path,
             line,
             format!(
                 "invalid UTF-8 in column `{name}` (the file must be UTF-8; Latin-1?); {rows} row(s) have such a \
@@ -445,7 +430,7 @@ fn read_rows_in_chunks(
         ));
     }
     if summary.rows == 0 && summary.skipped == 0 {
-        issues.push(file_issue(path, "header only, no rows".into()));
+        issues.push(InputIssue::file(path, "header only, no rows"));
     }
     Ok(summary)
 }
@@ -611,7 +596,10 @@ pub fn read_columns<const N: usize>(
 ) -> Result<u64, InputIssue> {
     let (mut reader, names) = open_with_header(path, CHUNK_BYTES)?;
     let Some(id_column) = names.iter().position(|n| n == "paper_id") else {
-        return Err(file_issue(path, "no `paper_id` column; file skipped".to_string()));
+        return Err(InputIssue::file(
+            path,
+            "no `paper_id` column; file skipped".to_string(),
+        ));
     };
     let index: [Option<usize>; N] = columns.map(|c| names.iter().position(|n| n == c));
     let mut unescaped: [Vec<u8>; N] = std::array::from_fn(|_| Vec::new());
@@ -621,7 +609,7 @@ pub fn read_columns<const N: usize>(
             Ok(Next::Record { line }) => line,
             Ok(Next::End) => break,
             Ok(Next::Broken { line, message }) => {
-                issues.push(row_issue(path, line, message));
+                issues.push(InputIssue::row(path, line, message));
                 continue;
             }
             Err(e) => {
@@ -635,11 +623,11 @@ pub fn read_columns<const N: usize>(
                 names.len(),
                 reader.fields.len()
             );
-            issues.push(row_issue(path, line, message));
+            issues.push(InputIssue::row(path, line, message));
             continue;
         }
         if let Some(i) = reader.fields.iter().position(|f| f.stray) {
-            issues.push(row_issue(
+            issues.push(InputIssue::row(
                 path,
                 line,
                 format!("text after the closing quote of field {}; row skipped", i + 1),
@@ -650,7 +638,7 @@ pub fn read_columns<const N: usize>(
             let column = non_utf8_field(&reader)
                 .and_then(|i| names.get(i))
                 .map_or("?", String::as_str);
-            issues.push(row_issue(
+            issues.push(InputIssue::row(
                 path,
                 line,
                 format!("invalid UTF-8 in column `{column}` (the file must be UTF-8); row skipped"),
@@ -662,7 +650,11 @@ pub fn read_columns<const N: usize>(
             text.get(f.start..f.end).unwrap_or_default()
         };
         if field(id_column).trim().is_empty() {
-            issues.push(row_issue(path, line, "empty paper_id; row skipped".to_string()));
+            issues.push(InputIssue::row(
+                path,
+                line,
+                "empty paper_id; row skipped".to_string(),
+            ));
             continue;
         }
         for (k, column) in index.iter().enumerate() {

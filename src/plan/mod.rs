@@ -438,11 +438,10 @@ fn compute_year(
                         });
                         inputs.year_file = None;
                     }
-                    Access::ReadOnly(_) => issues.push(InputIssue {
-                        path: year_path.clone(),
-                        line: None,
-                        message: format!("cannot be read ({message}); a real run will move it aside"),
-                    }),
+                    Access::ReadOnly(_) => issues.push(InputIssue::file(
+                        &year_path,
+                        format!("cannot be read ({message}); a real run will move it aside"),
+                    )),
                 }
                 None
             }
