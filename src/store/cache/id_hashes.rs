@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::{CACHE_DIR, CACHE_VERSION, Cursor, FileStamp, index_dir};
+use super::{CACHE_DIR, CACHE_VERSION, FileStamp, frame_end, frame_start, index_dir, open_frame};
 use crate::store::atomic::{create_owned_dir, write_bytes_atomic};
 
 const MAGIC: &[u8; 8] = b"PSIDH\x00\x00\x01";
@@ -71,16 +71,7 @@ impl IdHashes {
     /// and are intact; `None` otherwise.
     pub fn load(embeddings_dir: &Path, year: &str, files: &[(String, FileStamp)]) -> Option<IdHashes> {
         let bytes = std::fs::read(path(embeddings_dir, year)).ok()?;
-        let (body, checksum) = bytes.split_at_checked(bytes.len().checked_sub(8)?)?;
-        if xxh3_64(body) != u64::from_le_bytes(checksum.try_into().ok()?) {
-            return None;
-        }
-        let mut cursor = Cursor { bytes: body };
-        if cursor.take(8)? != MAGIC {
-            return None;
-        }
-        let header_len = usize::try_from(cursor.u64()?).ok()?;
-        let header: Header = serde_json::from_slice(cursor.take(header_len)?).ok()?;
+        let (header, mut cursor): (Header, _) = open_frame(&bytes, MAGIC)?;
         if header.version != CACHE_VERSION || header.year != year || header.files != files {
             return None;
         }
@@ -112,16 +103,11 @@ impl IdHashes {
             files: self.files.clone(),
             count: self.hashes.len() as u64,
         };
-        let header = serde_json::to_vec(&header).map_err(std::io::Error::other)?;
-        let mut out = Vec::with_capacity(24 + header.len() + self.hashes.len() * 8);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
+        let mut out = frame_start(MAGIC, &header, self.hashes.len() * 8);
         for hash in &self.hashes {
             out.extend_from_slice(&hash.to_le_bytes());
         }
-        let checksum = xxh3_64(&out);
-        out.extend_from_slice(&checksum.to_le_bytes());
+        frame_end(&mut out);
         create_owned_dir(&embeddings_dir.join(CACHE_DIR))?;
         create_owned_dir(&index_dir(embeddings_dir))?;
         write_bytes_atomic(&path(embeddings_dir, year), &out)
