@@ -49,17 +49,9 @@ fresh() { rm -rf "$tree/embeddings/.cache" "$model_dir/.cache" "$model_dir/backl
 source "$repo/bench/lib.sh"
 
 # The newest CSV is changed in place; the original (content and stamp, so
-# other tools' caches of it stay valid) is put back on any exit. A copy left
-# by an earlier run that could not restore it is the original.
+# other tools' caches of it stay valid) is put back on any exit.
 newest=$(ls "$tree"/metadata/metadata-*.csv | sort | tail -1)
-if [ -f "$newest.bench-orig" ]; then
-  echo "restoring $newest from an earlier run's $newest.bench-orig" >&2
-  mv -f "$newest.bench-orig" "$newest"
-fi
-cp -p "$newest" "$newest.bench-orig"
-restore() { if [ -f "$newest.bench-orig" ]; then mv -f "$newest.bench-orig" "$newest"; fi; }
-trap restore EXIT
-trap 'exit 130' INT TERM
+keep_original "$newest"
 
 cold_label=$([ "$can_drop" = 1 ] && echo "cold page cache" || echo "NOT cold (no root)")
 echo "tree: $tree ($(du -sh "$tree/metadata" | cut -f1) CSV, $(du -sh "$model_dir" | cut -f1) Parquet)"
@@ -87,16 +79,7 @@ read -r p_rep m_rep b_rep bm_rep <<<"$(run_pair setup_none)"
 grow() {
   cp "$newest.bench-orig" "$newest"
   if [ "$1" = papersys ]; then "$bin" -q --config "$tree/papersys.toml" backlog --model "$alias" >/dev/null 2>&1; fi
-  "$py" - "$newest" <<'PY'
-import csv, sys
-path = sys.argv[1]
-with open(path, newline="", encoding="utf-8") as fh:
-    rows = list(csv.reader(fh))
-with open(path, "a", newline="", encoding="utf-8") as fh:
-    writer = csv.writer(fh)
-    for i, row in enumerate(rows[-1000:]):
-        writer.writerow(["9999." + str(i).zfill(5)] + row[1:])
-PY
+  append_papers "$py" "$newest"
 }
 read -r p_add m_add b_add bm_add <<<"$(run_pair grow)"
 rm -f "$model_dir/backlog-baseline.parquet"

@@ -22,3 +22,32 @@ measure() {
 
 # median: the median of the numbers on stdin, one a line.
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+# keep_original FILE: FILE may be changed from now on; on any exit it gets
+# its content and modification time back (from FILE.bench-orig; a copy left
+# by an earlier run that could not restore it is taken as the original).
+keep_original() {
+  kept_file="$1"
+  if [ -f "$kept_file.bench-orig" ]; then
+    echo "restoring $kept_file from an earlier run's $kept_file.bench-orig" >&2
+    mv -f "$kept_file.bench-orig" "$kept_file"
+  fi
+  cp -p "$kept_file" "$kept_file.bench-orig"
+  trap 'if [ -f "$kept_file.bench-orig" ]; then mv -f "$kept_file.bench-orig" "$kept_file"; fi' EXIT
+  trap 'exit 130' INT TERM
+}
+
+# append_papers PYTHON CSV: appends 1,000 new papers to a metadata CSV
+# (copies of its last rows under new ids 9999.00000...).
+append_papers() {
+  "$1" - "$2" <<'PY'
+import csv, sys
+path = sys.argv[1]
+with open(path, newline="", encoding="utf-8") as fh:
+    rows = list(csv.reader(fh))
+with open(path, "a", newline="", encoding="utf-8") as fh:
+    writer = csv.writer(fh)
+    for i, row in enumerate(rows[-1000:]):
+        writer.writerow(["9999." + str(i).zfill(5)] + row[1:])
+PY
+}
