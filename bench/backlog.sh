@@ -3,8 +3,10 @@
 # polars baseline that refreshes the same backlog the way the Python original
 # did, in one run. Prints seconds, peak memory and ratios.
 #
-#   bench/backlog.sh [--tree DIR] [--rows N] [--alias A]
+#   bench/backlog.sh [--tree DIR] [--rows N] [--alias A] [--bin PAPERSYS]
 #
+# --bin times that papersys binary (e.g. an older build, for a before/after
+# comparison) instead of building this checkout's.
 # The tree defaults to /tmp/papersys-big (2.8M papers, 95% embedded), made by
 # `cargo run --release --example make_big_tree` when missing; a tree made by
 # ../shared/bench/make_big.py works too. "Cold" runs drop the page cache
@@ -14,20 +16,25 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tree=/tmp/papersys-big
 rows=2800000
 alias=jasper_v1
+bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tree) tree="$2"; shift 2 ;;
     --rows) rows="$2"; shift 2 ;;
     --alias) alias="$2"; shift 2 ;;
+    --bin) bin="$(realpath "$2")"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
 cd "$repo"
-cargo build --release -q --bin papersys --example make_big_tree
-bin="$repo/target/release/papersys"
+if [ -z "$bin" ]; then
+  cargo build --release -q --bin papersys
+  bin="$repo/target/release/papersys"
+fi
 if [ ! -d "$tree/metadata" ]; then
   echo "generating $tree ($rows papers)..." >&2
+  cargo build --release -q --example make_big_tree
   target/release/examples/make_big_tree --out "$tree" --rows "$rows" --coverage 0.95 --alias "$alias"
 fi
 [ -f "$tree/papersys.toml" ] || printf '[embedding]\n[[embedding.models]]\nalias = "%s"\nname = "m"\ndimension = 384\n' "$alias" > "$tree/papersys.toml"
@@ -39,19 +46,12 @@ if [ -w /proc/sys/vm/drop_caches ]; then can_drop=1; fi
 drop() { sync; if [ "$can_drop" = 1 ]; then echo 3 > /proc/sys/vm/drop_caches; fi; }
 fresh() { rm -rf "$tree/embeddings/.cache" "$model_dir/.cache" "$model_dir/backlog.parquet"; }
 
-# Runs a command, prints "seconds peak_MB".
-measure() {
-  local stats
-  stats=$(mktemp)
-  /usr/bin/time -o "$stats" -f '%e %M' "$@" >/dev/null 2>"$stats.err" || { cat "$stats.err" >&2; exit 1; }
-  awk '{printf "%.2f %.0f", $1, $2/1024}' "$stats"
-  rm -f "$stats" "$stats.err"
-}
+source "$repo/bench/lib.sh"
 
+# The newest CSV is changed in place; the original (content and stamp, so
+# other tools' caches of it stay valid) is put back on any exit.
 newest=$(ls "$tree"/metadata/metadata-*.csv | sort | tail -1)
-cp "$newest" "$newest.bench-orig"
-restore() { [ -f "$newest.bench-orig" ] && mv -f "$newest.bench-orig" "$newest"; }
-trap restore EXIT
+keep_original "$newest"
 
 cold_label=$([ "$can_drop" = 1 ] && echo "cold page cache" || echo "NOT cold (no root)")
 echo "tree: $tree ($(du -sh "$tree/metadata" | cut -f1) CSV, $(du -sh "$model_dir" | cut -f1) Parquet)"
@@ -60,12 +60,11 @@ echo "machine load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 # Each situation runs $trials times, papersys and baseline alternating; the
 # median is reported (this machine is shared and noisy).
 trials=${TRIALS:-3}
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 run_pair() {  # $1: setup function run before each trial
   local ps=() pm=() bs=() bm=() s m
   for _ in $(seq "$trials"); do
-    $1 papersys; read -r s m <<<"$(measure "$bin" -q --config "$tree/papersys.toml" backlog --model "$alias")"; ps+=("$s"); pm+=("$m")
-    $1 baseline; read -r s m <<<"$(measure "$py" bench/backlog_baseline.py --root "$tree" --alias "$alias")"; bs+=("$s"); bm+=("$m")
+    $1 papersys; read -r s m _ <<<"$(measure "$bin" -q --config "$tree/papersys.toml" backlog --model "$alias")"; ps+=("$s"); pm+=("$m")
+    $1 baseline; read -r s m _ <<<"$(measure "$py" bench/backlog_baseline.py --root "$tree" --alias "$alias")"; bs+=("$s"); bm+=("$m")
   done
   echo "$(printf '%s\n' "${ps[@]}" | median) $(printf '%s\n' "${pm[@]}" | sort -n | tail -1) $(printf '%s\n' "${bs[@]}" | median) $(printf '%s\n' "${bm[@]}" | sort -n | tail -1)"
 }
@@ -80,16 +79,7 @@ read -r p_rep m_rep b_rep bm_rep <<<"$(run_pair setup_none)"
 grow() {
   cp "$newest.bench-orig" "$newest"
   if [ "$1" = papersys ]; then "$bin" -q --config "$tree/papersys.toml" backlog --model "$alias" >/dev/null 2>&1; fi
-  "$py" - "$newest" <<'PY'
-import csv, sys
-path = sys.argv[1]
-with open(path, newline="", encoding="utf-8") as fh:
-    rows = list(csv.reader(fh))
-with open(path, "a", newline="", encoding="utf-8") as fh:
-    writer = csv.writer(fh)
-    for i, row in enumerate(rows[-1000:]):
-        writer.writerow(["9999." + str(i).zfill(5)] + row[1:])
-PY
+  append_papers "$py" "$newest"
 }
 read -r p_add m_add b_add bm_add <<<"$(run_pair grow)"
 rm -f "$model_dir/backlog-baseline.parquet"

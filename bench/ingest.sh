@@ -55,14 +55,7 @@ generate() {
   fi
 }
 
-# Runs a command; prints "seconds peak_MB cpu_seconds".
-measure() {
-  local stats
-  stats=$(mktemp)
-  /usr/bin/time -o "$stats" -f '%e %M %U %S' "$@" >/dev/null 2>"$stats.err" || { cat "$stats.err" >&2; exit 1; }
-  awk '{printf "%.1f %.0f %.1f\n", $1, $2/1024, $3+$4}' "$stats"
-  rm -f "$stats" "$stats.err"
-}
+source "$repo/bench/lib.sh"
 
 # Data rows of CSV files (records, not lines: fields hold newlines).
 csv_rows() {

@@ -65,14 +65,7 @@ EOF
 "$bin" --config "$tree/papersys.toml" -q prefs import "$tree/likes.csv" >/dev/null
 window=(--from 2025-12-25 --until 2025-12-31)
 
-# Runs a command, prints "seconds peak_MB".
-measure() {
-  local stats
-  stats=$(mktemp)
-  /usr/bin/time -o "$stats" -f '%e %M' "$@" >/dev/null 2>"$stats.err" || { cat "$stats.err" >&2; exit 1; }
-  awk '{printf "%.2f %.0f", $1, $2/1024}' "$stats"
-  rm -f "$stats" "$stats.err"
-}
+source "$repo/bench/lib.sh"
 
 echo "tree: $tree ($(du -sh "$tree/metadata" | cut -f1) CSV, $(du -sh "$tree/embeddings/$alias" | cut -f1) Parquet), $likes likes, window ${window[1]}..${window[3]}"
 echo "machine load before: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -81,8 +74,8 @@ echo "machine load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-10s %10s %10s %12s %12s\n' trial papersys_s baseline_s papersys_MB baseline_MB
 best_p=""; best_b=""; peak_p=0; peak_b=0
 for t in $(seq 1 "$trials"); do
-  read -r ps pm <<<"$(measure "$bin" --config "$tree/papersys.toml" -q recommend "${window[@]}")"
-  read -r bs bm <<<"$(measure "$py" "$repo/bench/recommend_baseline.py" "$tree" "$alias" 2025-12-25 2025-12-31 "$tree/.bench-baseline")"
+  read -r ps pm _ <<<"$(measure "$bin" --config "$tree/papersys.toml" -q recommend "${window[@]}")"
+  read -r bs bm _ <<<"$(measure "$py" "$repo/bench/recommend_baseline.py" "$tree" "$alias" 2025-12-25 2025-12-31 "$tree/.bench-baseline")"
   printf '%-10s %10s %10s %12s %12s\n' "$t" "$ps" "$bs" "$pm" "$bm"
   if [ -z "$best_p" ] || awk "BEGIN{exit !($ps < $best_p)}"; then best_p=$ps; fi
   if [ -z "$best_b" ] || awk "BEGIN{exit !($bs < $best_b)}"; then best_b=$bs; fi

@@ -79,10 +79,13 @@ cache="$model_dir/.cache/vectors"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-# Runs a command; prints "seconds peak_RSS_MB"; its stderr is kept in $work/err.
-measure() {
-  /usr/bin/time -o "$work/time" -f '%e %M' "$@" >"$work/out" 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-  awk '{printf "%.2f s, peak RSS %.0f MB (mapped pages included)", $1, $2/1024}' "$work/time"
+source "$repo/bench/lib.sh"
+# Runs a command; prints its time and peak RSS; its stdout and stderr are
+# kept in $work/out and $work/err.
+timed() {
+  local s m
+  read -r s m _ <<<"$(MEASURE_OUT="$work/out" MEASURE_ERR="$work/err" measure "$@")"
+  printf '%s s, peak RSS %s MB (mapped pages included)' "$s" "$m"
 }
 open_line() { grep -o 'cache: [^)]*' "$work/err" | tail -1; }
 
@@ -109,28 +112,28 @@ echo "queries: $(wc -l < "$work/queries.txt") titles"
 echo
 echo "== cache build from nothing =="
 rm -rf "$cache"
-echo "first search (builds the cache): $(measure "$bin" --config "$config" search -k 10 "graph neural networks")"
+echo "first search (builds the cache): $(timed "$bin" --config "$config" search -k 10 "graph neural networks")"
 echo "  $(open_line)"
 echo "cache size: $(du -sh "$cache" | cut -f1)"
 
 echo
 echo "== one search process end to end (warm page cache) =="
 for i in 1 2 3; do
-  echo "run $i: $(measure "$bin" --config "$config" -v search -k 10 "contrastive learning for sentence embeddings")"
+  echo "run $i: $(timed "$bin" --config "$config" -v search -k 10 "contrastive learning for sentence embeddings")"
   echo "  $(grep -o 'ready: .*' "$work/err" | tail -1)"
   echo "  $(grep -o 'scan [0-9.]* ms; memory: .*' "$work/err" | tail -1)"
 done
 
 echo
 echo "== $(wc -l < "$work/queries.txt") queries in one call (--queries) =="
-echo "total: $(measure "$bin" --config "$config" search --queries "$work/queries.txt" -k 10)"
+echo "total: $(timed "$bin" --config "$config" search --queries "$work/queries.txt" -k 10)"
 grep -o '[0-9]* queries: .*' "$work/err" | tail -1
 echo "results: $(wc -l < "$work/out") JSON lines"
 
 echo
 echo "== scan alone: papersys vs numpy over the same mapped f32 vectors =="
 id=$(head -c 2000 "$work/out" | grep -o '"paper_id":"[^"]*"' | head -1 | cut -d'"' -f4)
-measure "$bin" --config "$config" --json similar -k 10 "$id" > /dev/null
+timed "$bin" --config "$config" --json similar -k 10 "$id" > /dev/null
 cp "$work/out" "$work/similar.json"
 "$py" - "$cache" "$numpy_queries" "$id" "$work/similar.json" <<'EOF'
 import glob, json, struct, sys, time
@@ -206,7 +209,7 @@ echo
 echo "== cache after 1,000 new papers in the newest year =="
 for day in 1 2; do
   "$examples/bench_daily_embed" --tree "$tree" --alias "$alias" --count 1000 --day "$day"
-  echo "day $day, next search: $(measure "$bin" --config "$config" -vv search -k 10 "graph neural networks")"
+  echo "day $day, next search: $(timed "$bin" --config "$config" -vv search -k 10 "graph neural networks")"
   echo "  $(open_line)"
   grep -o "[0-9]*: refreshed in .*\|[0-9]*: read in .*" "$work/err" | tail -2 | sed 's/^/  /'
 done

@@ -20,6 +20,17 @@ pub fn suggest_key<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     near_miss::suggestion(key, known)
 }
 
+/// The near-misses among the keys of a section papersys shares with other
+/// tools, with their lines (see `near_miss::in_section`): one check, one
+/// wording for `[ingestion]` and `[recommend_pipeline]`.
+pub(crate) fn keys_near_miss(
+    text: &str,
+    section: &str,
+    known: &[(&str, &[&str])],
+) -> Vec<near_miss::NearMiss> {
+    near_miss::in_section(text, section, known)
+}
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 

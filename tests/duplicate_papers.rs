@@ -195,7 +195,8 @@ fn when_a_newer_row_appears_in_another_year_the_vector_moves_there_without_being
 
 /// The refresh state lets an unchanged year reuse its rows; a newer row of
 /// one of its papers in another year's CSV must still take the paper out
-/// of it (the caches are keyed by every metadata file, not the year's own).
+/// of it (the caches are keyed by every metadata file, not the year's own,
+/// and the changed year's ids are checked against the others' id hashes).
 #[test]
 fn a_year_whose_files_did_not_change_still_gives_up_a_paper_that_now_belongs_elsewhere() {
     let server = server();
@@ -210,6 +211,10 @@ fn a_year_whose_files_did_not_change_still_gives_up_a_paper_that_now_belongs_els
     );
     csv(&tree, 2024, &[("2401.00002", "Other", "2024-02-01T00:00:00Z")]);
     assert_eq!(tree.json(&["backlog"])["models"][0]["waiting"], 3);
+    // The next refresh finds the duplicate through 2023's saved id hashes,
+    // without the rest of 2023's metadata.
+    let hashes = tree.path("embeddings/.cache/metadata-index/2023.ids");
+    assert!(hashes.exists(), "{} was saved", hashes.display());
     // Only 2024's CSV changes: 2023's inputs are as the refresh state saw them.
     csv(
         &tree,

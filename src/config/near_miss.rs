@@ -58,13 +58,47 @@ pub fn find(text: &str) -> Vec<NearMiss> {
             });
         }
     }
-    if let Some(ingestion) = table.get("ingestion").and_then(toml::Value::as_table) {
-        for key in ingestion.keys() {
-            if let Some(known) = suggestion(key, &INGESTION) {
+    found.extend(keys_of_section(text, &table, "ingestion", &[("", &INGESTION)]));
+    found.sort_by_key(|n| n.line);
+    found
+}
+
+/// The near-misses among the keys of the top-level table `section` of
+/// config `text`: `known` gives, per table below it (`""` for the section
+/// itself, `"a.b"` for `[section.a.b]`), the keys papersys reads there.
+/// Every section papersys shares with other tools (`[ingestion]`,
+/// `[recommend_pipeline]`) is checked by it, with the same words.
+pub(crate) fn in_section(text: &str, section: &str, known: &[(&str, &[&str])]) -> Vec<NearMiss> {
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    keys_of_section(text, &table, section, known)
+}
+
+fn keys_of_section(
+    text: &str,
+    root: &toml::Table,
+    section: &str,
+    known: &[(&str, &[&str])],
+) -> Vec<NearMiss> {
+    let mut found = Vec::new();
+    for (path, keys) in known {
+        let mut table = root.get(section).and_then(toml::Value::as_table);
+        for part in path.split('.').filter(|p| !p.is_empty()) {
+            table = table.and_then(|t| t.get(part)).and_then(toml::Value::as_table);
+        }
+        let Some(table) = table else { continue };
+        let prefix = if path.is_empty() {
+            format!("{section}.")
+        } else {
+            format!("{section}.{path}.")
+        };
+        for key in table.keys() {
+            if let Some(near) = suggestion(key, keys) {
                 found.push(NearMiss {
                     line: line_of(text, key, false),
                     message: format!(
-                        "`ingestion.{key}` is not read by papersys; did you mean `ingestion.{known}`?"
+                        "`{prefix}{key}` is not read by papersys; did you mean `{prefix}{near}`?"
                     ),
                 });
             }

@@ -1364,40 +1364,78 @@ mod tests {
         rows.iter().map(|r| r.paper_id.as_str()).collect()
     }
 
+    /// A row first published and last revised at `date`.
+    fn dated(id: &str, date: &str, title: &str) -> PaperRecord {
+        row(id, date, date, title)
+    }
+
+    /// A metadata directory the tests merge into.
+    struct Fixture(tempfile::TempDir);
+
+    impl Fixture {
+        fn new() -> Fixture {
+            Fixture(tempfile::tempdir().unwrap())
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+
+        fn file(&self, name: &str) -> std::path::PathBuf {
+            self.path().join(name)
+        }
+
+        /// Merges `rows` in one run.
+        fn merge(&self, rows: Vec<PaperRecord>) -> MergeReport {
+            merge_records(self.path(), rows).unwrap()
+        }
+
+        /// A merge that must fail.
+        fn merge_err(&self, rows: Vec<PaperRecord>) -> MergeError {
+            merge_records(self.path(), rows).unwrap_err()
+        }
+
+        fn merger(&self, memory_budget: usize) -> Merger {
+            Merger::new(self.path(), MergeOptions { memory_budget }).unwrap()
+        }
+
+        fn read(&self, name: &str) -> Vec<PaperRecord> {
+            read(&self.file(name))
+        }
+
+        fn ids(&self, name: &str) -> Vec<String> {
+            self.read(name).into_iter().map(|r| r.paper_id).collect()
+        }
+
+        /// Every file of the directory: name and bytes.
+        fn files(&self) -> BTreeMap<String, Vec<u8>> {
+            snapshot_of(self.path())
+        }
+    }
+
     #[test]
     fn rows_are_filed_by_year_sorted_and_written_like_write_records() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Fixture::new();
         let rows = vec![
-            row("2401.00002", "2024-01-03T00:00:00Z", "2024-01-03T00:00:00Z", "B"),
+            dated("2401.00002", "2024-01-03T00:00:00Z", "B"),
             row("2312.00001", "2023-12-31T23:59:59Z", "2024-02-01T00:00:00Z", "A"),
-            row(
-                "2401.00001",
-                "2024-01-02T00:00:00Z",
-                "2024-01-02T00:00:00Z",
-                "C,\n  wrapped",
-            ),
+            dated("2401.00001", "2024-01-02T00:00:00Z", "C,\n  wrapped"),
         ];
-        let report = merge_records(dir.path(), rows.clone()).unwrap();
+        let report = dir.merge(rows.clone());
         assert_eq!(
             (report.totals.new, report.totals.updated, report.commits),
             (3, 0, 1)
         );
         assert_eq!(report.latest_rows, 3);
-        let y2024 = read(&dir.path().join("metadata-2024.csv"));
+        let y2024 = dir.read("metadata-2024.csv");
         assert_eq!(ids(&y2024), ["2401.00001", "2401.00002"]);
-        assert_eq!(ids(&read(&dir.path().join("metadata-2023.csv"))), ["2312.00001"]);
+        assert_eq!(dir.ids("metadata-2023.csv"), ["2312.00001"]);
         let mut expected = Vec::new();
         crate::metadata::write_records(&mut expected, [&rows[2], &rows[0]]).unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("metadata-2024.csv")).unwrap(),
-            expected
-        );
-        assert_eq!(
-            ids(&read(&dir.path().join(LATEST_FILE))),
-            ["2312.00001", "2401.00001", "2401.00002"]
-        );
+        assert_eq!(std::fs::read(dir.file("metadata-2024.csv")).unwrap(), expected);
+        assert_eq!(dir.ids(LATEST_FILE), ["2312.00001", "2401.00001", "2401.00002"]);
         assert_eq!(report.totals.per_year["2024"].rows, 2);
-        let names: Vec<_> = snapshot_of(dir.path()).into_keys().collect();
+        let names: Vec<_> = dir.files().into_keys().collect();
         assert_eq!(
             names,
             ["latest.csv", "metadata-2023.csv", "metadata-2024.csv"],
@@ -1407,31 +1445,24 @@ mod tests {
 
     #[test]
     fn newer_or_equal_updated_at_wins_older_and_empty_lose() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Fixture::new();
         let p = "2024-01-02T00:00:00Z";
-        merge_records(
-            dir.path(),
-            vec![
-                row("2401.00001", p, "2024-03-01T00:00:00Z", "stored"),
-                row("2401.00002", p, "2024-03-01T00:00:00Z", "stored"),
-                row("2401.00003", p, "2024-03-01T00:00:00Z", "stored"),
-                row("2401.00004", p, "", "stored, never revised"),
-            ],
-        )
-        .unwrap();
-        let report = merge_records(
-            dir.path(),
-            vec![
-                // Newer, as an instant (a string compare would say older).
-                row("2401.00001", p, "2024-03-01T01:00:00+00:00", "newer"),
-                row("2401.00002", p, "2024-03-01T00:00:00Z", "equal"),
-                row("2401.00003", p, "2024-02-29T23:00:00Z", "older"),
-                row("2401.00003", p, "", "empty is older than any date"),
-                row("2401.00004", p, "2024-01-05T00:00:00Z", "a date beats empty"),
-            ],
-        )
-        .unwrap();
-        let titles: Vec<String> = read(&dir.path().join("metadata-2024.csv"))
+        dir.merge(vec![
+            row("2401.00001", p, "2024-03-01T00:00:00Z", "stored"),
+            row("2401.00002", p, "2024-03-01T00:00:00Z", "stored"),
+            row("2401.00003", p, "2024-03-01T00:00:00Z", "stored"),
+            row("2401.00004", p, "", "stored, never revised"),
+        ]);
+        let report = dir.merge(vec![
+            // Newer, as an instant (a string compare would say older).
+            row("2401.00001", p, "2024-03-01T01:00:00+00:00", "newer"),
+            row("2401.00002", p, "2024-03-01T00:00:00Z", "equal"),
+            row("2401.00003", p, "2024-02-29T23:00:00Z", "older"),
+            row("2401.00003", p, "", "empty is older than any date"),
+            row("2401.00004", p, "2024-01-05T00:00:00Z", "a date beats empty"),
+        ]);
+        let titles: Vec<String> = dir
+            .read("metadata-2024.csv")
             .into_iter()
             .map(|r| r.title)
             .collect();
@@ -1444,15 +1475,12 @@ mod tests {
             ),
             (3, 1, 1)
         );
-        assert_eq!(
-            ids(&read(&dir.path().join(LATEST_FILE))),
-            ["2401.00001", "2401.00002", "2401.00004"]
-        );
+        assert_eq!(dir.ids(LATEST_FILE), ["2401.00001", "2401.00002", "2401.00004"]);
     }
 
     #[test]
     fn merging_the_same_rows_twice_changes_no_byte() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Fixture::new();
         let rows: Vec<_> = (0..50)
             .map(|i| {
                 let year = 2020 + i % 3;
@@ -1464,11 +1492,11 @@ mod tests {
                 )
             })
             .collect();
-        merge_records(dir.path(), rows.clone()).unwrap();
-        let before = snapshot_of(dir.path());
+        dir.merge(rows.clone());
+        let before = dir.files();
         let mtimes: Vec<_> = ["metadata-2020.csv", "metadata-2021.csv"]
             .iter()
-            .map(|n| std::fs::metadata(dir.path().join(n)).unwrap().modified().unwrap())
+            .map(|n| std::fs::metadata(dir.file(n)).unwrap().modified().unwrap())
             .collect();
         let mut reversed = rows.clone();
         reversed.reverse();
@@ -1476,56 +1504,38 @@ mod tests {
         for r in &mut reversed {
             r.source = "papersys.oai-pmh.arXivRaw".to_string();
         }
-        let report = merge_records(dir.path(), reversed).unwrap();
+        let report = dir.merge(reversed);
         assert_eq!(
             (report.totals.new, report.totals.updated, report.totals.unchanged),
             (0, 0, 50)
         );
         assert!(report.totals.files_written.is_empty());
         assert_eq!(report.latest_rows, 0);
-        assert_eq!(snapshot_of(dir.path()), before);
+        assert_eq!(dir.files(), before);
         let after: Vec<_> = ["metadata-2020.csv", "metadata-2021.csv"]
             .iter()
-            .map(|n| std::fs::metadata(dir.path().join(n)).unwrap().modified().unwrap())
+            .map(|n| std::fs::metadata(dir.file(n)).unwrap().modified().unwrap())
             .collect();
         assert_eq!(mtimes, after, "unchanged files are not rewritten");
     }
 
     #[test]
     fn a_paper_whose_published_year_changes_moves_files() {
-        let dir = tempfile::tempdir().unwrap();
-        merge_records(
-            dir.path(),
-            vec![
-                row(
-                    "0801.0001",
-                    "2008-01-01T00:00:00Z",
-                    "2008-01-01T00:00:00Z",
-                    "first",
-                ),
-                row(
-                    "0801.0002",
-                    "2008-01-02T00:00:00Z",
-                    "2008-01-02T00:00:00Z",
-                    "stays",
-                ),
-            ],
-        )
-        .unwrap();
+        let dir = Fixture::new();
+        dir.merge(vec![
+            dated("0801.0001", "2008-01-01T00:00:00Z", "first"),
+            dated("0801.0002", "2008-01-02T00:00:00Z", "stays"),
+        ]);
         // Corrected v1 date: 31 Dec 2007. Small commit: found by id year.
-        let report = merge_records(
-            dir.path(),
-            vec![row(
-                "0801.0001",
-                "2007-12-31T23:00:00Z",
-                "2008-01-01T00:00:00Z",
-                "moved",
-            )],
-        )
-        .unwrap();
+        let report = dir.merge(vec![row(
+            "0801.0001",
+            "2007-12-31T23:00:00Z",
+            "2008-01-01T00:00:00Z",
+            "moved",
+        )]);
         assert_eq!(report.totals.moved, 1);
-        assert_eq!(ids(&read(&dir.path().join("metadata-2008.csv"))), ["0801.0002"]);
-        let y2007 = read(&dir.path().join("metadata-2007.csv"));
+        assert_eq!(dir.ids("metadata-2008.csv"), ["0801.0002"]);
+        let y2007 = dir.read("metadata-2007.csv");
         assert_eq!(
             (ids(&y2007), y2007[0].title.as_str()),
             (vec!["0801.0001"], "moved")
@@ -1533,19 +1543,14 @@ mod tests {
         assert_eq!(report.totals.per_year["2008"].removed, 1);
 
         // Spilled commit (snapshot-sized): every year file is consulted.
-        let mut merger = Merger::new(dir.path(), MergeOptions { memory_budget: 1 }).unwrap();
+        let mut merger = dir.merger(1);
         merger
-            .add(row(
-                "0801.0001",
-                "2009-06-01T00:00:00Z",
-                "2009-06-01T00:00:00Z",
-                "again",
-            ))
+            .add(dated("0801.0001", "2009-06-01T00:00:00Z", "again"))
             .unwrap();
         merger.finish().unwrap();
-        assert!(read(&dir.path().join("metadata-2007.csv")).is_empty());
-        assert_eq!(ids(&read(&dir.path().join("metadata-2009.csv"))), ["0801.0001"]);
-        assert_eq!(ids(&read(&dir.path().join("metadata-2008.csv"))), ["0801.0002"]);
+        assert!(dir.read("metadata-2007.csv").is_empty());
+        assert_eq!(dir.ids("metadata-2009.csv"), ["0801.0001"]);
+        assert_eq!(dir.ids("metadata-2008.csv"), ["0801.0002"]);
     }
 
     #[test]
@@ -1561,38 +1566,29 @@ mod tests {
                 )
             })
             .collect();
-        let one = tempfile::tempdir().unwrap();
-        merge_records(one.path(), rows.clone()).unwrap();
-        let many = tempfile::tempdir().unwrap();
-        let mut merger = Merger::new(many.path(), MergeOptions { memory_budget: 4096 }).unwrap();
+        let one = Fixture::new();
+        one.merge(rows.clone());
+        let many = Fixture::new();
+        let mut merger = many.merger(4096);
         for r in rows {
             merger.add(r).unwrap();
         }
         assert!(merger.runs.len() > 5, "the budget forces spills");
         let report = merger.finish().unwrap();
         assert!(report.totals.duplicates > 0);
-        assert_eq!(snapshot_of(one.path()), snapshot_of(many.path()));
+        assert_eq!(one.files(), many.files());
     }
 
     #[test]
     fn files_of_other_tools_are_read_sorted_and_rewritten_in_13_columns() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata-2024.csv");
+        let dir = Fixture::new();
+        let path = dir.file("metadata-2024.csv");
         std::fs::write(
             &path,
             "\u{feff}paper_id,title,abstract,published_at\n2401.00009,Z,z,2024-01-09\n2401.00001,A,a,2024-01-01\n2401.00001,A older dup,a,2024-01-01\n",
         )
         .unwrap();
-        let report = merge_records(
-            dir.path(),
-            vec![row(
-                "2401.00005",
-                "2024-01-05T00:00:00Z",
-                "2024-01-05T00:00:00Z",
-                "new",
-            )],
-        )
-        .unwrap();
+        let report = dir.merge(vec![dated("2401.00005", "2024-01-05T00:00:00Z", "new")]);
         assert_eq!(report.totals.new, 1);
         let rows = read(&path);
         assert_eq!(ids(&rows), ["2401.00001", "2401.00005", "2401.00009"]);
@@ -1607,25 +1603,17 @@ mod tests {
 
     #[test]
     fn an_unreadable_stored_file_is_never_rewritten() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("metadata-2024.csv");
+        let dir = Fixture::new();
+        let path = dir.file("metadata-2024.csv");
         let content = "paper_id,title,abstract\n2401.00001,A,a\n2401.00002,B\n";
         std::fs::write(&path, content).unwrap();
-        let err = merge_records(
-            dir.path(),
-            vec![row(
-                "2401.00005",
-                "2024-01-05T00:00:00Z",
-                "2024-01-05T00:00:00Z",
-                "new",
-            )],
-        )
-        .unwrap_err()
-        .to_string();
+        let err = dir
+            .merge_err(vec![dated("2401.00005", "2024-01-05T00:00:00Z", "new")])
+            .to_string();
         assert!(err.contains("metadata-2024.csv:3"), "{err}");
         assert!(err.contains("fix or remove"), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
-        let names: Vec<_> = snapshot_of(dir.path()).into_keys().collect();
+        let names: Vec<_> = dir.files().into_keys().collect();
         assert_eq!(
             names,
             ["metadata-2024.csv"],
@@ -1633,17 +1621,9 @@ mod tests {
         );
 
         std::fs::write(&path, "paper_id,title,abstract,score\n2401.00001,A,a,0.5\n").unwrap();
-        let err = merge_records(
-            dir.path(),
-            vec![row(
-                "2401.00005",
-                "2024-01-05T00:00:00Z",
-                "2024-01-05T00:00:00Z",
-                "new",
-            )],
-        )
-        .unwrap_err()
-        .to_string();
+        let err = dir
+            .merge_err(vec![dated("2401.00005", "2024-01-05T00:00:00Z", "new")])
+            .to_string();
         assert!(
             err.contains("score") && err.contains("metadata-2024.csv:1"),
             "{err}"
@@ -1652,61 +1632,44 @@ mod tests {
 
     #[test]
     fn a_commit_failing_midway_leaves_every_file_as_it_was() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Fixture::new();
         let p24 = "2024-01-02T00:00:00Z";
-        merge_records(dir.path(), vec![row("2401.00001", p24, p24, "kept")]).unwrap();
+        dir.merge(vec![dated("2401.00001", p24, "kept")]);
         let bad = "paper_id,title,abstract\n2501.00001,A,a\n2501.00002,\"never closed\n";
-        std::fs::write(dir.path().join("metadata-2025.csv"), bad).unwrap();
-        let before = snapshot_of(dir.path());
+        std::fs::write(dir.file("metadata-2025.csv"), bad).unwrap();
+        let before = dir.files();
         // Spilled, so every year file takes part; 2024's output is under way
         // when the bad 2025 row is reached.
-        let mut merger = Merger::new(dir.path(), MergeOptions { memory_budget: 1 }).unwrap();
-        merger.add(row("2401.00002", p24, p24, "new")).unwrap();
+        let mut merger = dir.merger(1);
+        merger.add(dated("2401.00002", p24, "new")).unwrap();
         merger
-            .add(row(
-                "2501.00003",
-                "2025-01-02T00:00:00Z",
-                "2025-01-02T00:00:00Z",
-                "new",
-            ))
+            .add(dated("2501.00003", "2025-01-02T00:00:00Z", "new"))
             .unwrap();
         let err = merger.commit().unwrap_err().to_string();
         assert!(err.contains("metadata-2025.csv:3"), "{err}");
         drop(merger);
-        assert_eq!(
-            snapshot_of(dir.path()),
-            before,
-            "no file changed, no temporaries left"
-        );
+        assert_eq!(dir.files(), before, "no file changed, no temporaries left");
     }
 
     #[test]
     fn rows_without_a_date_are_skipped_and_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let report = merge_records(dir.path(), vec![row("2401.00001", "", "", "no date")]).unwrap();
+        let dir = Fixture::new();
+        let report = dir.merge(vec![dated("2401.00001", "", "no date")]);
         assert_eq!(report.totals.skipped.len(), 1);
         assert!(report.totals.skipped[0].contains("2401.00001"));
         assert_eq!(report.latest_rows, 0);
-        assert!(snapshot_of(dir.path()).is_empty());
+        assert!(dir.files().is_empty());
     }
 
     #[test]
     fn latest_lists_the_runs_changes_across_commits() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = Fixture::new();
         let mut merger = Merger::new(dir.path(), MergeOptions::default()).unwrap();
         merger
-            .add(row(
-                "2401.00002",
-                "2024-01-02T00:00:00Z",
-                "2024-01-02T00:00:00Z",
-                "w1",
-            ))
+            .add(dated("2401.00002", "2024-01-02T00:00:00Z", "w1"))
             .unwrap();
         merger.commit().unwrap();
-        assert!(
-            !dir.path().join(LATEST_FILE).exists(),
-            "latest.csv is written at finish"
-        );
+        assert!(!dir.file(LATEST_FILE).exists(), "latest.csv is written at finish");
         merger
             .add(row(
                 "2401.00002",
@@ -1716,17 +1679,12 @@ mod tests {
             ))
             .unwrap();
         merger
-            .add(row(
-                "2401.00001",
-                "2024-01-01T00:00:00Z",
-                "2024-01-01T00:00:00Z",
-                "w2",
-            ))
+            .add(dated("2401.00001", "2024-01-01T00:00:00Z", "w2"))
             .unwrap();
         merger.commit().unwrap();
         let report = merger.finish().unwrap();
         assert_eq!((report.commits, report.latest_rows), (2, 2));
-        let latest = read(&dir.path().join(LATEST_FILE));
+        let latest = dir.read(LATEST_FILE);
         assert_eq!(ids(&latest), ["2401.00001", "2401.00002"]);
         assert_eq!(latest[1].title, "w2");
     }

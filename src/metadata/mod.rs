@@ -65,6 +65,26 @@ pub struct InputIssue {
     pub message: String,
 }
 
+impl InputIssue {
+    /// A problem with the whole file at `path`.
+    pub fn file(path: &Path, message: impl Into<String>) -> InputIssue {
+        InputIssue {
+            path: path.to_path_buf(),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    /// A problem with the row of `path` that starts on `line`.
+    pub fn row(path: &Path, line: u64, message: impl Into<String>) -> InputIssue {
+        InputIssue {
+            path: path.to_path_buf(),
+            line: Some(line),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for InputIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {

@@ -318,6 +318,43 @@ pub fn read_rows_while(
     read_rows_in_chunks(path, CHUNK_BYTES, issues, on_row)
 }
 
+fn read_error(path: &Path, e: std::io::Error) -> InputIssue {
+    InputIssue::file(path, format!("read error: {e}; the rest of the file is skipped"))
+}
+
+/// Opens `path`, skips a UTF-8 byte order mark and reads the header row:
+/// the reader is left at the first row, with the header's names (trimmed).
+/// `Err` says why the file cannot be read at all.
+fn open_with_header(path: &Path, chunk: usize) -> Result<(RecordReader, Vec<String>), InputIssue> {
+    let file =
+        File::open(path).map_err(|e| InputIssue::file(path, format!("cannot open: {e}; file skipped")))?;
+    let mut reader = RecordReader::new(file, chunk.max(1));
+    while reader.end < 3 && !reader.eof {
+        reader.refill().map_err(|e| read_error(path, e))?;
+    }
+    if reader.buf[..reader.end].starts_with(b"\xEF\xBB\xBF") {
+        reader.start = 3;
+    }
+    match reader.next_record().map_err(|e| read_error(path, e))? {
+        Next::End => Err(InputIssue::file(path, "empty file: no header row; file skipped")),
+        Next::Broken { message, .. } => Err(InputIssue::file(
+            path,
+            format!("unreadable header row: {message}; file skipped"),
+        )),
+        Next::Record { .. } if reader.buf[reader.record.clone()].contains(&0) => Err(InputIssue::file(
+            path,
+            "the header row holds NUL bytes: this is a binary or UTF-16 file, not UTF-8 CSV text; \
+             file skipped (save it as UTF-8)",
+        )),
+        Next::Record { .. } => {
+            let names = (0..reader.fields.len())
+                .map(|i| String::from_utf8_lossy(reader.raw_field(i)).trim().to_string())
+                .collect();
+            Ok((reader, names))
+        }
+    }
+}
+
 /// [`read_rows`] with a chosen read size; tests use tiny ones so that every
 /// record straddles reads.
 fn read_rows_in_chunks(
@@ -326,50 +363,8 @@ fn read_rows_in_chunks(
     issues: &mut Vec<InputIssue>,
     mut on_row: impl FnMut(Row<'_>) -> ControlFlow<()>,
 ) -> Result<FileSummary, InputIssue> {
-    let file_issue = |message: String| InputIssue {
-        path: path.to_path_buf(),
-        line: None,
-        message,
-    };
-    let row_issue = |line: u64, message: String| InputIssue {
-        path: path.to_path_buf(),
-        line: Some(line),
-        message,
-    };
-    let file = File::open(path).map_err(|e| file_issue(format!("cannot open: {e}; file skipped")))?;
-    let mut reader = RecordReader::new(file, chunk.max(1));
-    let read_error =
-        |e: std::io::Error| file_issue(format!("read error: {e}; the rest of the file is skipped"));
-
-    while reader.end < 3 && !reader.eof {
-        reader.refill().map_err(read_error)?;
-    }
-    if reader.buf[..reader.end].starts_with(b"\xEF\xBB\xBF") {
-        reader.start = 3;
-    }
-    let columns = match reader.next_record().map_err(read_error)? {
-        Next::End => return Err(file_issue("empty file: no header row; file skipped".into())),
-        Next::Broken { message, .. } => {
-            return Err(file_issue(format!(
-                "unreadable header row: {message}; file skipped"
-            )));
-        }
-        Next::Record { .. } => {
-            if reader.buf[reader.record.clone()].contains(&0) {
-                return Err(file_issue(
-                    "the header row holds NUL bytes: this is a binary or UTF-16 file, not UTF-8 CSV text; \
-                     file skipped (save it as UTF-8)"
-                        .into(),
-                ));
-            }
-            let names: Vec<String> = (0..reader.fields.len())
-                .map(|i| String::from_utf8_lossy(reader.raw_field(i)).trim().to_string())
-                .collect();
-            let columns = find_columns(&names).map_err(file_issue)?;
-            (columns, names)
-        }
-    };
-    let (columns, header_names) = columns;
+    let (mut reader, header_names) = open_with_header(path, chunk)?;
+    let columns = find_columns(&header_names).map_err(|m| InputIssue::file(path, m))?;
 
     let mut summary = FileSummary::default();
     let mut unescaped: [Vec<u8>; 3] = Default::default();
@@ -382,11 +377,11 @@ fn read_rows_in_chunks(
             Ok(Next::End) => break,
             Ok(Next::Broken { line, message }) => {
                 summary.skipped += 1;
-                issues.push(row_issue(line, message));
+                issues.push(InputIssue::row(path, line, message));
                 continue;
             }
             Err(e) => {
-                issues.push(read_error(e));
+                issues.push(read_error(path, e));
                 break;
             }
         };
@@ -416,13 +411,17 @@ fn read_rows_in_chunks(
             Err(message) => {
                 summary.skipped += 1;
                 let taken = swallowed(&reader.buf[reader.record.clone()], line);
-                issues.push(row_issue(line, format!("{message}; row skipped{taken}")));
+                issues.push(InputIssue::row(
+                    path,
+                    line,
+                    format!("{message}; row skipped{taken}"),
+                ));
             }
         }
     }
     if let Some((line, column, rows)) = foreign {
         let name = header_names.get(column).map_or("?", String::as_str);
-        issues.push(row_issue(
+        issues.push(InputIssue::row(path,
             line,
             format!(
                 "invalid UTF-8 in column `{name}` (the file must be UTF-8; Latin-1?); {rows} row(s) have such a \
@@ -431,7 +430,7 @@ fn read_rows_in_chunks(
         ));
     }
     if summary.rows == 0 && summary.skipped == 0 {
-        issues.push(file_issue("header only, no rows".into()));
+        issues.push(InputIssue::file(path, "header only, no rows"));
     }
     Ok(summary)
 }
@@ -595,37 +594,12 @@ pub fn read_columns<const N: usize>(
     issues: &mut Vec<InputIssue>,
     mut on_row: impl FnMut(u64, [&str; N]),
 ) -> Result<u64, InputIssue> {
-    let file_issue = |message: String| InputIssue {
-        path: path.to_path_buf(),
-        line: None,
-        message,
-    };
-    let row_issue = |line: u64, message: String| InputIssue {
-        path: path.to_path_buf(),
-        line: Some(line),
-        message,
-    };
-    let file = File::open(path).map_err(|e| file_issue(format!("cannot open: {e}")))?;
-    let mut reader = RecordReader::new(file, CHUNK_BYTES);
-    let read_error =
-        |e: std::io::Error| file_issue(format!("read error: {e}; the rest of the file is skipped"));
-    while reader.end < 3 && !reader.eof {
-        reader.refill().map_err(read_error)?;
-    }
-    if reader.buf[..reader.end].starts_with(b"\xEF\xBB\xBF") {
-        reader.start = 3;
-    }
-    let names: Vec<String> = match reader.next_record().map_err(read_error)? {
-        Next::Record { .. } => (0..reader.fields.len())
-            .map(|i| String::from_utf8_lossy(reader.raw_field(i)).trim().to_string())
-            .collect(),
-        Next::End => Vec::new(),
-        Next::Broken { message, .. } => {
-            return Err(file_issue(format!("unreadable header row: {message}")));
-        }
-    };
+    let (mut reader, names) = open_with_header(path, CHUNK_BYTES)?;
     let Some(id_column) = names.iter().position(|n| n == "paper_id") else {
-        return Err(file_issue("no `paper_id` column".to_string()));
+        return Err(InputIssue::file(
+            path,
+            "no `paper_id` column; file skipped".to_string(),
+        ));
     };
     let index: [Option<usize>; N] = columns.map(|c| names.iter().position(|n| n == c));
     let mut unescaped: [Vec<u8>; N] = std::array::from_fn(|_| Vec::new());
@@ -635,11 +609,11 @@ pub fn read_columns<const N: usize>(
             Ok(Next::Record { line }) => line,
             Ok(Next::End) => break,
             Ok(Next::Broken { line, message }) => {
-                issues.push(row_issue(line, message));
+                issues.push(InputIssue::row(path, line, message));
                 continue;
             }
             Err(e) => {
-                issues.push(read_error(e));
+                issues.push(read_error(path, e));
                 break;
             }
         };
@@ -649,11 +623,12 @@ pub fn read_columns<const N: usize>(
                 names.len(),
                 reader.fields.len()
             );
-            issues.push(row_issue(line, message));
+            issues.push(InputIssue::row(path, line, message));
             continue;
         }
         if let Some(i) = reader.fields.iter().position(|f| f.stray) {
-            issues.push(row_issue(
+            issues.push(InputIssue::row(
+                path,
                 line,
                 format!("text after the closing quote of field {}; row skipped", i + 1),
             ));
@@ -663,7 +638,8 @@ pub fn read_columns<const N: usize>(
             let column = non_utf8_field(&reader)
                 .and_then(|i| names.get(i))
                 .map_or("?", String::as_str);
-            issues.push(row_issue(
+            issues.push(InputIssue::row(
+                path,
                 line,
                 format!("invalid UTF-8 in column `{column}` (the file must be UTF-8); row skipped"),
             ));
@@ -674,7 +650,11 @@ pub fn read_columns<const N: usize>(
             text.get(f.start..f.end).unwrap_or_default()
         };
         if field(id_column).trim().is_empty() {
-            issues.push(row_issue(line, "empty paper_id; row skipped".to_string()));
+            issues.push(InputIssue::row(
+                path,
+                line,
+                "empty paper_id; row skipped".to_string(),
+            ));
             continue;
         }
         for (k, column) in index.iter().enumerate() {
@@ -790,6 +770,37 @@ mod tests {
         assert!(rows.is_empty());
         assert_eq!(result.unwrap().rows, 0);
         assert!(issues[0].contains("header only"), "{issues:?}");
+    }
+
+    /// Both readers open a file the same way: an unusable one is refused
+    /// by both, with the same words.
+    #[test]
+    fn read_columns_refuses_an_unusable_file_as_read_rows_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata-2024.csv");
+        let cases: [&[u8]; 3] = [
+            b"",
+            b"\xEF\xBB\xBF\"paper_id,title\n",
+            b"p\0a\0p\0e\0r\0,title,abstract\n1,t,a\n",
+        ];
+        for content in cases {
+            std::fs::write(&path, content).unwrap();
+            let by_rows = read_chunked(content, CHUNK_BYTES).2.unwrap_err();
+            let by_columns = read_columns(&path, ["paper_id"], &mut Vec::new(), |_, _| {})
+                .unwrap_err()
+                .message;
+            assert_eq!(by_columns, by_rows, "{content:?}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        let missing = read_columns(&path, ["paper_id"], &mut Vec::new(), |_, _| {}).unwrap_err();
+        assert!(
+            missing.message.starts_with("cannot open: "),
+            "{}",
+            missing.message
+        );
+        std::fs::write(&path, "id,title\n1,t\n").unwrap();
+        let no_id = read_columns(&path, ["paper_id"], &mut Vec::new(), |_, _| {}).unwrap_err();
+        assert_eq!(no_id.message, "no `paper_id` column; file skipped");
     }
 
     #[test]

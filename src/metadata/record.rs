@@ -149,11 +149,7 @@ pub fn read_records(
     issues: &mut Vec<InputIssue>,
     mut on_record: impl FnMut(u64, PaperRecord),
 ) -> Result<u64, InputIssue> {
-    let file_issue = |message: String| InputIssue {
-        path: path.to_path_buf(),
-        line: None,
-        message,
-    };
+    let file_issue = |message: String| InputIssue::file(path, message);
     let file = File::open(path).map_err(|e| file_issue(format!("cannot open: {e}")))?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -175,11 +171,11 @@ pub fn read_records(
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
-                issues.push(InputIssue {
-                    path: path.to_path_buf(),
-                    line: Some(e.position().map_or(line, |p| p.line())),
-                    message: format!("row skipped: {e}"),
-                });
+                issues.push(InputIssue::row(
+                    path,
+                    e.position().map_or(line, |p| p.line()),
+                    format!("row skipped: {e}"),
+                ));
                 if matches!(e.kind(), csv::ErrorKind::Io(_)) {
                     break;
                 }
@@ -192,16 +188,8 @@ pub fn read_records(
                 rows += 1;
                 on_record(line, paper);
             }
-            Ok(_) => issues.push(InputIssue {
-                path: path.to_path_buf(),
-                line: Some(line),
-                message: "empty paper_id; row skipped".to_string(),
-            }),
-            Err(e) => issues.push(InputIssue {
-                path: path.to_path_buf(),
-                line: Some(line),
-                message: format!("row skipped: {e}"),
-            }),
+            Ok(_) => issues.push(InputIssue::row(path, line, "empty paper_id; row skipped")),
+            Err(e) => issues.push(InputIssue::row(path, line, format!("row skipped: {e}"))),
         }
     }
     Ok(rows)

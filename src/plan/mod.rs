@@ -30,12 +30,15 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 pub use counts::{all_papers, metadata_counts};
+pub(crate) use duplicates::Claim;
 pub use index::index_file;
 pub use reuse::{is_current, metadata_stamps};
 
 use crate::metadata::{Discovery, InputIssue, MetadataFile, Year};
 use crate::store::backlog::{self, BacklogRow, MissingReason};
-use crate::store::cache::{FileStamp, RefreshState, YearInputs, YearIssue, YearSummary, prefix_hash};
+use crate::store::cache::{
+    FileStamp, IdHashes, RefreshState, YearInputs, YearIssue, YearSummary, prefix_hash,
+};
 use crate::store::manifest::now_iso;
 use crate::store::year_file::{self, YearFileError, YearIds};
 use crate::store::{ModelStore, StoreError, StoreWriter, checkpoint};
@@ -213,26 +216,50 @@ pub fn compute(
 
     // Which papers belong to another year than the one of a CSV holding
     // them: the previous refresh's answer while no metadata file changed,
-    // else every year's metadata is read (the index makes that cheap).
+    // else that answer updated for the years whose files changed (see
+    // `duplicates::resolve_changed`). It depends on the metadata only.
     let all_metadata = metadata_stamps(&inputs.discovery.files.iter().collect::<Vec<_>>());
-    let inputs_of = |year: Year| {
-        let files: Vec<&MetadataFile> = inputs.discovery.files_of(year).collect();
-        YearInputs {
-            metadata: metadata_stamps(&files),
-            year_file: FileStamp::of(&store.year_path(year)),
-        }
+    let year_stamps: duplicates::YearStamps = inputs
+        .discovery
+        .years()
+        .into_iter()
+        .map(|year| {
+            (
+                year,
+                metadata_stamps(&inputs.discovery.files_of(year).collect::<Vec<_>>()),
+            )
+        })
+        .collect();
+    let inputs_of = |year: Year| YearInputs {
+        metadata: year_stamps.get(&year).cloned().unwrap_or_default(),
+        year_file: FileStamp::of(&store.year_path(year)),
     };
     let unchanged = |year: Year| {
         trusted
             .and_then(|s| s.years.get(&year.to_string()))
             .is_some_and(|s| s.inputs == inputs_of(year) && !checkpoints.contains_key(&year))
     };
-    let (mut loaded, cross_year) = match trusted.filter(|s| s.metadata == all_metadata) {
+    let (mut loaded, cross_year) = match old_state.as_ref().filter(|s| s.metadata == all_metadata) {
         Some(state) => (BTreeMap::new(), state.cross_year.clone()),
         None => {
-            let (metas, cross) =
-                duplicates::load_all(&store.embeddings_dir, inputs.discovery, inputs.prefix, save);
-            (metas.into_iter().map(|m| (m.year, m)).collect(), cross)
+            let index_dir = &store.embeddings_dir;
+            let previous = old_state.as_ref().map(|s| duplicates::Previous {
+                stamps: &s.metadata_years,
+                cross: &s.cross_year,
+            });
+            let resolution = duplicates::resolve_changed(
+                inputs.discovery,
+                &year_stamps,
+                previous,
+                |year, files| IdHashes::load(index_dir, &year.to_string(), files),
+                |year| YearMetadata::load(index_dir, inputs.discovery, year, inputs.prefix, save),
+            );
+            for (year, hashes) in resolution.hashes.iter().filter(|_| save) {
+                if let Err(e) = hashes.save(index_dir, &year.to_string()) {
+                    tracing::debug!("could not save the id hashes of {year}: {e}");
+                }
+            }
+            (resolution.loaded, resolution.cross)
         }
     };
     // Vectors in the file of a year their paper does not belong to: the
@@ -301,12 +328,12 @@ pub fn compute(
                     quarantined: None,
                 });
             }
-            let meta = meta.unwrap_or_else(|| {
-                let mut meta =
-                    YearMetadata::load(&store.embeddings_dir, inputs.discovery, year, inputs.prefix, save);
-                meta.papers.retain(|p| gone.binary_search(&&*p.paper_id).is_err());
-                meta
+            let mut meta = meta.unwrap_or_else(|| {
+                YearMetadata::load(&store.embeddings_dir, inputs.discovery, year, inputs.prefix, save)
             });
+            if !gone.is_empty() {
+                meta.papers.retain(|p| gone.binary_search(&&*p.paper_id).is_err());
+            }
             let context = YearContext {
                 files: &files,
                 failed: &failed,
@@ -335,6 +362,10 @@ pub fn compute(
     plan.cross_year = cross_year.len() as u64;
     state.metadata = all_metadata;
     state.cross_year = cross_year;
+    state.metadata_years = year_stamps
+        .into_iter()
+        .map(|(year, files)| (year.to_string(), files))
+        .collect();
     backlog::sort_rows(&mut plan.rows);
     Ok((plan, state))
 }
@@ -407,11 +438,10 @@ fn compute_year(
                         });
                         inputs.year_file = None;
                     }
-                    Access::ReadOnly(_) => issues.push(InputIssue {
-                        path: year_path.clone(),
-                        line: None,
-                        message: format!("cannot be read ({message}); a real run will move it aside"),
-                    }),
+                    Access::ReadOnly(_) => issues.push(InputIssue::file(
+                        &year_path,
+                        format!("cannot be read ({message}); a real run will move it aside"),
+                    )),
                 }
                 None
             }

@@ -98,11 +98,7 @@ pub fn read(path: &Path, now: Timestamp) -> Result<Imported, PrefsError> {
         issues: Vec::new(),
         not_arxiv: 0,
     };
-    let issue = |line: u64, message: String| InputIssue {
-        path: path.to_path_buf(),
-        line: Some(line),
-        message,
-    };
+    let issue = |line: u64, message: String| InputIssue::row(path, line, message);
     for record in reader.records() {
         out.rows += 1;
         let record = match record {

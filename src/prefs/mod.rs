@@ -319,11 +319,7 @@ fn read_event_file(path: &Path, log: &mut EventLog) -> Result<(), PrefsError> {
             path: path.to_path_buf(),
         });
     }
-    let issue = |line: u64, message: String| InputIssue {
-        path: path.to_path_buf(),
-        line: Some(line),
-        message,
-    };
+    let issue = |line: u64, message: String| InputIssue::row(path, line, message);
     for record in reader.records() {
         let record = match record {
             Ok(r) => r,

@@ -442,37 +442,13 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Unknown keys of the section that are one or two edits from a known key
 /// (or equal ignoring case and `-`/`_`).
 fn near_misses(config: &Config) -> Vec<String> {
-    let Ok(root) = config.text.parse::<toml::Table>() else {
-        return Vec::new();
-    };
-    let Some(toml::Value::Table(section)) = root.get("recommend_pipeline") else {
-        return Vec::new();
-    };
-    let mut warnings = Vec::new();
-    for (table, known) in KNOWN {
-        let mut current = Some(section);
-        for part in table.split('.').filter(|p| !p.is_empty()) {
-            current = current.and_then(|t| t.get(part)).and_then(|v| v.as_table());
-        }
-        let Some(current) = current else { continue };
-        for key in current.keys() {
-            if known.contains(&key.as_str()) {
-                continue;
-            }
-            if let Some(near) = crate::config::suggest_key(key, known) {
-                let prefix = if table.is_empty() {
-                    String::new()
-                } else {
-                    format!("{table}.")
-                };
-                warnings.push(format!(
-                    "{}: unknown key `recommend_pipeline.{prefix}{key}` is ignored; did you mean `{near}`?",
-                    config.path.display()
-                ));
-            }
-        }
-    }
-    warnings
+    crate::config::keys_near_miss(&config.text, "recommend_pipeline", &KNOWN)
+        .into_iter()
+        .map(|miss| match miss.line {
+            Some(line) => format!("{}:{line}: {}", config.path.display(), miss.message),
+            None => format!("{}: {}", config.path.display(), miss.message),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -571,6 +547,13 @@ manifest_path = "manifest.json"
         ))
         .unwrap();
         assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
-        assert!(r.warnings[0].contains("did you mean `high_threshold`"));
+        assert!(
+            r.warnings[0].ends_with(
+                ":7: `recommend_pipeline.predict.high_treshold` is not read by papersys; \
+                 did you mean `recommend_pipeline.predict.high_threshold`?"
+            ),
+            "{:?}",
+            r.warnings
+        );
     }
 }

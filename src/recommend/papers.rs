@@ -4,13 +4,13 @@
 //!
 //! The files are read in parallel, each with the fast record splitter
 //! ([`metadata::read_columns`]); a whole [`PaperRecord`] is built only for
-//! the candidates. A paper's last row wins, in file order and within a file,
-//! as if the files were read one after the other: each file is resolved on
-//! its own, then an entry of one file is kept only when no later file holds
-//! the paper. Later files are asked through a sorted list of their ids'
-//! 64-bit hashes; the rare papers that hit one (a paper in two files, or a
-//! hash collision) are replayed exactly from the rows of every file that
-//! may hold them.
+//! the candidates. A paper's row is chosen as everywhere else (see
+//! docs/data-storage.md): within a year the last row wins, in file order
+//! and within a file; a paper with rows in several years belongs to the
+//! year of its newest row ([`crate::plan::Claim`]). Each file is resolved on
+//! its own; the ids' 64-bit hashes then show which papers more than one
+//! file may hold, and those rare papers (or hash collisions) are replayed
+//! exactly from the rows of every file that may hold them.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,7 +18,8 @@ use jiff::civil::Date;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::metadata::{self, InputIssue, MetadataFile, PaperRecord};
+use crate::metadata::{self, InputIssue, MetadataFile, PaperRecord, Year};
+use crate::plan::Claim;
 
 /// What makes a paper a candidate or a background paper.
 pub struct Criteria<'a> {
@@ -126,6 +127,19 @@ impl Papers {
         self.candidates.remove(id);
     }
 
+    /// Moves `id`'s entries from `other` into `self`.
+    fn take(&mut self, other: &mut Papers, id: &str) {
+        if let Some((key, value)) = other.window.remove_entry(id) {
+            self.window.insert(key, value);
+        }
+        if let Some(key) = other.background.take(id) {
+            self.background.insert(key);
+        }
+        if let Some((key, value)) = other.candidates.remove_entry(id) {
+            self.candidates.insert(key, value);
+        }
+    }
+
     fn absorb(&mut self, other: Papers) {
         self.window.extend(other.window);
         self.background.extend(other.background);
@@ -167,24 +181,24 @@ fn read_file(file: &MetadataFile, criteria: &Criteria<'_>) -> FilePapers {
     }
 }
 
-/// Reads `files` (in precedence order) and returns the run's papers, the
-/// last row of a paper winning; problems are appended to `issues` in file
-/// order.
+/// Reads `files` (in precedence order) and returns the run's papers, each
+/// from the row that decides it (see the module documentation); problems
+/// are appended to `issues` in file order.
 pub fn scan(files: &[MetadataFile], criteria: &Criteria<'_>, issues: &mut Vec<InputIssue>) -> Papers {
     let per_file: Vec<FilePapers> = files.par_iter().map(|f| read_file(f, criteria)).collect();
-    let held_later = |i: usize, hash: u64| {
-        per_file[i + 1..]
-            .iter()
-            .any(|later| later.hashes.binary_search(&hash).is_ok())
-    };
-    // Entries that a later file may override, replayed below.
-    let mut suspects: HashSet<String> = HashSet::new();
-    for (i, file) in per_file.iter().enumerate() {
-        if i + 1 == per_file.len() {
-            break;
-        }
-        suspects.extend(file.papers.ids().filter(|id| held_later(i, id_hash(id))).cloned());
-    }
+    // Hashes held by more than one file (each file's list is unique).
+    let mut all: Vec<u64> = per_file.iter().flat_map(|f| f.hashes.iter().copied()).collect();
+    all.par_sort_unstable();
+    let mut shared: Vec<u64> = all.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    drop(all);
+    shared.dedup();
+    // Entries that another file may decide otherwise, replayed below.
+    let suspects: HashSet<String> = per_file
+        .iter()
+        .flat_map(|file| file.papers.ids())
+        .filter(|id| shared.binary_search(&id_hash(id)).is_ok())
+        .cloned()
+        .collect();
     let mut papers = Papers::default();
     let mut replay: Vec<&MetadataFile> = Vec::new();
     let suspect_hashes: Vec<u64> = suspects.iter().map(|id| id_hash(id)).collect();
@@ -210,29 +224,45 @@ pub fn scan(files: &[MetadataFile], criteria: &Criteria<'_>, issues: &mut Vec<In
         papers.remove(id);
     }
     // Each file's rows of the suspects, in order (problems were reported above):
-    // what its last row of each says, and which of them it holds at all.
-    let rows: Vec<(Papers, HashSet<String>)> = replay
+    // what its last row of each says, and that row's claim on the paper.
+    let mut rows: Vec<(Papers, HashMap<String, Claim>)> = replay
         .par_iter()
         .map(|file| {
             let mut out = Papers::default();
-            let mut held = HashSet::new();
+            let mut claims = HashMap::new();
             let mut ignored = Vec::new();
             let _ = metadata::read_columns(&file.path, COLUMNS, &mut ignored, |_, fields| {
                 let id = fields[0].trim();
                 if suspects.contains(id) {
                     out.apply(id, &Status::of(&fields, id, criteria), &fields);
-                    held.insert(id.to_string());
+                    claims.insert(id.to_string(), Claim::of_row(fields[UPDATED_AT], file.year));
                 }
             });
-            (out, held)
+            (out, claims)
         })
         .collect();
-    // Across files: the last file holding a paper decides it.
-    for (file_papers, held) in rows {
-        for id in &held {
-            papers.remove(id);
+    // Within a year the last file holding a paper decides it; across years
+    // the greatest claim.
+    let mut last_in_year: HashMap<(&str, Year), usize> = HashMap::new();
+    for (k, (file, (_, claims))) in replay.iter().zip(&rows).enumerate() {
+        for id in claims.keys() {
+            last_in_year.insert((id.as_str(), file.year), k);
         }
-        papers.absorb(file_papers);
+    }
+    let mut owner: HashMap<&str, (Claim, usize)> = HashMap::new();
+    for ((id, _), k) in last_in_year {
+        let claim = rows[k].1[id];
+        let best = owner.entry(id).or_insert((claim, k));
+        if claim > best.0 {
+            *best = (claim, k);
+        }
+    }
+    let owner: Vec<(String, usize)> = owner
+        .into_iter()
+        .map(|(id, (_, k))| (id.to_string(), k))
+        .collect();
+    for (id, k) in owner {
+        papers.take(&mut rows[k].0, &id);
     }
     papers
 }
@@ -243,17 +273,27 @@ mod tests {
     use crate::metadata::{Year, read_records, write_records};
     use proptest::prelude::*;
 
-    /// The one-file-after-the-other reading this module must agree with.
+    /// The reading this module must agree with, one row after the other:
+    /// each paper's last row per year, then the year with the greatest claim.
     fn reference(files: &[MetadataFile], criteria: &Criteria<'_>) -> Papers {
-        let mut papers = Papers::default();
+        let mut last: HashMap<(String, Year), PaperRecord> = HashMap::new();
         for file in files {
             let mut issues = Vec::new();
             let _ = read_records(&file.path, &mut issues, |_, r| {
-                let id = r.paper_id.trim().to_string();
-                let fields = r.fields();
-                let status = Status::of(&fields, &id, criteria);
-                papers.apply(&id, &status, &fields);
+                last.insert((r.paper_id.trim().to_string(), file.year), r);
             });
+        }
+        let mut owner: HashMap<String, (Claim, PaperRecord)> = HashMap::new();
+        for ((id, year), record) in last {
+            let claim = Claim::of_row(&record.updated_at, year);
+            if owner.get(&id).is_none_or(|(best, _)| claim > *best) {
+                owner.insert(id, (claim, record));
+            }
+        }
+        let mut papers = Papers::default();
+        for (id, (_, record)) in owner {
+            let fields = record.fields();
+            papers.apply(&id, &Status::of(&fields, &id, criteria), &fields);
         }
         papers
     }
@@ -267,6 +307,7 @@ mod tests {
                 Just(""),
                 Just("2025-03-01T10:00:00Z"),
                 Just(" 2025-02-01"),
+                Just("2025-03-01T12:00:00+02:00"),
                 Just("bad")
             ],
             prop_oneof![Just("plain"), Just("a, \"quoted\"\ntitle"), Just("é漢字")],
@@ -283,25 +324,71 @@ mod tests {
             })
     }
 
+    /// A paper filed in two years is read from its newest row, as the plan
+    /// reads it, even when that row is in the earlier file.
+    #[test]
+    fn a_paper_in_two_years_is_read_from_its_newest_row_not_the_last_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |title: &str, updated: &str| PaperRecord {
+            paper_id: "2502.00001".into(),
+            title: title.into(),
+            abstract_text: "abstract".into(),
+            categories: "cs.LG".into(),
+            updated_at: updated.into(),
+            ..PaperRecord::default()
+        };
+        let file = |year: &str, row: PaperRecord| {
+            let path = dir.path().join(format!("metadata-{year}.csv"));
+            let mut bytes = Vec::new();
+            write_records(&mut bytes, &[row]).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+            MetadataFile {
+                path,
+                origin: format!("metadata/metadata-{year}.csv"),
+                year: Year::parse(year).unwrap(),
+            }
+        };
+        let files = [
+            file("2024", record("Newest", "2025-03-05T00:00:00Z")),
+            file("2025", record("Older", "2025-02-20T00:00:00+01:00")),
+        ];
+        let categories: HashSet<&str> = ["cs.LG"].into_iter().collect();
+        let criteria = Criteria {
+            categories: &categories,
+            rated: &|_| false,
+            from: "2025-03-01".parse().unwrap(),
+            until: Some("2025-03-31".parse().unwrap()),
+            background_start_year: 2024,
+        };
+        let mut issues = Vec::new();
+        let papers = scan(&files, &criteria, &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
+        let candidate = papers.candidates.get("2502.00001").map(|r| r.title.as_str());
+        assert_eq!(candidate, Some("Newest"), "the 2024 row is the newest");
+        assert_eq!(papers.window.len(), 1);
+    }
+
     proptest! {
         /// Reading the files in parallel and resolving repeated papers
-        /// across them gives what reading them one after the other gives.
+        /// across them gives what the row-by-row rule gives.
         #[test]
         fn parallel_scan_agrees_with_reading_in_order(
-            files in proptest::collection::vec(proptest::collection::vec(row(), 0..12), 1..5),
+            files in proptest::collection::vec(proptest::collection::vec(row(), 0..12), 1..6),
             rated_id in 0..8usize,
         ) {
             let dir = tempfile::tempdir().unwrap();
             let mut metadata_files = Vec::new();
+            // Two files per year, years ascending (the order of discovery).
             for (i, rows) in files.iter().enumerate() {
-                let path = dir.path().join(format!("metadata-{}.csv", 2020 + i));
+                let year = 2020 + i / 2;
+                let path = dir.path().join(format!("{i}-metadata-{year}.csv"));
                 let mut bytes = Vec::new();
                 write_records(&mut bytes, rows).unwrap();
                 std::fs::write(&path, bytes).unwrap();
                 metadata_files.push(MetadataFile {
                     path,
-                    origin: format!("metadata-{}.csv", 2020 + i),
-                    year: Year::parse(&format!("{}", 2020 + i)).unwrap(),
+                    origin: format!("{i}-metadata-{year}.csv"),
+                    year: Year::parse(&year.to_string()).unwrap(),
                 });
             }
             let categories: HashSet<&str> = ["cs.LG"].into_iter().collect();

@@ -14,6 +14,10 @@
 //! * The **refresh state** records, per year, the stamps of everything that
 //!   year's backlog rows were computed from. When none changed, the year's
 //!   rows are taken from the previous `backlog.parquet` as they are.
+//! * The **id hashes** hold, per year, the hashes of its paper ids (beside
+//!   the metadata index), so a refresh after one year's CSV changed checks
+//!   only that year's papers against the others for papers filed in several
+//!   years, without reading the unchanged years.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +28,9 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::atomic::{create_owned_dir, write_bytes_atomic};
 use crate::text::TextHash;
+
+mod id_hashes;
+pub use id_hashes::{IdHashes, id_hash};
 
 /// Directory of the caches inside a model directory.
 pub const CACHE_DIR: &str = ".cache";
@@ -161,11 +168,7 @@ impl FileIndex {
             skipped: self.skipped,
             issues: self.issues.clone(),
         };
-        let header = serde_json::to_vec(&header).unwrap_or_default();
-        let mut out = Vec::with_capacity(32 + header.len() + self.entries.len() * 32);
-        out.extend_from_slice(INDEX_MAGIC);
-        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        out.extend_from_slice(&header);
+        let mut out = frame_start(INDEX_MAGIC, &header, self.entries.len() * 32);
         for entry in &self.entries {
             let id = entry.paper_id.as_bytes();
             out.extend_from_slice(&(id.len() as u32).to_le_bytes());
@@ -174,27 +177,17 @@ impl FileIndex {
             out.push(u8::from(entry.empty));
             out.extend_from_slice(&entry.updated.to_le_bytes());
         }
-        let checksum = xxh3_64(&out);
-        out.extend_from_slice(&checksum.to_le_bytes());
+        frame_end(&mut out);
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<FileIndex> {
-        let (body, checksum) = bytes.split_at_checked(bytes.len().checked_sub(8)?)?;
-        if xxh3_64(body) != u64::from_le_bytes(checksum.try_into().ok()?) {
-            return None;
-        }
-        let mut cursor = Cursor { bytes: body };
-        if cursor.take(8)? != INDEX_MAGIC {
-            return None;
-        }
-        let header_len = usize::try_from(cursor.u64()?).ok()?;
-        let header: IndexHeader = serde_json::from_slice(cursor.take(header_len)?).ok()?;
+        let (header, mut cursor): (IndexHeader, _) = open_frame(bytes, INDEX_MAGIC)?;
         if header.version != CACHE_VERSION {
             return None;
         }
         let rows = usize::try_from(header.rows).ok()?;
-        let mut entries = Vec::with_capacity(rows.min(body.len() / 29));
+        let mut entries = Vec::with_capacity(rows.min(cursor.bytes.len() / 29));
         for _ in 0..rows {
             let len = cursor.u32()? as usize;
             let id = std::str::from_utf8(cursor.take(len)?).ok()?;
@@ -220,6 +213,43 @@ impl FileIndex {
             issues: header.issues,
         })
     }
+}
+
+/// The binary caches are framed alike: an 8-byte magic, a JSON header
+/// (length first), the body, and the XXH3-64 of everything before it.
+/// Starts a frame with `magic` and `header`, room made for `body` bytes.
+fn frame_start(magic: &[u8; 8], header: &impl Serialize, body: usize) -> Vec<u8> {
+    let header = serde_json::to_vec(header).unwrap_or_default();
+    let mut out = Vec::with_capacity(24 + header.len() + body);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out
+}
+
+/// Ends a frame: appends the checksum.
+fn frame_end(out: &mut Vec<u8>) {
+    let checksum = xxh3_64(out);
+    out.extend_from_slice(&checksum.to_le_bytes());
+}
+
+/// Opens a frame: its header and a cursor on its body; `None` when the
+/// checksum, the magic or the header is wrong.
+fn open_frame<'a, H: serde::de::DeserializeOwned>(
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+) -> Option<(H, Cursor<'a>)> {
+    let (body, checksum) = bytes.split_at_checked(bytes.len().checked_sub(8)?)?;
+    if xxh3_64(body) != u64::from_le_bytes(checksum.try_into().ok()?) {
+        return None;
+    }
+    let mut cursor = Cursor { bytes: body };
+    if cursor.take(8)? != magic {
+        return None;
+    }
+    let header_len = usize::try_from(cursor.u64()?).ok()?;
+    let header = serde_json::from_slice(cursor.take(header_len)?).ok()?;
+    Some((header, cursor))
 }
 
 struct Cursor<'a> {
@@ -321,6 +351,11 @@ pub struct RefreshState {
     /// Papers with rows in several years and the year each belongs to.
     #[serde(default)]
     pub cross_year: Vec<CrossYearPaper>,
+    /// The stamps of each year's metadata files (four-digit year) that
+    /// `cross_year` was resolved from: after a change, only the years whose
+    /// stamps differ are checked again.
+    #[serde(default)]
+    pub metadata_years: BTreeMap<String, Vec<(String, FileStamp)>>,
 }
 
 /// Start of the refresh state's last line: the XXH3-64 of the JSON before it.
@@ -353,6 +388,7 @@ impl RefreshState {
             years: BTreeMap::new(),
             metadata: Vec::new(),
             cross_year: Vec::new(),
+            metadata_years: BTreeMap::new(),
         }
     }
 
