@@ -144,10 +144,10 @@ for path in sorted(glob.glob(cache + "/*.seg")):
         f.seek(at)
         footer = json.loads(f.read(length))
     rows, dim = footer["rows"], footer["stamps"]["dimension"]
-    off, size, _ = footer["sections"][14]
+    off, size, _ = footer["sections"][1]  # the f32 matrix
     mats.append(np.memmap(path, dtype=np.float32, mode="r", offset=off, shape=(rows, dim)))
-    o0, l0, _ = footer["sections"][0]
-    o1, l1, _ = footer["sections"][1]
+    o0, l0, _ = footer["sections"][5]  # id offsets, ids
+    o1, l1, _ = footer["sections"][6]
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     ends = np.frombuffer(raw[o0:o0 + l0], dtype=np.uint32)
     blob = bytes(raw[o1:o1 + l1])

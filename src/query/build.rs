@@ -26,8 +26,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::QueryError;
 use super::catalog::{self, ContentKey, PaperMeta};
-use super::segment::{Rows, Segment};
-use crate::metadata::MetadataFile;
+use super::segment::{Rows, Segment, Stamps, Writer};
+use crate::metadata::{MetadataFile, Year};
 use crate::store::parquet_input;
 use crate::store::year_file::{self, YearFileError};
 
@@ -114,18 +114,9 @@ fn decode(
     Ok((ids, vectors, scan.sorted_unique))
 }
 
-/// Ids, vectors and row-group fingerprints of a year file.
-type YearVectors = (Vec<String>, Vec<f32>, Vec<(u64, u64)>);
-
-/// Ids (sorted, unique, newest row kept) and vectors of a whole year file,
-/// with its row groups' fingerprints when its rows came sorted and unique.
-fn read_vectors(path: &Path, dimension: usize) -> Result<YearVectors, QueryError> {
-    let (decoded, groups) = rayon::join(|| decode(path, dimension, None), || fingerprints(path));
-    let (ids, vectors, sorted_unique) = decoded?;
-    if sorted_unique {
-        return Ok((ids, vectors, groups.unwrap_or_default()));
-    }
-    drop((ids, vectors));
+/// Ids (sorted, unique, newest row kept) and vectors of a year file whose
+/// rows are not sorted and unique.
+fn read_unsorted(path: &Path, dimension: usize) -> Result<(Vec<String>, Vec<f32>), QueryError> {
     // Another tool's file: rows in any order, maybe repeated; the newest
     // row of a paper wins, as the rest of papersys reads it.
     let mut rows = year_file::read_rows(path, dimension)?;
@@ -138,7 +129,7 @@ fn read_vectors(path: &Path, dimension: usize) -> Result<YearVectors, QueryError
             r.paper_id
         })
         .collect();
-    Ok((ids, vectors, Vec::new()))
+    Ok((ids, vectors))
 }
 
 /// Category table and per-row codes of `metas`.
@@ -185,25 +176,90 @@ fn rows_of(ids: Vec<String>, vectors: Vec<f32>, metas: Vec<Option<PaperMeta>>) -
     rows
 }
 
-/// Reads one year's vectors and metadata from nothing.
-pub(crate) fn full(
+/// The ids of a year file, its vectors streamed into a [`Writer`] for
+/// `target`; `None` when its rows are not sorted and unique (another
+/// tool's file: see [`read_unsorted`]).
+fn stream(
     path: &Path,
     dimension: usize,
+    target: Option<&Path>,
+) -> Result<Option<(Writer, Vec<String>)>, QueryError> {
+    let rows = usize::try_from(year_file::row_count(path)?).unwrap_or(usize::MAX);
+    let mut writer = Writer::new(rows, dimension, target)?;
+    let mut ids = Vec::with_capacity(rows);
+    let mut failed = None;
+    let mut without_vector = None;
+    let scan = year_file::for_each_vector_of(path, dimension, None, |id, v| match v {
+        _ if failed.is_some() => {}
+        Some(v) => {
+            ids.push(id.to_string());
+            if let Err(e) = writer.push(v) {
+                failed = Some(e);
+            }
+        }
+        None => {
+            without_vector.get_or_insert_with(|| id.to_string());
+        }
+    })?;
+    if let Some(id) = without_vector {
+        return Err(YearFileError::Damaged {
+            path: path.to_path_buf(),
+            message: format!("paper {id} has no vector, or one with null elements"),
+        }
+        .into());
+    }
+    if !scan.sorted_unique {
+        return Ok(None);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(Some((writer, ids))),
+    }
+}
+
+/// Builds one year's segment from nothing, into the cache file `target`
+/// or memory: the vectors go straight from the decoder into the segment
+/// while the metadata is read beside them.
+pub(crate) fn full(
+    year: Year,
+    path: &Path,
+    stamps: Stamps,
     files: &[MetadataFile],
-) -> Result<(Rows, Keys), QueryError> {
-    let (vectors, (mut catalog, issues, metadata)) = rayon::join(
-        || read_vectors(path, dimension),
+    target: Option<&Path>,
+) -> Result<Segment, QueryError> {
+    let dimension = stamps.dimension;
+    let ((streamed, groups), (mut catalog, issues, metadata)) = rayon::join(
+        || rayon::join(|| stream(path, dimension, target), || fingerprints(path)),
         || catalog::read_year(files.iter()),
     );
-    let (ids, vectors, row_groups) = vectors?;
     if !issues.is_empty() {
         tracing::debug!(
             "{} unreadable metadata rows while building the vector cache",
             issues.len()
         );
     }
-    let metas = ids.iter().map(|id| catalog.remove(id)).collect();
-    Ok((rows_of(ids, vectors, metas), Keys { row_groups, metadata }))
+    match streamed? {
+        Some((writer, ids)) => {
+            let metas = ids.iter().map(|id| catalog.remove(id)).collect();
+            let rows = rows_of(ids, Vec::new(), metas);
+            let keys = Keys {
+                row_groups: groups.unwrap_or_default(),
+                metadata,
+            };
+            writer.finish(year, stamps, keys, &rows)
+        }
+        None => {
+            let (ids, vectors) = read_unsorted(path, dimension)?;
+            let metas = ids.iter().map(|id| catalog.remove(id)).collect();
+            let rows = rows_of(ids, vectors, metas);
+            // No row-group keys: a refresh of such a file starts from nothing.
+            let keys = Keys {
+                row_groups: Vec::new(),
+                metadata,
+            };
+            Segment::build(year, stamps, keys, &rows, target)
+        }
+    }
 }
 
 /// Reads one year's rows reusing `old` (the previous segment, read from
@@ -284,22 +340,27 @@ pub(crate) fn refresh(
             *origin = old.find(&ids[row]);
         }
     }
-    let old_meta = |r: usize| -> PaperMeta {
-        PaperMeta {
-            title: old.title(r).to_string(),
+    let old_meta = |r: usize| -> Result<PaperMeta, QueryError> {
+        Ok(PaperMeta {
+            title: old.title(r)?.to_string(),
             categories: old
                 .category_ids(r)
                 .iter()
                 .filter_map(|&c| old.categories().get(usize::from(c)).cloned())
                 .collect(),
-            published_at: old.published_at(r).to_string(),
-        }
+            published_at: old.published_at(r)?.to_string(),
+        })
     };
     // Metadata: unchanged, only appended to, or read again.
     let mut metas: Option<Vec<Option<PaperMeta>>> = None;
     let mut metadata_keys = old_keys.metadata.clone();
     if new_stamps == old_files && origin.iter().all(Option::is_some) {
-        metas = Some(origin.iter().map(|o| o.map(old_meta)).collect());
+        metas = Some(
+            origin
+                .iter()
+                .map(|o| o.map(old_meta).transpose())
+                .collect::<Result<_, _>>()?,
+        );
     } else if let ([file], [(origin_name, old_stamp)], [Some((old_size, old_hash))]) =
         (files, old_files, old_keys.metadata.as_slice())
         && *origin_name == file.origin
@@ -311,16 +372,16 @@ pub(crate) fn refresh(
             .iter()
             .zip(&origin)
             .map(|(id, origin)| match (tail.get(id), origin) {
-                (Some(meta), _) => Some(meta.clone()),
-                (None, Some(r)) => Some(old_meta(*r)),
+                (Some(meta), _) => Ok(Some(meta.clone())),
+                (None, Some(r)) => old_meta(*r).map(Some),
                 (None, None) => {
                     // A paper that was in the file before but had no vector:
                     // its row is not in the old segment.
                     complete = false;
-                    None
+                    Ok(None)
                 }
             })
-            .collect();
+            .collect::<Result<_, QueryError>>()?;
         if complete {
             metas = Some(list);
             metadata_keys = vec![Some(key)];

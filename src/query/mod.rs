@@ -263,16 +263,17 @@ impl VectorIndex {
                         Err(e) => tracing::info!("{e}; rebuilding it"),
                     }
                 }
-                let started = Instant::now();
-                let refreshed = previous
-                    .filter(|old| {
-                        old.year == year
-                            && old.stamps.identity == stamps.identity
-                            && old.stamps.dimension == stamps.dimension
-                    })
-                    .and_then(|old| {
+                let old = previous.filter(|old| {
+                    old.year == year
+                        && old.stamps.identity == stamps.identity
+                        && old.stamps.dimension == stamps.dimension
+                });
+                // Into the cache file `target`, or memory when `None`.
+                let make = |target: Option<&Path>| -> Result<(Segment, Outcome), QueryError> {
+                    let started = Instant::now();
+                    let refreshed = old.as_ref().and_then(|old| {
                         build::refresh(
-                            &old,
+                            old,
                             &old.keys,
                             &old.stamps.metadata,
                             &path,
@@ -285,8 +286,7 @@ impl VectorIndex {
                             None
                         })
                     });
-                let (rows, keys, how) = match refreshed {
-                    Some((rows, keys, reuse)) => {
+                    if let Some((rows, keys, reuse)) = refreshed {
                         tracing::debug!(
                             "{year}: refreshed in {:.2} s ({} rows reused, {} decoded, metadata {})",
                             started.elapsed().as_secs_f64(),
@@ -298,29 +298,27 @@ impl VectorIndex {
                                 "reused"
                             }
                         );
-                        (rows, keys, Outcome::Refreshed)
+                        let seg = Segment::build(year, stamps.clone(), keys, &rows, target)?;
+                        return Ok((seg, Outcome::Refreshed));
                     }
-                    None => {
-                        let (rows, keys) = build::full(&path, model.dimension, &files)?;
-                        tracing::debug!("{year}: read in {:.2} s", started.elapsed().as_secs_f64());
-                        (rows, keys, Outcome::Built)
-                    }
+                    let seg = build::full(year, &path, stamps.clone(), &files, target)?;
+                    tracing::debug!("{year}: read in {:.2} s", started.elapsed().as_secs_f64());
+                    Ok((seg, Outcome::Built))
                 };
                 if writable {
-                    match Segment::build(year, stamps.clone(), keys.clone(), &rows, Some(&cached)) {
-                        Ok(seg) => return Ok((seg, how, None)),
-                        Err(e) => {
+                    match make(Some(&cached)) {
+                        Ok((seg, how)) => return Ok((seg, how, None)),
+                        // Writing failed (a full disk...): the year again, in memory.
+                        Err(e @ QueryError::Io { .. }) => {
                             let note = format!("cannot write the vector cache ({e}); using memory");
-                            let seg = Segment::build(year, stamps, keys, &rows, None)?;
+                            let (seg, _) = make(None)?;
                             return Ok((seg, Outcome::Memory, Some(note)));
                         }
+                        Err(e) => return Err(e),
                     }
                 }
-                Ok((
-                    Segment::build(year, stamps, keys, &rows, None)?,
-                    Outcome::Memory,
-                    None,
-                ))
+                let (seg, _) = make(None)?;
+                Ok((seg, Outcome::Memory, None))
             })
             .collect();
         outcomes.sort_by_key(|o| o.as_ref().map_or(0, |(seg, _, _)| seg.year.get()));
@@ -442,20 +440,21 @@ impl VectorIndex {
             .find_map(|(s, start)| s.find(id).map(|r| start + r))
     }
 
-    /// A row joined to its metadata.
-    pub fn paper(&self, row: usize) -> Option<Paper<'_>> {
-        let (s, r) = self.locate(row)?;
+    /// A row joined to its metadata; `CacheDamaged` when the cache's bytes
+    /// of it fail their checks (see [`segment`]).
+    pub fn paper(&self, row: usize) -> Result<Paper<'_>, QueryError> {
+        let (s, r) = self.locate(row).ok_or(QueryError::NoRow(row))?;
         let seg = &self.segments[s];
-        Some(Paper {
+        Ok(Paper {
             paper_id: seg.id(r),
             year: seg.year,
-            title: seg.title(r),
+            title: seg.title(r)?,
             categories: seg
                 .category_ids(r)
                 .iter()
                 .filter_map(|&c| seg.categories().get(c as usize).map(String::as_str))
                 .collect(),
-            published_at: seg.published_at(r),
+            published_at: seg.published_at(r)?,
         })
     }
 
