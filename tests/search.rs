@@ -895,25 +895,53 @@ fn an_incremental_refresh_equals_a_build_from_nothing() {
     let (_, _, refreshed) = cache_state(&config, &queries);
     assert!(refreshed.is_empty());
 
-    // A day's papers: rows appended to the CSV, vectors merged (ids sort last).
-    let new: Vec<String> = (0..700).map(|i| format!("2412.{i:05}")).collect();
-    let mut appended = std::fs::OpenOptions::new().append(true).open(&csv).unwrap();
-    for id in &new {
-        std::io::Write::write_all(&mut appended, csv_row(id, &format!("New {id}")).as_bytes()).unwrap();
+    // A day's papers, twice: rows appended to the CSV, vectors merged (ids
+    // sort last). The year's segment stays as it was; a delta beside it
+    // holds the new and changed rows, and the answers are those of a cache
+    // built from nothing.
+    let base = std::fs::read(tree.model_dir().join(".cache/vectors/2024.seg")).unwrap();
+    let delta = tree.model_dir().join(".cache/vectors/2024.delta.seg");
+    for day in 0..2 {
+        let new: Vec<String> = (0..700).map(|i| format!("2412.{:05}", day * 700 + i)).collect();
+        let mut appended = std::fs::OpenOptions::new().append(true).open(&csv).unwrap();
+        for id in &new {
+            std::io::Write::write_all(&mut appended, csv_row(id, &format!("New {id}")).as_bytes()).unwrap();
+        }
+        drop(appended);
+        year_file::merge(&parquet, unit_rows(&new, dim, &mut seed), dim).unwrap();
+        let (_, answers, refreshed) = cache_state(&config, &queries);
+        assert_eq!(refreshed, ["2024"]);
+        assert!(std::fs::read(tree.model_dir().join(".cache/vectors/2024.seg")).unwrap() == base);
+        let delta_len = std::fs::metadata(&delta).unwrap().len();
+        assert!(
+            delta_len < base.len() as u64 / 2,
+            "the delta ({delta_len} bytes) holds the changed row groups only"
+        );
+        let index = VectorIndex::open(&config, &config.models[0]).unwrap();
+        assert!(index.report.refreshed.is_empty(), "the delta is reused");
+        assert_eq!(index.len(), embedded.len() + 1 + 700 * (day + 1));
+        let row = index.find(&new[699]).unwrap();
+        assert_eq!(index.paper(row).unwrap().title, format!("New {}", new[699]));
+        let every: Vec<&str> = index.ids().collect();
+        assert_eq!(every.len(), index.len());
+        drop(index);
+        // The same answers as a cache built from nothing (which has no delta).
+        let saved = std::fs::read_dir(tree.model_dir().join(".cache/vectors"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect::<Vec<_>>();
+        let (_, answers_again, _) = from_nothing(&config);
+        assert_eq!(answers, answers_again);
+        assert!(!delta.exists());
+        // Back to the base and delta, for the next step.
+        std::fs::remove_dir_all(tree.model_dir().join(".cache/vectors")).unwrap();
+        std::fs::create_dir_all(tree.model_dir().join(".cache/vectors")).unwrap();
+        for (path, bytes) in saved {
+            std::fs::write(path, bytes).unwrap();
+        }
     }
-    drop(appended);
-    year_file::merge(&parquet, unit_rows(&new, dim, &mut seed), dim).unwrap();
-    let (files, answers, refreshed) = cache_state(&config, &queries);
-    assert_eq!(refreshed, ["2024"]);
-    let (files_again, answers_again, _) = from_nothing(&config);
-    assert_eq!(answers, answers_again);
-    assert!(
-        files == files_again,
-        "refreshed segments differ from ones built from nothing"
-    );
-    let index = VectorIndex::open(&config, &config.models[0]).unwrap();
-    let row = index.find("2412.00699").unwrap();
-    assert_eq!(index.paper(row).unwrap().title, "New 2412.00699");
+    assert!(delta.exists());
 
     // A paper that had metadata but no vector gets one (the rows after it shift).
     year_file::merge(&parquet, unit_rows(&[ids[20_007].clone()], dim, &mut seed), dim).unwrap();

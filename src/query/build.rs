@@ -40,6 +40,20 @@ pub struct Keys {
     /// Per metadata file (as in the stamps): its [`ContentKey`], `None`
     /// when it could not be read completely.
     pub metadata: Vec<Option<ContentKey>>,
+    /// Set on a delta segment: the year's segment it amends.
+    #[serde(default)]
+    pub delta_of: Option<DeltaOf>,
+}
+
+/// What a delta segment amends: its rows are the papers of a year that are
+/// new or changed since the year's segment (the base) was built; the base
+/// rows they replace, or whose papers left the year file, are dead.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaOf {
+    /// The base segment's footer checksum (identifies that very file).
+    pub base: u64,
+    /// Base rows that no longer count, ascending.
+    pub dead: Vec<u32>,
 }
 
 /// How a year's rows were obtained, for logs and tests.
@@ -245,6 +259,7 @@ pub(crate) fn full(
             let keys = Keys {
                 row_groups: groups.unwrap_or_default(),
                 metadata,
+                delta_of: None,
             };
             writer.finish(year, stamps, keys, &rows)
         }
@@ -256,6 +271,7 @@ pub(crate) fn full(
             let keys = Keys {
                 row_groups: Vec::new(),
                 metadata,
+                delta_of: None,
             };
             Segment::build(year, stamps, keys, &rows, target)
         }
@@ -401,6 +417,144 @@ pub(crate) fn refresh(
         Keys {
             row_groups: groups,
             metadata: metadata_keys,
+            delta_of: None,
+        },
+        reuse,
+    )))
+}
+
+/// Most rows a delta segment takes before the year is rebuilt whole: a
+/// delta's rows are decoded and written at every refresh until then.
+pub(crate) fn delta_limit(base_rows: usize) -> usize {
+    (base_rows / 4).max(2 * 16_384)
+}
+
+/// The rows of a delta segment that amends `base` (a year's segment, not
+/// itself a delta) to the year's current inputs: the rows of the year
+/// file's row groups that are not in `base`, and the base rows whose
+/// metadata was appended to. `None` when that cannot be proven equal to a
+/// build from nothing (a metadata file changed other than by appending
+/// rows, a new paper whose metadata row predates the base...) or the delta
+/// would exceed [`delta_limit`]: the caller rebuilds the year.
+pub(crate) fn delta(
+    base: &Segment,
+    path: &Path,
+    dimension: usize,
+    files: &[MetadataFile],
+    new_stamps: &[(String, crate::store::cache::FileStamp)],
+) -> Result<Option<(Rows, Keys, Reuse)>, QueryError> {
+    let keys = &base.keys;
+    if keys.row_groups.is_empty() || keys.delta_of.is_some() || base.stamps.dimension != dimension {
+        return Ok(None);
+    }
+    let Some(groups) = fingerprints(path) else {
+        return Ok(None);
+    };
+    let mut old_groups: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut at = 0usize;
+    for &(print, rows) in &keys.row_groups {
+        old_groups.entry((print, rows)).or_insert(at);
+        at += rows as usize;
+    }
+    if at != base.len() {
+        return Ok(None);
+    }
+    let mut live = vec![false; base.len()];
+    let mut fresh = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        match old_groups.get(group) {
+            Some(&start) => live[start..start + group.1 as usize].fill(true),
+            None => fresh.push(g),
+        }
+    }
+    let fresh_rows: usize = fresh.iter().map(|&g| groups[g].1 as usize).sum();
+    if fresh_rows > delta_limit(base.len()) {
+        return Ok(None);
+    }
+    let (ids, vectors, sorted) = if fresh.is_empty() {
+        (Vec::new(), Vec::new(), true)
+    } else {
+        decode(path, dimension, Some(fresh))?
+    };
+    if !sorted || ids.len() != fresh_rows {
+        return Ok(None);
+    }
+    // Where each new row was in the base, if it was; one still live there
+    // would make the file's rows not unique.
+    let mut origin = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let r = base.find(id);
+        if r.is_some_and(|r| live[r]) {
+            return Ok(None);
+        }
+        origin.push(r);
+    }
+    // Metadata: unchanged, or only appended to since the base.
+    let (tail, metadata) = if new_stamps == base.stamps.metadata.as_slice() {
+        (HashMap::new(), keys.metadata.clone())
+    } else if let ([file], [Some((old_size, old_hash))]) = (files, keys.metadata.as_slice())
+        && base
+            .stamps
+            .metadata
+            .first()
+            .is_some_and(|(origin, _)| *origin == file.origin)
+        && let Some((tail, key)) = catalog::read_appended(file, *old_size, *old_hash)
+    {
+        (tail, vec![Some(key)])
+    } else {
+        return Ok(None);
+    };
+    let base_meta = |r: usize| -> Result<PaperMeta, QueryError> {
+        Ok(PaperMeta {
+            title: base.title(r)?.to_string(),
+            categories: base
+                .category_ids(r)
+                .iter()
+                .filter_map(|&c| base.categories().get(usize::from(c)).cloned())
+                .collect(),
+            published_at: base.published_at(r)?.to_string(),
+        })
+    };
+    // (id, vector, metadata) of every delta row, by id.
+    let mut rows: std::collections::BTreeMap<String, (Vec<f32>, Option<PaperMeta>)> = Default::default();
+    for ((id, vector), origin) in ids.into_iter().zip(vectors.chunks(dimension.max(1))).zip(origin) {
+        let meta = match (tail.get(&id), origin) {
+            (Some(meta), _) => Some(meta.clone()),
+            (None, Some(r)) => Some(base_meta(r)?),
+            // Metadata written before the base, for a paper the base does not hold.
+            (None, None) => return Ok(None),
+        };
+        rows.insert(id, (vector.to_vec(), meta));
+    }
+    // Base papers with a newer metadata row move to the delta.
+    for (id, meta) in &tail {
+        if let Some(r) = base.find(id)
+            && live[r]
+        {
+            live[r] = false;
+            rows.insert(id.clone(), (base.vector(r)?.to_vec(), Some(meta.clone())));
+        }
+    }
+    let reuse = Reuse {
+        rows_reused: live.iter().filter(|&&l| l).count(),
+        rows_decoded: fresh_rows,
+        metadata_parsed: false,
+    };
+    let dead: Vec<u32> = (0..base.len()).filter(|&r| !live[r]).map(|r| r as u32).collect();
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut flat = Vec::with_capacity(rows.len() * dimension);
+    let mut metas = Vec::with_capacity(rows.len());
+    for (id, (vector, meta)) in rows {
+        ids.push(id);
+        flat.extend_from_slice(&vector);
+        metas.push(meta);
+    }
+    Ok(Some((
+        rows_of(ids, flat, metas),
+        Keys {
+            row_groups: groups,
+            metadata,
+            delta_of: Some(DeltaOf { base: base.sum, dead }),
         },
         reuse,
     )))

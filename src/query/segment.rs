@@ -216,6 +216,8 @@ pub struct Segment {
     state: Vec<AtomicU8>,
     /// The cache file; `None` for a segment in memory.
     pub path: Option<PathBuf>,
+    /// The footer's checksum: identifies this very segment.
+    pub sum: u64,
     /// What it was built from.
     pub stamps: Stamps,
     /// What its inputs held.
@@ -510,6 +512,7 @@ impl Segment {
             categories: footer.categories,
             sections,
             path: Some(path.to_path_buf()),
+            sum: footer_sum,
             stamps: footer.stamps,
             keys: footer.keys,
         })
@@ -863,6 +866,7 @@ impl Writer {
             categories: rows.categories.clone(),
             sections,
             path,
+            sum: xxh3_64(&footer_bytes),
             stamps,
             keys,
         })
