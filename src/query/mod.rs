@@ -1,11 +1,13 @@
 //! The query engine: exact nearest neighbours over one model's vectors.
 //!
 //! [`VectorIndex::open`] maps the model's vector cache (one segment per year
-//! under `embeddings/<alias>/.cache/vectors/`, see [`segment`]), building or
-//! rebuilding the segments of years whose inputs changed; [`VectorIndex::top_k`]
+//! under `embeddings/<alias>/.cache/vectors/`, see [`segment`], and beside
+//! it a delta segment of the rows that changed since, see `build.rs`),
+//! building the segments or deltas of years whose inputs changed; [`VectorIndex::top_k`]
 //! returns the k rows of highest cosine with a query vector, exactly (see
-//! [`scan`]). Papers are addressed by a global row number, `0..len()`,
-//! ordered by year and then paper id; [`VectorIndex::paper`] joins a row to
+//! [`scan`]). Papers are addressed by a global row number (segment by
+//! segment, in year order, a year's delta after its segment; rows a delta
+//! replaced are never returned); [`VectorIndex::paper`] joins a row to
 //! its metadata. The CLI's `search` and `similar`, the recommender and a
 //! server share this module; [`QueryEncoder`] turns query text into a vector
 //! with the alias's model.
