@@ -439,7 +439,7 @@ fn the_cache_is_built_once_reused_and_rebuilt_for_changed_years_only() {
         assert_eq!(&identity(&segment(&tree, year)), id, "{year} reused");
     }
 
-    // The held-back papers arrive and are embedded: only 2025 is rebuilt.
+    // The held-back papers arrive and are embedded: only 2025 is refreshed.
     let all = records("metadata-2025.csv");
     write_csv(&tree.path("metadata/metadata-2025.csv"), &all);
     tree.cmd(&["embed", "-q"]).assert().success();
@@ -455,7 +455,10 @@ fn the_cache_is_built_once_reused_and_rebuilt_for_changed_years_only() {
             .join(" ")
             .as_str()
     );
-    assert_ne!(identity(&segment(&tree, "2025")), before["2025"]);
+    // 2025 gets a delta beside its segment, which stays as it was.
+    let delta = tree.model_dir().join(".cache/vectors/2025.delta.seg");
+    assert!(delta.exists());
+    assert_eq!(identity(&segment(&tree, "2025")), before["2025"]);
     assert_eq!(identity(&segment(&tree, "2007")), before["2007"]);
     assert_eq!(identity(&segment(&tree, "2010")), before["2010"]);
     let similar = run_json(&tree, &["similar", &newcomer.paper_id, "-k", "3"]);
