@@ -23,7 +23,8 @@
 # to the newest metadata CSV, vectors merged with the library's
 # `year_file::merge`, as `embed` does): day 1 is the first papersys merge
 # into that year (a file written by another tool is rewritten in papersys's
-# row groups, so its segment is rebuilt), day 2 the everyday case.
+# row groups, so its segment is rebuilt), days 2 and 3 the everyday case (a
+# delta segment beside the year's).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tree=/tmp/papersys-big
@@ -147,10 +148,10 @@ for path in sorted(glob.glob(cache + "/*.seg")):
         f.seek(at)
         footer = json.loads(f.read(length))
     rows, dim = footer["rows"], footer["stamps"]["dimension"]
-    off, size, _ = footer["sections"][14]
+    off, size, _ = footer["sections"][1]  # the f32 matrix
     mats.append(np.memmap(path, dtype=np.float32, mode="r", offset=off, shape=(rows, dim)))
-    o0, l0, _ = footer["sections"][0]
-    o1, l1, _ = footer["sections"][1]
+    o0, l0, _ = footer["sections"][5]  # id offsets, ids
+    o1, l1, _ = footer["sections"][6]
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     ends = np.frombuffer(raw[o0:o0 + l0], dtype=np.uint32)
     blob = bytes(raw[o1:o1 + l1])
@@ -207,10 +208,11 @@ EOF
 
 echo
 echo "== cache after 1,000 new papers in the newest year =="
-for day in 1 2; do
+for day in 1 2 3; do
   "$examples/bench_daily_embed" --tree "$tree" --alias "$alias" --count 1000 --day "$day"
   echo "day $day, next search: $(timed "$bin" --config "$config" -vv search -k 10 "graph neural networks")"
   echo "  $(open_line)"
-  grep -o "[0-9]*: refreshed in .*\|[0-9]*: read in .*" "$work/err" | tail -2 | sed 's/^/  /'
+  grep -o "[0-9]*: refreshed in .*\|[0-9]*: read in .*\|[0-9]*: delta of .*" "$work/err" | tail -2 | sed 's/^/  /'
+  echo "  cache files of the year: $(ls -s --block-size=M "$cache" | grep -o "[0-9]*M $newest_year[.a-z]*seg" | tr '\n' ' ')"
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -439,7 +439,7 @@ fn the_cache_is_built_once_reused_and_rebuilt_for_changed_years_only() {
         assert_eq!(&identity(&segment(&tree, year)), id, "{year} reused");
     }
 
-    // The held-back papers arrive and are embedded: only 2025 is rebuilt.
+    // The held-back papers arrive and are embedded: only 2025 is refreshed.
     let all = records("metadata-2025.csv");
     write_csv(&tree.path("metadata/metadata-2025.csv"), &all);
     tree.cmd(&["embed", "-q"]).assert().success();
@@ -455,7 +455,10 @@ fn the_cache_is_built_once_reused_and_rebuilt_for_changed_years_only() {
             .join(" ")
             .as_str()
     );
-    assert_ne!(identity(&segment(&tree, "2025")), before["2025"]);
+    // 2025 gets a delta beside its segment, which stays as it was.
+    let delta = tree.model_dir().join(".cache/vectors/2025.delta.seg");
+    assert!(delta.exists());
+    assert_eq!(identity(&segment(&tree, "2025")), before["2025"]);
     assert_eq!(identity(&segment(&tree, "2007")), before["2007"]);
     assert_eq!(identity(&segment(&tree, "2010")), before["2010"]);
     let similar = run_json(&tree, &["similar", &newcomer.paper_id, "-k", "3"]);
@@ -520,8 +523,28 @@ fn a_truncated_or_garbled_cache_is_rebuilt() {
     let mut bytes = std::fs::read(segment(&tree, "2010")).unwrap();
     let footer_at = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
     let footer: Value = serde_json::from_slice(&bytes[footer_at..]).unwrap();
-    let int8_at = footer["sections"][13][0].as_u64().unwrap() as usize;
+    let int8_at = footer["sections"][0][0].as_u64().unwrap() as usize;
     bytes[int8_at + 384 * 7] ^= 0x01;
+    std::fs::write(segment(&tree, "2010"), &bytes).unwrap();
+    let output = tree
+        .cmd(&["similar", &record.paper_id, "-k", "20", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("damaged"));
+    assert_eq!(serde_json::from_slice::<Value>(&output.stdout).unwrap(), expected);
+    assert!(std::fs::read(segment(&tree, "2010")).unwrap() == good);
+
+    // Garbled titles: checked only when the results are joined to them,
+    // which finds the damage, rebuilds and answers anyway.
+    let mut bytes = good.clone();
+    let (titles_at, titles_len) = (
+        footer["sections"][8][0].as_u64().unwrap() as usize,
+        footer["sections"][8][1].as_u64().unwrap() as usize,
+    );
+    for byte in &mut bytes[titles_at..titles_at + titles_len] {
+        *byte ^= 0x20;
+    }
     std::fs::write(segment(&tree, "2010"), &bytes).unwrap();
     let output = tree
         .cmd(&["similar", &record.paper_id, "-k", "20", "--json"])
@@ -875,25 +898,53 @@ fn an_incremental_refresh_equals_a_build_from_nothing() {
     let (_, _, refreshed) = cache_state(&config, &queries);
     assert!(refreshed.is_empty());
 
-    // A day's papers: rows appended to the CSV, vectors merged (ids sort last).
-    let new: Vec<String> = (0..700).map(|i| format!("2412.{i:05}")).collect();
-    let mut appended = std::fs::OpenOptions::new().append(true).open(&csv).unwrap();
-    for id in &new {
-        std::io::Write::write_all(&mut appended, csv_row(id, &format!("New {id}")).as_bytes()).unwrap();
+    // A day's papers, twice: rows appended to the CSV, vectors merged (ids
+    // sort last). The year's segment stays as it was; a delta beside it
+    // holds the new and changed rows, and the answers are those of a cache
+    // built from nothing.
+    let base = std::fs::read(tree.model_dir().join(".cache/vectors/2024.seg")).unwrap();
+    let delta = tree.model_dir().join(".cache/vectors/2024.delta.seg");
+    for day in 0..2 {
+        let new: Vec<String> = (0..700).map(|i| format!("2412.{:05}", day * 700 + i)).collect();
+        let mut appended = std::fs::OpenOptions::new().append(true).open(&csv).unwrap();
+        for id in &new {
+            std::io::Write::write_all(&mut appended, csv_row(id, &format!("New {id}")).as_bytes()).unwrap();
+        }
+        drop(appended);
+        year_file::merge(&parquet, unit_rows(&new, dim, &mut seed), dim).unwrap();
+        let (_, answers, refreshed) = cache_state(&config, &queries);
+        assert_eq!(refreshed, ["2024"]);
+        assert!(std::fs::read(tree.model_dir().join(".cache/vectors/2024.seg")).unwrap() == base);
+        let delta_len = std::fs::metadata(&delta).unwrap().len();
+        assert!(
+            delta_len < base.len() as u64 / 2,
+            "the delta ({delta_len} bytes) holds the changed row groups only"
+        );
+        let index = VectorIndex::open(&config, &config.models[0]).unwrap();
+        assert!(index.report.refreshed.is_empty(), "the delta is reused");
+        assert_eq!(index.len(), embedded.len() + 1 + 700 * (day + 1));
+        let row = index.find(&new[699]).unwrap();
+        assert_eq!(index.paper(row).unwrap().title, format!("New {}", new[699]));
+        let every: Vec<&str> = index.ids().collect();
+        assert_eq!(every.len(), index.len());
+        drop(index);
+        // The same answers as a cache built from nothing (which has no delta).
+        let saved = std::fs::read_dir(tree.model_dir().join(".cache/vectors"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+            .collect::<Vec<_>>();
+        let (_, answers_again, _) = from_nothing(&config);
+        assert_eq!(answers, answers_again);
+        assert!(!delta.exists());
+        // Back to the base and delta, for the next step.
+        std::fs::remove_dir_all(tree.model_dir().join(".cache/vectors")).unwrap();
+        std::fs::create_dir_all(tree.model_dir().join(".cache/vectors")).unwrap();
+        for (path, bytes) in saved {
+            std::fs::write(path, bytes).unwrap();
+        }
     }
-    drop(appended);
-    year_file::merge(&parquet, unit_rows(&new, dim, &mut seed), dim).unwrap();
-    let (files, answers, refreshed) = cache_state(&config, &queries);
-    assert_eq!(refreshed, ["2024"]);
-    let (files_again, answers_again, _) = from_nothing(&config);
-    assert_eq!(answers, answers_again);
-    assert!(
-        files == files_again,
-        "refreshed segments differ from ones built from nothing"
-    );
-    let index = VectorIndex::open(&config, &config.models[0]).unwrap();
-    let row = index.find("2412.00699").unwrap();
-    assert_eq!(index.paper(row).unwrap().title, "New 2412.00699");
+    assert!(delta.exists());
 
     // A paper that had metadata but no vector gets one (the rows after it shift).
     year_file::merge(&parquet, unit_rows(&[ids[20_007].clone()], dim, &mut seed), dim).unwrap();

@@ -114,15 +114,17 @@ pub fn search(
     );
     let filter = options.filter();
     let started = Instant::now();
-    let hits = repairing(&mut index, config, model, options.cache, |index| {
-        index.top_k(&vector, options.k, &filter)
+    // Joined inside `repairing`: a damaged title found by the join rebuilds too.
+    let found = repairing(&mut index, config, model, options.cache, |index| {
+        let hits = index.top_k(&vector, options.k, &filter)?;
+        report(index, None, &hits)
     })?;
     tracing::debug!(
         "scan {:.2} ms; {}",
         started.elapsed().as_secs_f64() * 1e3,
         memory()
     );
-    Ok(report(&index, None, &hits))
+    Ok(found)
 }
 
 /// The papers closest to each line of `path` (blank lines skipped).
@@ -155,15 +157,15 @@ pub fn search_batch(
     let embed = started.elapsed();
     let filter = options.filter();
     let started = Instant::now();
-    let hits = repairing(&mut index, config, model, options.cache, |index| {
-        index.top_k_many(&vectors, options.k, &filter)
+    let reports = repairing(&mut index, config, model, options.cache, |index| {
+        let hits = index.top_k_many(&vectors, options.k, &filter)?;
+        queries
+            .iter()
+            .zip(&hits)
+            .map(|(query, hits)| report(index, Some(query.clone()), hits))
+            .collect::<Result<Vec<SearchReport>, QueryError>>()
     })?;
     let scan = started.elapsed();
-    let reports: Vec<SearchReport> = queries
-        .into_iter()
-        .zip(&hits)
-        .map(|(query, hits)| report(&index, Some(query), hits))
-        .collect();
     let n = reports.len().max(1) as f64;
     tracing::info!(
         "{} queries: index and model ready in {:.2} s; embedding {:.2} ms/query; scan {:.2} ms/query \
@@ -213,11 +215,11 @@ pub fn similar(
     rows.dedup();
     let mut filter = options.filter();
     filter.exclude = rows.clone();
-    let hits = repairing(&mut index, config, model, options.cache, |index| {
+    repairing(&mut index, config, model, options.cache, |index| {
         let query = index.mean_direction(&rows)?;
-        index.top_k_f64(&query, options.k, &filter)
-    })?;
-    Ok(report(&index, None, &hits))
+        let hits = index.top_k_f64(&query, options.k, &filter)?;
+        report(index, None, &hits)
+    })
 }
 
 /// Opens the index and loads the model at the same time.
@@ -293,12 +295,12 @@ fn memory() -> String {
     )
 }
 
-fn report(index: &VectorIndex, query: Option<String>, hits: &[Hit]) -> SearchReport {
+fn report(index: &VectorIndex, query: Option<String>, hits: &[Hit]) -> Result<SearchReport, QueryError> {
     let results = hits
         .iter()
-        .filter_map(|hit| {
+        .map(|hit| {
             let paper = index.paper(hit.row)?;
-            Some(ResultRow {
+            Ok(ResultRow {
                 paper_id: paper.paper_id.to_string(),
                 score: hit.score,
                 title: paper.title.to_string(),
@@ -308,12 +310,12 @@ fn report(index: &VectorIndex, query: Option<String>, hits: &[Hit]) -> SearchRep
                 url: format!("https://arxiv.org/abs/{}", paper.paper_id),
             })
         })
-        .collect();
-    SearchReport {
+        .collect::<Result<_, QueryError>>()?;
+    Ok(SearchReport {
         model: index.alias().to_string(),
         query,
         results,
-    }
+    })
 }
 
 /// Why these ids have no vector: waiting in the backlog, in the metadata

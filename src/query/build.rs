@@ -18,7 +18,6 @@
 //! refreshed segment holds exactly what a segment built from nothing would.
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -26,8 +25,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::QueryError;
 use super::catalog::{self, ContentKey, PaperMeta};
-use super::segment::{Rows, Segment};
-use crate::metadata::MetadataFile;
+use super::segment::{Rows, Segment, Stamps, Writer};
+use crate::metadata::{MetadataFile, Year};
 use crate::store::parquet_input;
 use crate::store::year_file::{self, YearFileError};
 
@@ -40,6 +39,20 @@ pub struct Keys {
     /// Per metadata file (as in the stamps): its [`ContentKey`], `None`
     /// when it could not be read completely.
     pub metadata: Vec<Option<ContentKey>>,
+    /// Set on a delta segment: the year's segment it amends.
+    #[serde(default)]
+    pub delta_of: Option<DeltaOf>,
+}
+
+/// What a delta segment amends: its rows are the papers of a year that are
+/// new or changed since the year's segment (the base) was built; the base
+/// rows they replace, or whose papers left the year file, are dead.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaOf {
+    /// The base segment's footer checksum (identifies that very file).
+    pub base: u64,
+    /// Base rows that no longer count, ascending.
+    pub dead: Vec<u32>,
 }
 
 /// How a year's rows were obtained, for logs and tests.
@@ -58,7 +71,10 @@ pub struct Reuse {
 fn fingerprints(path: &Path) -> Option<Vec<(u64, u64)>> {
     let builder = parquet_input::open_arrow(path).ok()?;
     let file = std::fs::File::open(path).ok()?;
-    let mut buffer = Vec::new();
+    // SAFETY: read-only map of a year file, which papersys only ever
+    // replaces by rename; only a hand truncation during these few
+    // milliseconds could fault. Mapped, not read: no copy of the file.
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
     let mut out = Vec::new();
     for group in builder.metadata().row_groups() {
         let mut hasher = Xxh3::new();
@@ -71,9 +87,8 @@ fn fingerprints(path: &Path) -> Option<Vec<(u64, u64)>> {
             hasher.update(name.as_bytes());
             hasher.update(format!("{:?} {:?}", column.column_type(), column.compression()).as_bytes());
             let (start, length) = column.byte_range();
-            buffer.resize(usize::try_from(length).ok()?, 0);
-            file.read_exact_at(&mut buffer, start).ok()?;
-            hasher.update(&buffer);
+            let start = usize::try_from(start).ok()?;
+            hasher.update(map.get(start..start.checked_add(usize::try_from(length).ok()?)?)?);
         }
         out.push((hasher.digest(), u64::try_from(group.num_rows()).ok()?));
     }
@@ -114,18 +129,9 @@ fn decode(
     Ok((ids, vectors, scan.sorted_unique))
 }
 
-/// Ids, vectors and row-group fingerprints of a year file.
-type YearVectors = (Vec<String>, Vec<f32>, Vec<(u64, u64)>);
-
-/// Ids (sorted, unique, newest row kept) and vectors of a whole year file,
-/// with its row groups' fingerprints when its rows came sorted and unique.
-fn read_vectors(path: &Path, dimension: usize) -> Result<YearVectors, QueryError> {
-    let (decoded, groups) = rayon::join(|| decode(path, dimension, None), || fingerprints(path));
-    let (ids, vectors, sorted_unique) = decoded?;
-    if sorted_unique {
-        return Ok((ids, vectors, groups.unwrap_or_default()));
-    }
-    drop((ids, vectors));
+/// Ids (sorted, unique, newest row kept) and vectors of a year file whose
+/// rows are not sorted and unique.
+fn read_unsorted(path: &Path, dimension: usize) -> Result<(Vec<String>, Vec<f32>), QueryError> {
     // Another tool's file: rows in any order, maybe repeated; the newest
     // row of a paper wins, as the rest of papersys reads it.
     let mut rows = year_file::read_rows(path, dimension)?;
@@ -138,7 +144,7 @@ fn read_vectors(path: &Path, dimension: usize) -> Result<YearVectors, QueryError
             r.paper_id
         })
         .collect();
-    Ok((ids, vectors, Vec::new()))
+    Ok((ids, vectors))
 }
 
 /// Category table and per-row codes of `metas`.
@@ -185,25 +191,92 @@ fn rows_of(ids: Vec<String>, vectors: Vec<f32>, metas: Vec<Option<PaperMeta>>) -
     rows
 }
 
-/// Reads one year's vectors and metadata from nothing.
-pub(crate) fn full(
+/// The ids of a year file, its vectors streamed into a [`Writer`] for
+/// `target`; `None` when its rows are not sorted and unique (another
+/// tool's file: see [`read_unsorted`]).
+fn stream(
     path: &Path,
     dimension: usize,
+    target: Option<&Path>,
+) -> Result<Option<(Writer, Vec<String>)>, QueryError> {
+    let rows = usize::try_from(year_file::row_count(path)?).unwrap_or(usize::MAX);
+    let mut writer = Writer::new(rows, dimension, target)?;
+    let mut ids = Vec::with_capacity(rows);
+    let mut failed = None;
+    let mut without_vector = None;
+    let scan = year_file::for_each_vector_of(path, dimension, None, |id, v| match v {
+        _ if failed.is_some() => {}
+        Some(v) => {
+            ids.push(id.to_string());
+            if let Err(e) = writer.push(v) {
+                failed = Some(e);
+            }
+        }
+        None => {
+            without_vector.get_or_insert_with(|| id.to_string());
+        }
+    })?;
+    if let Some(id) = without_vector {
+        return Err(YearFileError::Damaged {
+            path: path.to_path_buf(),
+            message: format!("paper {id} has no vector, or one with null elements"),
+        }
+        .into());
+    }
+    if !scan.sorted_unique {
+        return Ok(None);
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(Some((writer, ids))),
+    }
+}
+
+/// Builds one year's segment from nothing, into the cache file `target`
+/// or memory: the vectors go straight from the decoder into the segment
+/// while the metadata is read beside them.
+pub(crate) fn full(
+    year: Year,
+    path: &Path,
+    stamps: Stamps,
     files: &[MetadataFile],
-) -> Result<(Rows, Keys), QueryError> {
-    let (vectors, (mut catalog, issues, metadata)) = rayon::join(
-        || read_vectors(path, dimension),
+    target: Option<&Path>,
+) -> Result<Segment, QueryError> {
+    let dimension = stamps.dimension;
+    let ((streamed, groups), (mut catalog, issues, metadata)) = rayon::join(
+        || rayon::join(|| stream(path, dimension, target), || fingerprints(path)),
         || catalog::read_year(files.iter()),
     );
-    let (ids, vectors, row_groups) = vectors?;
     if !issues.is_empty() {
         tracing::debug!(
             "{} unreadable metadata rows while building the vector cache",
             issues.len()
         );
     }
-    let metas = ids.iter().map(|id| catalog.remove(id)).collect();
-    Ok((rows_of(ids, vectors, metas), Keys { row_groups, metadata }))
+    match streamed? {
+        Some((writer, ids)) => {
+            let metas = ids.iter().map(|id| catalog.remove(id)).collect();
+            let rows = rows_of(ids, Vec::new(), metas);
+            let keys = Keys {
+                row_groups: groups.unwrap_or_default(),
+                metadata,
+                delta_of: None,
+            };
+            writer.finish(year, stamps, keys, &rows)
+        }
+        None => {
+            let (ids, vectors) = read_unsorted(path, dimension)?;
+            let metas = ids.iter().map(|id| catalog.remove(id)).collect();
+            let rows = rows_of(ids, vectors, metas);
+            // No row-group keys: a refresh of such a file starts from nothing.
+            let keys = Keys {
+                row_groups: Vec::new(),
+                metadata,
+                delta_of: None,
+            };
+            Segment::build(year, stamps, keys, &rows, target)
+        }
+    }
 }
 
 /// Reads one year's rows reusing `old` (the previous segment, read from
@@ -284,22 +357,27 @@ pub(crate) fn refresh(
             *origin = old.find(&ids[row]);
         }
     }
-    let old_meta = |r: usize| -> PaperMeta {
-        PaperMeta {
-            title: old.title(r).to_string(),
+    let old_meta = |r: usize| -> Result<PaperMeta, QueryError> {
+        Ok(PaperMeta {
+            title: old.title(r)?.to_string(),
             categories: old
                 .category_ids(r)
                 .iter()
                 .filter_map(|&c| old.categories().get(usize::from(c)).cloned())
                 .collect(),
-            published_at: old.published_at(r).to_string(),
-        }
+            published_at: old.published_at(r)?.to_string(),
+        })
     };
     // Metadata: unchanged, only appended to, or read again.
     let mut metas: Option<Vec<Option<PaperMeta>>> = None;
     let mut metadata_keys = old_keys.metadata.clone();
     if new_stamps == old_files && origin.iter().all(Option::is_some) {
-        metas = Some(origin.iter().map(|o| o.map(old_meta)).collect());
+        metas = Some(
+            origin
+                .iter()
+                .map(|o| o.map(old_meta).transpose())
+                .collect::<Result<_, _>>()?,
+        );
     } else if let ([file], [(origin_name, old_stamp)], [Some((old_size, old_hash))]) =
         (files, old_files, old_keys.metadata.as_slice())
         && *origin_name == file.origin
@@ -311,16 +389,16 @@ pub(crate) fn refresh(
             .iter()
             .zip(&origin)
             .map(|(id, origin)| match (tail.get(id), origin) {
-                (Some(meta), _) => Some(meta.clone()),
-                (None, Some(r)) => Some(old_meta(*r)),
+                (Some(meta), _) => Ok(Some(meta.clone())),
+                (None, Some(r)) => old_meta(*r).map(Some),
                 (None, None) => {
                     // A paper that was in the file before but had no vector:
                     // its row is not in the old segment.
                     complete = false;
-                    None
+                    Ok(None)
                 }
             })
-            .collect();
+            .collect::<Result<_, QueryError>>()?;
         if complete {
             metas = Some(list);
             metadata_keys = vec![Some(key)];
@@ -340,6 +418,144 @@ pub(crate) fn refresh(
         Keys {
             row_groups: groups,
             metadata: metadata_keys,
+            delta_of: None,
+        },
+        reuse,
+    )))
+}
+
+/// Most rows a delta segment takes before the year is rebuilt whole: a
+/// delta's rows are decoded and written at every refresh until then.
+pub(crate) fn delta_limit(base_rows: usize) -> usize {
+    (base_rows / 4).max(2 * 16_384)
+}
+
+/// The rows of a delta segment that amends `base` (a year's segment, not
+/// itself a delta) to the year's current inputs: the rows of the year
+/// file's row groups that are not in `base`, and the base rows whose
+/// metadata was appended to. `None` when that cannot be proven equal to a
+/// build from nothing (a metadata file changed other than by appending
+/// rows, a new paper whose metadata row predates the base...) or the delta
+/// would exceed [`delta_limit`]: the caller rebuilds the year.
+pub(crate) fn delta(
+    base: &Segment,
+    path: &Path,
+    dimension: usize,
+    files: &[MetadataFile],
+    new_stamps: &[(String, crate::store::cache::FileStamp)],
+) -> Result<Option<(Rows, Keys, Reuse)>, QueryError> {
+    let keys = &base.keys;
+    if keys.row_groups.is_empty() || keys.delta_of.is_some() || base.stamps.dimension != dimension {
+        return Ok(None);
+    }
+    let Some(groups) = fingerprints(path) else {
+        return Ok(None);
+    };
+    let mut old_groups: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut at = 0usize;
+    for &(print, rows) in &keys.row_groups {
+        old_groups.entry((print, rows)).or_insert(at);
+        at += rows as usize;
+    }
+    if at != base.len() {
+        return Ok(None);
+    }
+    let mut live = vec![false; base.len()];
+    let mut fresh = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        match old_groups.get(group) {
+            Some(&start) => live[start..start + group.1 as usize].fill(true),
+            None => fresh.push(g),
+        }
+    }
+    let fresh_rows: usize = fresh.iter().map(|&g| groups[g].1 as usize).sum();
+    if fresh_rows > delta_limit(base.len()) {
+        return Ok(None);
+    }
+    let (ids, vectors, sorted) = if fresh.is_empty() {
+        (Vec::new(), Vec::new(), true)
+    } else {
+        decode(path, dimension, Some(fresh))?
+    };
+    if !sorted || ids.len() != fresh_rows {
+        return Ok(None);
+    }
+    // Where each new row was in the base, if it was; one still live there
+    // would make the file's rows not unique.
+    let mut origin = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let r = base.find(id);
+        if r.is_some_and(|r| live[r]) {
+            return Ok(None);
+        }
+        origin.push(r);
+    }
+    // Metadata: unchanged, or only appended to since the base.
+    let (tail, metadata) = if new_stamps == base.stamps.metadata.as_slice() {
+        (HashMap::new(), keys.metadata.clone())
+    } else if let ([file], [Some((old_size, old_hash))]) = (files, keys.metadata.as_slice())
+        && base
+            .stamps
+            .metadata
+            .first()
+            .is_some_and(|(origin, _)| *origin == file.origin)
+        && let Some((tail, key)) = catalog::read_appended(file, *old_size, *old_hash)
+    {
+        (tail, vec![Some(key)])
+    } else {
+        return Ok(None);
+    };
+    let base_meta = |r: usize| -> Result<PaperMeta, QueryError> {
+        Ok(PaperMeta {
+            title: base.title(r)?.to_string(),
+            categories: base
+                .category_ids(r)
+                .iter()
+                .filter_map(|&c| base.categories().get(usize::from(c)).cloned())
+                .collect(),
+            published_at: base.published_at(r)?.to_string(),
+        })
+    };
+    // (id, vector, metadata) of every delta row, by id.
+    let mut rows: std::collections::BTreeMap<String, (Vec<f32>, Option<PaperMeta>)> = Default::default();
+    for ((id, vector), origin) in ids.into_iter().zip(vectors.chunks(dimension.max(1))).zip(origin) {
+        let meta = match (tail.get(&id), origin) {
+            (Some(meta), _) => Some(meta.clone()),
+            (None, Some(r)) => Some(base_meta(r)?),
+            // Metadata written before the base, for a paper the base does not hold.
+            (None, None) => return Ok(None),
+        };
+        rows.insert(id, (vector.to_vec(), meta));
+    }
+    // Base papers with a newer metadata row move to the delta.
+    for (id, meta) in &tail {
+        if let Some(r) = base.find(id)
+            && live[r]
+        {
+            live[r] = false;
+            rows.insert(id.clone(), (base.vector(r)?.to_vec(), Some(meta.clone())));
+        }
+    }
+    let reuse = Reuse {
+        rows_reused: live.iter().filter(|&&l| l).count(),
+        rows_decoded: fresh_rows,
+        metadata_parsed: false,
+    };
+    let dead: Vec<u32> = (0..base.len()).filter(|&r| !live[r]).map(|r| r as u32).collect();
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut flat = Vec::with_capacity(rows.len() * dimension);
+    let mut metas = Vec::with_capacity(rows.len());
+    for (id, (vector, meta)) in rows {
+        ids.push(id);
+        flat.extend_from_slice(&vector);
+        metas.push(meta);
+    }
+    Ok(Some((
+        rows_of(ids, flat, metas),
+        Keys {
+            row_groups: groups,
+            metadata,
+            delta_of: Some(DeltaOf { base: base.sum, dead }),
         },
         reuse,
     )))

@@ -10,6 +10,7 @@ use std::path::Path;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::metadata::{InputIssue, MetadataFile};
+use crate::store::cache::FileStamp;
 
 /// What the catalog keeps of one paper.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,28 +50,13 @@ fn meta_of(title: &str, categories: &str, primary: &str, published_at: &str) -> 
 /// Size and xxh3-64 of a file's bytes: what a catalog was read from.
 pub type ContentKey = (u64, u64);
 
-/// A reader that hashes what passes through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: Xxh3,
-    bytes: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-}
-
 /// The papers of one year's metadata files (given in precedence order: a
 /// later row of the same paper wins), with the rows and files that could
 /// not be read and each file's [`ContentKey`] (`None` for a file that
-/// could not be read to its end). Only the columns shown are decoded (the
-/// rows are read as bytes, as `read_records` would split them), so a year's
-/// gigabyte of abstracts costs little more than reading it.
+/// could not be read to its end, or changed while read). Rows are split by
+/// [`crate::metadata::read_columns`] (SIMD quote to quote) and only the
+/// columns shown are decoded, so a year's gigabyte of abstracts costs
+/// little more than reading it.
 pub fn read_year<'a>(
     files: impl IntoIterator<Item = &'a MetadataFile>,
 ) -> (
@@ -144,36 +130,49 @@ impl std::io::Write for HashWriter<'_> {
     }
 }
 
+/// The [`ContentKey`] of a file, mapped rather than read (no copy).
+fn content_key(path: &Path) -> Option<ContentKey> {
+    let file = File::open(path).ok()?;
+    if file.metadata().ok()?.len() == 0 {
+        return Some((0, xxhash_rust::xxh3::xxh3_64(&[])));
+    }
+    // SAFETY: read-only map of a metadata file, which papersys only ever
+    // replaces by rename; a file changed meanwhile is caught by the stamps
+    // compared around the read (`read_file`).
+    let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    Some((map.len() as u64, xxhash_rust::xxh3::xxh3_64(&map)))
+}
+
+/// The columns the catalog keeps.
+const COLUMNS: [&str; 5] = [
+    "paper_id",
+    "title",
+    "categories",
+    "primary_category",
+    "published_at",
+];
+
 fn read_file(
     path: &Path,
     papers: &mut HashMap<String, PaperMeta>,
     issues: &mut Vec<InputIssue>,
 ) -> Result<Option<ContentKey>, InputIssue> {
-    let issue = |message: String| InputIssue {
-        path: path.to_path_buf(),
-        line: None,
-        message,
-    };
-    let file = File::open(path).map_err(|e| issue(format!("cannot open: {e}")))?;
-    let mut input = Hashing {
-        inner: BufReader::with_capacity(1 << 20, file),
-        hasher: Xxh3::new(),
-        bytes: 0,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(&mut input);
-    let headers = reader
-        .byte_headers()
-        .map_err(|e| issue(format!("cannot read the header: {e}")))?
-        .clone();
-    if !read_records(path, &headers, reader, papers, issues) {
-        return Ok(None);
-    }
-    // The csv reader may leave bytes unread after the last row.
-    std::io::copy(&mut input, &mut std::io::sink()).map_err(|e| issue(e.to_string()))?;
-    Ok(Some((input.bytes, input.hasher.digest())))
+    let before = FileStamp::of(path);
+    let key = content_key(path);
+    // The fast record splitter the rest of papersys reads metadata with.
+    crate::metadata::read_columns(
+        path,
+        COLUMNS,
+        issues,
+        |_, [id, title, categories, primary, published]| {
+            let id = id.trim();
+            if !id.is_empty() {
+                papers.insert(id.to_string(), meta_of(title, categories, primary, published));
+            }
+        },
+    )?;
+    // The key speaks of the bytes parsed only if the file did not change meanwhile.
+    Ok(key.filter(|_| before.is_some() && FileStamp::of(path) == before))
 }
 
 /// Reads headerless rows from `input` with `headers`.

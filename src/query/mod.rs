@@ -1,11 +1,13 @@
 //! The query engine: exact nearest neighbours over one model's vectors.
 //!
 //! [`VectorIndex::open`] maps the model's vector cache (one segment per year
-//! under `embeddings/<alias>/.cache/vectors/`, see [`segment`]), building or
-//! rebuilding the segments of years whose inputs changed; [`VectorIndex::top_k`]
+//! under `embeddings/<alias>/.cache/vectors/`, see [`segment`], and beside
+//! it a delta segment of the rows that changed since, see `build.rs`),
+//! building the segments or deltas of years whose inputs changed; [`VectorIndex::top_k`]
 //! returns the k rows of highest cosine with a query vector, exactly (see
-//! [`scan`]). Papers are addressed by a global row number, `0..len()`,
-//! ordered by year and then paper id; [`VectorIndex::paper`] joins a row to
+//! [`scan`]). Papers are addressed by a global row number (segment by
+//! segment, in year order, a year's delta after its segment; rows a delta
+//! replaced are never returned); [`VectorIndex::paper`] joins a row to
 //! its metadata. The CLI's `search` and `similar`, the recommender and a
 //! server share this module; [`QueryEncoder`] turns query text into a vector
 //! with the alias's model.
@@ -35,6 +37,9 @@ use crate::store::year_file::YearFileError;
 
 /// Directory of the vector cache inside `<alias>/.cache/`.
 pub const VECTORS_DIR: &str = "vectors";
+
+/// File name ending of a year's delta segment (`YYYY.delta.seg`).
+const DELTA_SUFFIX: &str = ".delta.seg";
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +166,10 @@ pub struct VectorIndex {
     alias: String,
     dimension: usize,
     segments: Vec<Segment>,
+    /// Per segment: the rows a delta replaced (bits), if any.
+    dead: Vec<Option<Vec<u64>>>,
+    /// Rows that count (all but the dead).
+    live: usize,
     /// Global row of each segment's first row, plus the total at the end.
     starts: Vec<usize>,
     /// What opening did.
@@ -248,31 +257,75 @@ impl VectorIndex {
             .into_par_iter()
             .map(|(year, path, stamps, files)| {
                 let cached = cache_dir.join(format!("{year}.seg"));
+                let delta_path = cache_dir.join(format!("{year}{DELTA_SUFFIX}"));
                 let mut previous = None;
                 if writable {
                     match Segment::open(&cached) {
-                        Ok(seg) if seg.stamps == stamps && seg.year == year => {
-                            return Ok((seg, Outcome::Reused, None));
+                        Ok(seg) if seg.stamps == stamps && seg.year == year && seg.keys.delta_of.is_none() => {
+                            remove_if_there(&delta_path);
+                            return Ok((seg, None, Outcome::Reused, None));
                         }
-                        Ok(seg) => {
+                        Ok(seg) if seg.year == year && seg.keys.delta_of.is_none() => {
+                            match Segment::open(&delta_path) {
+                                Ok(delta)
+                                    if delta.stamps == stamps
+                                        && delta.year == year
+                                        && delta.keys.delta_of.as_ref().is_some_and(|d| d.base == seg.sum) =>
+                                {
+                                    return Ok((seg, Some(delta), Outcome::Reused, None));
+                                }
+                                _ => {}
+                            }
                             tracing::debug!("{} is stale; refreshing it", cached.display());
                             previous = Some(seg);
                         }
+                        Ok(_) => tracing::info!("{} is not this year's segment; rebuilding it", cached.display()),
                         Err(QueryError::Io { source, .. })
                             if source.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => tracing::info!("{e}; rebuilding it"),
                     }
                 }
-                let started = Instant::now();
-                let refreshed = previous
-                    .filter(|old| {
-                        old.year == year
-                            && old.stamps.identity == stamps.identity
-                            && old.stamps.dimension == stamps.dimension
-                    })
-                    .and_then(|old| {
+                let old = previous.filter(|old| {
+                    old.stamps.identity == stamps.identity && old.stamps.dimension == stamps.dimension
+                });
+                // A delta beside the current segment: O(changed rows) to write.
+                let try_delta = |base: &Segment| -> Option<Segment> {
+                    let started = Instant::now();
+                    let (rows, keys, reuse) = build::delta(base, &path, model.dimension, &files, &stamps.metadata)
+                        .unwrap_or_else(|e| {
+                            tracing::info!("{e}; rebuilding {year} whole");
+                            None
+                        })?;
+                    match Segment::build(year, stamps.clone(), keys, &rows, Some(&delta_path)) {
+                        Ok(delta) => {
+                            tracing::debug!(
+                                "{year}: delta of {} rows written in {:.2} s ({} rows of the segment kept, {} decoded)",
+                                delta.len(),
+                                started.elapsed().as_secs_f64(),
+                                reuse.rows_reused,
+                                reuse.rows_decoded
+                            );
+                            Some(delta)
+                        }
+                        Err(e) => {
+                            tracing::info!("{e}; rebuilding {year} whole");
+                            None
+                        }
+                    }
+                };
+                let old = match old {
+                    Some(base) => match try_delta(&base) {
+                        Some(delta) => return Ok((base, Some(delta), Outcome::Refreshed, None)),
+                        None => Some(base),
+                    },
+                    None => None,
+                };
+                // Into the cache file `target`, or memory when `None`.
+                let make = |target: Option<&Path>| -> Result<(Segment, Outcome), QueryError> {
+                    let started = Instant::now();
+                    let refreshed = old.as_ref().and_then(|old| {
                         build::refresh(
-                            &old,
+                            old,
                             &old.keys,
                             &old.stamps.metadata,
                             &path,
@@ -285,8 +338,7 @@ impl VectorIndex {
                             None
                         })
                     });
-                let (rows, keys, how) = match refreshed {
-                    Some((rows, keys, reuse)) => {
+                    if let Some((rows, keys, reuse)) = refreshed {
                         tracing::debug!(
                             "{year}: refreshed in {:.2} s ({} rows reused, {} decoded, metadata {})",
                             started.elapsed().as_secs_f64(),
@@ -298,35 +350,36 @@ impl VectorIndex {
                                 "reused"
                             }
                         );
-                        (rows, keys, Outcome::Refreshed)
+                        let seg = Segment::build(year, stamps.clone(), keys, &rows, target)?;
+                        return Ok((seg, Outcome::Refreshed));
                     }
-                    None => {
-                        let (rows, keys) = build::full(&path, model.dimension, &files)?;
-                        tracing::debug!("{year}: read in {:.2} s", started.elapsed().as_secs_f64());
-                        (rows, keys, Outcome::Built)
-                    }
+                    let seg = build::full(year, &path, stamps.clone(), &files, target)?;
+                    tracing::debug!("{year}: read in {:.2} s", started.elapsed().as_secs_f64());
+                    Ok((seg, Outcome::Built))
                 };
                 if writable {
-                    match Segment::build(year, stamps.clone(), keys.clone(), &rows, Some(&cached)) {
-                        Ok(seg) => return Ok((seg, how, None)),
-                        Err(e) => {
+                    let made = make(Some(&cached));
+                    remove_if_there(&delta_path);
+                    match made {
+                        Ok((seg, how)) => return Ok((seg, None, how, None)),
+                        // Writing failed (a full disk...): the year again, in memory.
+                        Err(e @ QueryError::Io { .. }) => {
                             let note = format!("cannot write the vector cache ({e}); using memory");
-                            let seg = Segment::build(year, stamps, keys, &rows, None)?;
-                            return Ok((seg, Outcome::Memory, Some(note)));
+                            let (seg, _) = make(None)?;
+                            return Ok((seg, None, Outcome::Memory, Some(note)));
                         }
+                        Err(e) => return Err(e),
                     }
                 }
-                Ok((
-                    Segment::build(year, stamps, keys, &rows, None)?,
-                    Outcome::Memory,
-                    None,
-                ))
+                let (seg, _) = make(None)?;
+                Ok((seg, None, Outcome::Memory, None))
             })
             .collect();
-        outcomes.sort_by_key(|o| o.as_ref().map_or(0, |(seg, _, _)| seg.year.get()));
+        outcomes.sort_by_key(|o| o.as_ref().map_or(0, |(seg, ..)| seg.year.get()));
         let mut segments = Vec::with_capacity(outcomes.len());
+        let mut dead = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
-            let (segment, how, note) = outcome?;
+            let (segment, delta, how, note) = outcome?;
             let year = segment.year.to_string();
             match how {
                 Outcome::Reused => report.reused.push(year),
@@ -340,7 +393,24 @@ impl VectorIndex {
             if note.is_some() && report.note.is_none() {
                 report.note = note;
             }
-            segments.push(segment);
+            match delta {
+                Some(delta) => {
+                    let mut bits = vec![0u64; segment.len().div_ceil(64)];
+                    for &r in delta.keys.delta_of.iter().flat_map(|d| &d.dead) {
+                        if let Some(word) = bits.get_mut(r as usize / 64) {
+                            *word |= 1 << (r % 64);
+                        }
+                    }
+                    segments.push(segment);
+                    dead.push(Some(bits));
+                    segments.push(delta);
+                    dead.push(None);
+                }
+                None => {
+                    segments.push(segment);
+                    dead.push(None);
+                }
+            }
         }
         if writable {
             remove_stray_segments(&cache_dir, &year_files.iter().map(|(y, _)| *y).collect());
@@ -352,6 +422,12 @@ impl VectorIndex {
             total += segment.len();
         }
         starts.push(total);
+        let dead_rows: usize = dead
+            .iter()
+            .flatten()
+            .map(|bits| bits.iter().map(|w| w.count_ones() as usize).sum::<usize>())
+            .sum();
+        let live = total - dead_rows;
         report.elapsed_s = started.elapsed().as_secs_f64();
         if let Some(note) = &report.note {
             tracing::warn!("{note}");
@@ -359,8 +435,8 @@ impl VectorIndex {
         tracing::info!(
             "{}: {} vectors in {} years (cache: {} reused, {} built, {} in memory; {:.2} s; scan kernel {})",
             model.alias,
-            total,
-            segments.len(),
+            live,
+            report.reused.len() + report.built.len() + report.in_memory.len(),
             report.reused.len(),
             report.built.len(),
             report.in_memory.len(),
@@ -371,6 +447,8 @@ impl VectorIndex {
             alias: model.alias.to_string(),
             dimension: model.dimension,
             segments,
+            dead,
+            live,
             starts,
             report,
         })
@@ -388,7 +466,14 @@ impl VectorIndex {
 
     /// Number of vectors.
     pub fn len(&self) -> usize {
-        self.starts.last().copied().unwrap_or(0)
+        self.live
+    }
+
+    /// Whether row `r` of segment `s` was replaced by a delta.
+    fn is_dead(&self, s: usize, r: usize) -> bool {
+        self.dead[s]
+            .as_ref()
+            .is_some_and(|bits| bits.get(r / 64).is_some_and(|w| (w >> (r % 64)) & 1 == 1))
     }
 
     /// True when there is no vector.
@@ -397,7 +482,7 @@ impl VectorIndex {
     }
 
     fn locate(&self, row: usize) -> Option<(usize, usize)> {
-        if row >= self.len() {
+        if row >= self.starts.last().copied().unwrap_or(0) {
             return None;
         }
         let s = self.starts.partition_point(|&start| start <= row) - 1;
@@ -414,18 +499,22 @@ impl VectorIndex {
         self.locate(row).map(|(s, _)| self.segments[s].year)
     }
 
-    /// Every paper id, in row order.
+    /// Every paper id, in row order (rows replaced by a delta left out).
     pub fn ids(&self) -> impl Iterator<Item = &str> + '_ {
-        self.segments
-            .iter()
-            .flat_map(|s| (0..s.len()).map(move |r| s.id(r)))
+        self.segments.iter().enumerate().flat_map(move |(s, seg)| {
+            (0..seg.len())
+                .filter(move |&r| !self.is_dead(s, r))
+                .map(move |r| seg.id(r))
+        })
     }
 
-    /// Every row's year, in row order.
+    /// Every paper's year, in the order of [`VectorIndex::ids`].
     pub fn years(&self) -> impl Iterator<Item = Year> + '_ {
-        self.segments
-            .iter()
-            .flat_map(|s| std::iter::repeat_n(s.year, s.len()))
+        self.segments.iter().enumerate().flat_map(move |(s, seg)| {
+            (0..seg.len())
+                .filter(move |&r| !self.is_dead(s, r))
+                .map(move |_| seg.year)
+        })
     }
 
     /// The stored f32 vector of a row.
@@ -439,23 +528,25 @@ impl VectorIndex {
         self.segments
             .iter()
             .zip(&self.starts)
-            .find_map(|(s, start)| s.find(id).map(|r| start + r))
+            .enumerate()
+            .find_map(|(s, (seg, start))| seg.find(id).filter(|&r| !self.is_dead(s, r)).map(|r| start + r))
     }
 
-    /// A row joined to its metadata.
-    pub fn paper(&self, row: usize) -> Option<Paper<'_>> {
-        let (s, r) = self.locate(row)?;
+    /// A row joined to its metadata; `CacheDamaged` when the cache's bytes
+    /// of it fail their checks (see [`segment`]).
+    pub fn paper(&self, row: usize) -> Result<Paper<'_>, QueryError> {
+        let (s, r) = self.locate(row).ok_or(QueryError::NoRow(row))?;
         let seg = &self.segments[s];
-        Some(Paper {
+        Ok(Paper {
             paper_id: seg.id(r),
             year: seg.year,
-            title: seg.title(r),
+            title: seg.title(r)?,
             categories: seg
                 .category_ids(r)
                 .iter()
                 .filter_map(|&c| seg.categories().get(c as usize).map(String::as_str))
                 .collect(),
-            published_at: seg.published_at(r),
+            published_at: seg.published_at(r)?,
         })
     }
 
@@ -566,17 +657,23 @@ impl VectorIndex {
                 Allowed::Rows(bits)
             })
             .collect();
+        for (s, dead) in self.dead.iter().enumerate() {
+            let Some(dead) = dead else { continue };
+            let len = self.segments[s].len();
+            if let Allowed::All = allowed[s] {
+                allowed[s] = Allowed::Rows(every_row(len));
+            }
+            if let Allowed::Rows(bits) = &mut allowed[s] {
+                for (word, dead) in bits.iter_mut().zip(dead) {
+                    *word &= !dead;
+                }
+            }
+        }
         for &row in &filter.exclude {
             let Some((s, r)) = self.locate(row) else { continue };
             let len = self.segments[s].len();
             if let Allowed::All = allowed[s] {
-                let mut bits = vec![u64::MAX; len.div_ceil(64)];
-                if !len.is_multiple_of(64)
-                    && let Some(last) = bits.last_mut()
-                {
-                    *last = (1u64 << (len % 64)) - 1;
-                }
-                allowed[s] = Allowed::Rows(bits);
+                allowed[s] = Allowed::Rows(every_row(len));
             }
             if let Allowed::Rows(bits) = &mut allowed[s] {
                 bits[r / 64] &= !(1u64 << (r % 64));
@@ -584,6 +681,17 @@ impl VectorIndex {
         }
         allowed
     }
+}
+
+/// Bits set for rows `0..len`.
+fn every_row(len: usize) -> Vec<u64> {
+    let mut bits = vec![u64::MAX; len.div_ceil(64)];
+    if !len.is_multiple_of(64)
+        && let Some(last) = bits.last_mut()
+    {
+        *last = (1u64 << (len % 64)) - 1;
+    }
+    bits
 }
 
 fn unit(v: &[f64]) -> Vec<f64> {
@@ -602,8 +710,8 @@ enum Outcome {
     Memory,
 }
 
-/// A year's segment, how it was obtained, and why it is not cached if not.
-type Opened = (Segment, Outcome, Option<String>);
+/// A year's segment, its delta if it has one, how they were obtained, and why it is not cached if not.
+type Opened = (Segment, Option<Segment>, Outcome, Option<String>);
 
 /// Creates `<alias>/.cache/vectors/` (never through a symlink) and removes
 /// temporaries that dead processes left there.
@@ -623,6 +731,15 @@ fn prepare_cache_dir(model_dir: &Path, cache_dir: &Path) -> std::io::Result<()> 
         .map(drop)
 }
 
+/// Removes `path`, if there is such a file.
+fn remove_if_there(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::debug!("cannot remove {}: {e}", path.display());
+    }
+}
+
 /// Deletes segment files of years that no longer have a year file.
 fn remove_stray_segments(cache_dir: &Path, years: &BTreeSet<Year>) {
     let Ok(entries) = std::fs::read_dir(cache_dir) else {
@@ -630,7 +747,9 @@ fn remove_stray_segments(cache_dir: &Path, years: &BTreeSet<Year>) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".seg")
+        if let Some(stem) = name
+            .strip_suffix(DELTA_SUFFIX)
+            .or_else(|| name.strip_suffix(".seg"))
             && Year::parse(stem).is_none_or(|y| !years.contains(&y))
         {
             let _ = std::fs::remove_file(entry.path());

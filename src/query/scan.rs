@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::QueryError;
-use super::segment::{Q8_BLOCK_ROWS, Segment};
+use super::segment::{CHECKS, Q8_BLOCK_ROWS, Segment};
 
 /// Rows per group of the int8 layout.
 pub(crate) const LANES: usize = 16;
@@ -60,8 +60,6 @@ pub(crate) struct Quantised {
     pub scale: f32,
     /// Upper bound of `|x/|x| - scale · q|`.
     pub bound: f32,
-    /// `1 / |x|` (0 for a zero or non-finite vector).
-    pub inv_norm: f64,
 }
 
 /// `value` rounded up to an f32.
@@ -98,6 +96,16 @@ fn quantise_unit(x: impl Iterator<Item = f64> + Clone, qmax: f64, q: &mut [i8]) 
     (scale, err2.sqrt() * (1.0 + 1e-9))
 }
 
+/// `1 / |x|` in f64 (0 for a zero or non-finite vector).
+pub(crate) fn inv_norm(x: &[f32]) -> f64 {
+    let norm = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+    if !norm.is_finite() || norm == 0.0 {
+        0.0
+    } else {
+        1.0 / norm
+    }
+}
+
 /// Quantises the unit vector of `x` into `q` (values in -127..=127) and
 /// bounds the error.
 pub(crate) fn quantise(x: &[f32], q: &mut [i8]) -> Quantised {
@@ -107,7 +115,6 @@ pub(crate) fn quantise(x: &[f32], q: &mut [i8]) -> Quantised {
         return Quantised {
             scale: 0.0,
             bound: 0.0,
-            inv_norm: 0.0,
         };
     }
     let inv = 1.0 / norm;
@@ -117,13 +124,11 @@ pub(crate) fn quantise(x: &[f32], q: &mut [i8]) -> Quantised {
         return Quantised {
             scale: 0.0,
             bound: 1.0 + 1e-3,
-            inv_norm: inv,
         };
     }
     Quantised {
         scale,
         bound: f32_up(err),
-        inv_norm: inv,
     }
 }
 
@@ -138,6 +143,43 @@ pub(crate) fn interleave(q: &[i8], dim: usize, out: &mut [u8]) {
     for (r, row) in q.chunks_exact(dim).enumerate().take(LANES) {
         for (j, &v) in row.iter().enumerate() {
             out[(j / 4) * 4 * LANES + 4 * r + j % 4] = (i16::from(v) + 128) as u8;
+        }
+    }
+}
+
+/// The check vectors of the int8 rows (see `segment.rs`), packed as the
+/// kernels take queries: `CHECKS` vectors of `padded_dim(dim) / 4` words,
+/// fixed pseudo-random weights in ±1..=63 (any kernel takes them).
+pub(crate) fn check_weights(dim: usize) -> Vec<i32> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut bytes = Vec::with_capacity(CHECKS * padded_dim(dim));
+    for _ in 0..CHECKS * padded_dim(dim) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let magnitude = (seed >> 33) % 63 + 1;
+        let weight = if (seed >> 20) & 1 == 1 {
+            magnitude as i8
+        } else {
+            -(magnitude as i8)
+        };
+        bytes.push(weight as u8);
+    }
+    bytes
+        .chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The check sums of the rows of one int8 `group` (as [`interleave`] wrote
+/// it) into `out` (`CHECKS` per row, for `out.len() / CHECKS` rows): the
+/// kernels' sums with the check vectors `weights`.
+pub(crate) fn check_sums(group: &[u8], dim: usize, weights: &[i32], out: &mut [i32]) {
+    let mut dots = [0i32; CHECKS * LANES];
+    dots_scalar(group, padded_dim(dim) / 4, weights, &mut dots);
+    for (r, row) in out.chunks_exact_mut(CHECKS).enumerate() {
+        for (c, value) in row.iter_mut().enumerate() {
+            *value = dots[c * LANES + r];
         }
     }
 }
@@ -535,34 +577,49 @@ pub(crate) fn top_k_many(
     }
     let words = padded_dim(dim) / 4;
     let kernel = dispatch();
+    // The queries, then the check vectors: one pass computes both.
     let mut packed = vec![0i32; queries.len() * words];
     let prepared: Vec<Prepared> = queries
         .iter()
         .zip(packed.chunks_mut(words.max(1)))
         .map(|(q, w)| prepare(q, kernel.qmax, w))
         .collect();
+    let users = queries.len();
+    if words > 0 {
+        packed.extend(check_weights(dim));
+    }
     let items: Vec<(usize, usize)> = segments
         .iter()
         .enumerate()
         .filter(|(s, _)| !matches!(allowed[*s], Allowed::Skip))
         .flat_map(|(s, seg)| (0..seg.q8_blocks()).map(move |b| (s, b)))
         .collect();
+    let all = packed.len() / words.max(1);
     let new_work = || Work {
-        states: vec![State::new(k); queries.len()],
-        dots: vec![0; QUERY_CHUNK.min(queries.len()) * SUB_ROWS],
+        states: vec![State::new(k); users],
+        dots: vec![0; QUERY_CHUNK.min(all) * SUB_ROWS],
     };
     let work = items
         .par_iter()
         .try_fold(new_work, |mut work, &(s, b)| -> Result<Work, QueryError> {
             let seg = &segments[s];
-            let block = seg.q8_block(b)?;
+            let block = seg.q8_block(b);
             let first = b * Q8_BLOCK_ROWS;
+            let meta = seg.scan_rows(first..(first + Q8_BLOCK_ROWS).min(seg.len()))?;
             let line = 4 * LANES * words.max(1);
             for (sub, lines) in block.chunks(SUB_ROWS / LANES * line).enumerate() {
-                let start = first + sub * SUB_ROWS;
+                let local = sub * SUB_ROWS;
+                let start = first + local;
                 let rows = (lines.len() / line * LANES).min(seg.len().saturating_sub(start));
-                let scales = seg.scales().get(start..start + rows).unwrap_or(&[]);
-                let bounds = seg.bounds().get(start..start + rows).unwrap_or(&[]);
+                let scales = meta.scales.get(local..local + rows).unwrap_or(&[]);
+                let bounds = meta.bounds.get(local..local + rows).unwrap_or(&[]);
+                let checks = meta
+                    .checks
+                    .get(local * CHECKS..(local + rows) * CHECKS)
+                    .unwrap_or(&[]);
+                if scales.len() != rows || checks.len() != rows * CHECKS {
+                    return Err(seg.q8_damaged(start));
+                }
                 let stride = lines.len() / line * LANES;
                 for (chunk, query_words) in packed.chunks(QUERY_CHUNK * words.max(1)).enumerate() {
                     let n = query_words.len() / words.max(1);
@@ -570,10 +627,18 @@ pub(crate) fn top_k_many(
                     (kernel.kernel)(lines, words, query_words, dots);
                     for j in 0..n {
                         let qi = chunk * QUERY_CHUNK + j;
+                        let dots = &dots[j * stride..j * stride + rows];
+                        if qi >= users {
+                            let c = qi - users;
+                            if let Some(r) = (0..rows).find(|&r| dots[r] != checks[r * CHECKS + c]) {
+                                return Err(seg.q8_damaged(start + r));
+                            }
+                            continue;
+                        }
                         collect(
                             &mut work.states[qi],
                             &prepared[qi],
-                            &dots[j * stride..j * stride + rows],
+                            dots,
                             scales,
                             bounds,
                             &allowed[s],
@@ -601,12 +666,8 @@ pub(crate) fn top_k_many(
         state.prune();
         let exact = |&(s, row, _): &(u32, u32, f32)| -> Result<(usize, usize, f64), QueryError> {
             let (s, row) = (s as usize, row as usize);
-            let seg = &segments[s];
-            Ok((
-                s,
-                row,
-                exact_cosine(seg.vector(row)?, seg.inv_norms().get(row).copied(), query),
-            ))
+            let x = segments[s].vector(row)?;
+            Ok((s, row, exact_cosine(x, Some(inv_norm(x)), query)))
         };
         let mut scored: Vec<(usize, usize, f64)> = if queries.len() == 1 {
             state.candidates.par_iter().map(exact).collect::<Result<_, _>>()?
@@ -786,7 +847,8 @@ mod tests {
                         let q = &quantised[r];
                         let estimate = dot as f32 * (q.scale * prep.scale);
                         let width = q.bound * prep.factor + prep.offset;
-                        let exact = exact_cosine(&x[r * dim..(r + 1) * dim], Some(q.inv_norm), query);
+                        let x = &x[r * dim..(r + 1) * dim];
+                        let exact = exact_cosine(x, Some(inv_norm(x)), query);
                         assert!(
                             (exact - f64::from(estimate)).abs() <= f64::from(width),
                             "{name} dim {dim} row {r}: exact {exact} estimate {estimate} width {width}"
@@ -801,9 +863,9 @@ mod tests {
     fn zero_and_non_finite_vectors_score_zero() {
         let mut q = [0i8; 4];
         let z = quantise(&[0.0; 4], &mut q);
-        assert_eq!((z.scale, z.inv_norm), (0.0, 0.0));
-        let n = quantise(&[f32::NAN, 1.0, 0.0, 0.0], &mut q);
-        assert_eq!(n.inv_norm, 0.0);
+        assert_eq!(z.scale, 0.0);
+        assert_eq!(inv_norm(&[0.0; 4]), 0.0);
+        assert_eq!(inv_norm(&[f32::NAN, 1.0, 0.0, 0.0]), 0.0);
         assert_eq!(
             exact_cosine(&[f32::NAN; 4], Some(0.0), &[1.0, 0.0, 0.0, 0.0]),
             0.0
