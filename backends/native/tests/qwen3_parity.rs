@@ -162,3 +162,32 @@ fn scaled_rope_and_sliding_windows_are_refused_by_name() {
     let reference = read_reference(&fixtures().join("tiny-qwen3"));
     assert_parity(&NativeEmbedder::load(&opts).unwrap(), &reference, 0.99999);
 }
+
+#[test]
+fn bfloat16_stays_close_to_sentence_transformers() {
+    use papersys_backend_native::Precision;
+    use papersys_backend_native::kernels::bf16::Bf16Isa;
+    let reference = read_reference(&fixtures().join("tiny-qwen3"));
+    let opts = NativeOptions {
+        precision: Precision::parse("bfloat16").expect("a precision spelling"),
+        ..options(2, 7)
+    };
+    let embedder = NativeEmbedder::load(&opts).unwrap();
+    match Bf16Isa::detect() {
+        Some(_) => assert_eq!(embedder.compute_path(), "cpu bfloat16 (avx512-bf16)"),
+        None => assert!(
+            embedder.compute_path().starts_with("cpu float32"),
+            "{}",
+            embedder.compute_path()
+        ),
+    }
+    let got = embedder
+        .embed(&embedder.prepare(reference.texts.clone()).unwrap())
+        .unwrap();
+    let d = reference.dimension;
+    for (i, row) in got.rows().enumerate() {
+        let c = cosine(row, &reference.vectors[i * d..(i + 1) * d]);
+        eprintln!("bf16 text {i}: cosine {c:.6}");
+        assert!(c >= 0.999, "bf16 text {i}: cosine {c}");
+    }
+}
