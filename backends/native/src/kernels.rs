@@ -716,6 +716,58 @@ pub fn add_bias_inplace(x: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// RMSNorm of every row of `weight.len()` values in place, as Llama-family
+/// models compute it: `x · weight / sqrt(mean(x²) + eps)`, in f32.
+///
+/// # Panics
+/// When `x` is not whole rows of `weight.len()` values (or `weight` is empty).
+pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
+    assert_rows("rms_norm", x, weight.len());
+    let inv_n = 1.0 / weight.len() as f32;
+    for row in x.chunks_exact_mut(weight.len()) {
+        // Eight partial sums, so that the loop vectorises.
+        let mut acc = [0.0f32; 8];
+        let mut chunks = row.chunks_exact(8);
+        for c in &mut chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *a = v.mul_add(*v, *a);
+            }
+        }
+        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        let ms = (acc.iter().sum::<f32>() + tail) * inv_n;
+        let r = 1.0 / (ms + eps).sqrt();
+        for (v, w) in row.iter_mut().zip(weight) {
+            *v = w * (*v * r);
+        }
+    }
+}
+
+/// SwiGLU: for every row of `gate_up` (`[gate | up]`, `2·width` values),
+/// writes `silu(gate) · up` into the matching row of `out` (`width`
+/// values), `silu(x) = x / (1 + e^-x)` with the exp of `isa`.
+///
+/// # Panics
+/// When `out` is not whole rows of `width` values or `gate_up` does not hold
+/// twice as many.
+pub fn silu_mul_with(gate_up: &[f32], out: &mut [f32], width: usize, isa: Isa) {
+    assert_rows("silu_mul", out, width);
+    assert_eq!(
+        gate_up.len(),
+        2 * out.len(),
+        "kernels::silu_mul: {} gate/up values for {} outputs",
+        gate_up.len(),
+        out.len()
+    );
+    for (gu, o) in gate_up.chunks_exact(2 * width).zip(out.chunks_exact_mut(width)) {
+        let (gate, up) = gu.split_at(width);
+        o.iter_mut().zip(gate).for_each(|(o, g)| *o = -g);
+        exp_with(o, isa);
+        for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + *o) * u;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,5 +1062,36 @@ mod tests {
         }
         let got = panic_message(|| add_bias_inplace(&mut [0.0; 20], &[0.0; 8]));
         assert_eq!(got, "kernels::add_bias: 20 values are not whole rows of 8");
+    }
+
+    #[test]
+    fn rms_norm_and_silu_mul_match_their_definitions() {
+        let x: Vec<f32> = (0..22).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let w: Vec<f32> = (0..11).map(|i| 0.5 + i as f32 * 0.1).collect();
+        let mut got = x.clone();
+        rms_norm_inplace(&mut got, &w, 1e-6);
+        for (r, row) in x.chunks_exact(11).enumerate() {
+            let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / 11.0;
+            for j in 0..11 {
+                let want = w[j] as f64 * row[j] as f64 / (ms + 1e-6).sqrt();
+                assert!((got[r * 11 + j] as f64 - want).abs() < 1e-5, "{r} {j}");
+            }
+        }
+        let gate_up: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) * 0.9).collect();
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; 20];
+            silu_mul_with(&gate_up, &mut out, 10, isa);
+            for (r, gu) in gate_up.chunks_exact(20).enumerate() {
+                for j in 0..10 {
+                    let g = gu[j] as f64;
+                    let want = g / (1.0 + (-g).exp()) * gu[10 + j] as f64;
+                    let o = out[r * 10 + j] as f64;
+                    assert!(
+                        (o - want).abs() <= 1e-6 * want.abs().max(1.0),
+                        "{isa:?}: {o} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }

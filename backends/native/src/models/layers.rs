@@ -368,6 +368,123 @@ pub(crate) fn par_rows(x: &mut [f32], width: usize, f: impl Fn(&mut [f32]) + Syn
     x.par_chunks_mut(width * ROWS).for_each(f);
 }
 
+/// Rotary position embeddings (RoPE, the "rotate half" layout of
+/// Llama, Qwen, GTE, Nomic and ModernBERT): within each head, value `j` of
+/// the first `dim / 2` and value `j` of the second half are rotated
+/// together by `position · inv_freq[j]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Rope {
+    /// Rotated width of a head (even, at most the head width).
+    dim: usize,
+    /// `1 / theta^(2j / dim)`, computed in f32 as transformers does.
+    inv_freq: Vec<f32>,
+}
+
+/// cos and sin of every (position, frequency) pair, [positions, dim / 2]
+/// each, grown on demand by [`Rope::table`].
+#[derive(Default)]
+pub(crate) struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    positions: usize,
+}
+
+impl Rope {
+    /// RoPE over the first `dim` values of a head (`dim` even, > 0) with
+    /// base `theta`.
+    pub fn new(theta: f64, dim: usize) -> Self {
+        assert!(
+            dim > 0 && dim.is_multiple_of(2),
+            "Rope::new: dimension {dim} is not even"
+        );
+        let inv_freq = (0..dim / 2)
+            .map(|j| 1.0 / (theta as f32).powf((2 * j) as f32 / dim as f32))
+            .collect();
+        Rope { dim, inv_freq }
+    }
+
+    /// Fills `table` for positions `0..positions` (kept when already large
+    /// enough): the angle `position · inv_freq` is rounded to f32 as in
+    /// PyTorch, its cos and sin are taken in f64.
+    pub fn table(&self, table: &mut RopeTable, positions: usize) {
+        let half = self.dim / 2;
+        if table.half == half && table.positions >= positions {
+            return;
+        }
+        table.cos.clear();
+        table.sin.clear();
+        for p in 0..positions {
+            for f in &self.inv_freq {
+                let angle = (p as f32 * f) as f64;
+                table.cos.push(angle.cos() as f32);
+                table.sin.push(angle.sin() as f32);
+            }
+        }
+        table.half = half;
+        table.positions = positions;
+    }
+
+    /// Rotates the query and key heads of every row of `qkv` (laid out as
+    /// `shape` says, which [`attention`] then reads); row `t` is at position
+    /// `positions[t]`, which `table` must cover.
+    pub fn apply(&self, qkv: &mut [f32], shape: &AttentionShape, positions: &[u32], table: &RopeTable) {
+        let half = self.dim / 2;
+        let AttentionShape {
+            heads,
+            kv_heads,
+            head_dim,
+            stride,
+            q,
+            k,
+            ..
+        } = *shape;
+        assert!(
+            self.dim <= head_dim
+                && q + heads * head_dim <= stride
+                && k + kv_heads * head_dim <= stride
+                && qkv.len() == positions.len() * stride
+                && table.half == half
+                && positions.iter().all(|&p| (p as usize) < table.positions),
+            "Rope::apply: shape {shape:?} with rotated width {} does not fit {} floats of {} rows, \
+             or a position is beyond the table's {}",
+            self.dim,
+            qkv.len(),
+            positions.len(),
+            table.positions
+        );
+        const ROWS: usize = 32;
+        qkv.par_chunks_mut(stride * ROWS)
+            .zip(positions.par_chunks(ROWS))
+            .for_each(|(rows, pos)| {
+                for (row, &p) in rows.chunks_exact_mut(stride).zip(pos) {
+                    let p = p as usize;
+                    let cos = &table.cos[p * half..(p + 1) * half];
+                    let sin = &table.sin[p * half..(p + 1) * half];
+                    for (col, n) in [(q, heads), (k, kv_heads)] {
+                        for h in 0..n {
+                            let at = col + h * head_dim;
+                            let (a, b) = row[at..at + self.dim].split_at_mut(half);
+                            for (((a, b), c), s) in a.iter_mut().zip(b).zip(cos).zip(sin) {
+                                let (x1, x2) = (*a, *b);
+                                *a = x1 * c - x2 * s;
+                                *b = x2 * c + x1 * s;
+                            }
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// The position of every token of a packed batch within its sequence.
+pub(crate) fn positions(cu: &[u32], out: &mut Vec<u32>) {
+    out.clear();
+    for w in cu.windows(2) {
+        out.extend(0..w[1].saturating_sub(w[0]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +583,53 @@ mod tests {
         for c in ctx {
             assert!((c - 5.0 / 3.0).abs() < 1e-6, "{c}");
         }
+    }
+
+    #[test]
+    fn rope_rotates_pairs_by_position_times_frequency() {
+        // Rows: [pad, q head 0, q head 1, k head 0, v head 0] of width 4
+        // (rotated width 4), stride 22.
+        let dim = 4;
+        let shape = AttentionShape {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: dim,
+            stride: 22,
+            q: 2,
+            k: 10,
+            v: 14,
+        };
+        let rope = Rope::new(100.0, dim);
+        let mut table = RopeTable::default();
+        rope.table(&mut table, 3);
+        let stride = shape.stride;
+        let x: Vec<f32> = (0..3 * stride).map(|i| i as f32 * 0.1 - 1.0).collect();
+        let mut got = x.clone();
+        let pos = [0, 2, 1];
+        rope.apply(&mut got, &shape, &pos, &table);
+        for (t, &p) in pos.iter().enumerate() {
+            let row = &x[t * stride..(t + 1) * stride];
+            let out = &got[t * stride..(t + 1) * stride];
+            assert_eq!(&out[..2], &row[..2], "columns before the heads");
+            assert_eq!(&out[14..], &row[14..], "values and padding");
+            for at in [2, 6, 10] {
+                for j in 0..dim / 2 {
+                    let theta = p as f64 / 100f64.powf(2.0 * j as f64 / dim as f64);
+                    let (a, b) = (row[at + j] as f64, row[at + j + 2] as f64);
+                    let want = (
+                        a * theta.cos() - b * theta.sin(),
+                        b * theta.cos() + a * theta.sin(),
+                    );
+                    let have = (out[at + j] as f64, out[at + j + 2] as f64);
+                    assert!(
+                        (have.0 - want.0).abs() < 1e-6 && (have.1 - want.1).abs() < 1e-6,
+                        "{t} {at} {j}"
+                    );
+                }
+            }
+        }
+        let mut p = Vec::new();
+        positions(&[0, 2, 2, 5], &mut p);
+        assert_eq!(p, [0, 1, 0, 1, 2]);
     }
 }
