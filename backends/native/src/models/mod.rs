@@ -5,7 +5,9 @@
 
 pub mod bert;
 pub mod encoder;
+pub mod gemma3;
 pub mod layers;
+pub mod modernbert;
 pub mod xlm_roberta;
 
 use papersys_backend_core::EmbedError;
@@ -61,7 +63,12 @@ pub struct Architecture {
 }
 
 /// Every architecture the CPU engine runs.
-pub const ARCHITECTURES: &[Architecture] = &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE];
+pub const ARCHITECTURES: &[Architecture] = &[
+    bert::ARCHITECTURE,
+    xlm_roberta::ARCHITECTURE,
+    modernbert::ARCHITECTURE,
+    gemma3::ARCHITECTURE,
+];
 
 /// `model_type` values the CPU engine runs, in [`ARCHITECTURES`] order.
 pub fn supported_model_types() -> Vec<&'static str> {
