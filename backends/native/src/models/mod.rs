@@ -5,7 +5,9 @@
 
 pub mod bert;
 pub mod encoder;
+pub mod gemma3;
 pub mod layers;
+pub mod modernbert;
 pub mod qwen3;
 pub mod xlm_roberta;
 
@@ -62,8 +64,13 @@ pub struct Architecture {
 }
 
 /// Every architecture the CPU engine runs.
-pub const ARCHITECTURES: &[Architecture] =
-    &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE, qwen3::ARCHITECTURE];
+pub const ARCHITECTURES: &[Architecture] = &[
+    bert::ARCHITECTURE,
+    xlm_roberta::ARCHITECTURE,
+    qwen3::ARCHITECTURE,
+    modernbert::ARCHITECTURE,
+    gemma3::ARCHITECTURE,
+];
 
 /// `model_type` values the CPU engine runs, in [`ARCHITECTURES`] order.
 pub fn supported_model_types() -> Vec<&'static str> {
