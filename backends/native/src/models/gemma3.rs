@@ -16,7 +16,8 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::layers::{AttentionShape, Linear, Mask, attention, check_packed, grow, par_rows, parallelism};
-use super::modernbert::{Rope, RopeTable, positions, rope_theta};
+use super::layers::{Rope, RopeTable, positions};
+use super::modernbert::rope_theta;
 use super::{Architecture, ModelShape, TokenModel};
 use crate::config::ModelConfig;
 use crate::kernels::Isa;
@@ -447,7 +448,7 @@ impl Gemma3 {
             } else {
                 (&self.local_rope, &*local_table, Mask::Window(cfg.window))
             };
-            rope.apply(qkv, stride, 0, cfg.heads + cfg.kv_heads, dh, pos, table);
+            rope.apply(qkv, &shape, pos, table);
             attention(qkv, &shape, cu, mask, None, isa, ctx);
             // `normed` now takes the attention output, normed, then added.
             layer.o.matmul(ctx, normed, false, par, xb);

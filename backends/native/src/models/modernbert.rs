@@ -5,8 +5,7 @@
 //! layer's attention), one fused Wqkv GEMM, rotary positions with a different
 //! theta on global and local layers, local layers seeing only tokens at most
 //! `local_attention / 2` positions away, a GeGLU MLP (`Wi` → gelu(input) ·
-//! gate → `Wo`) and a final LayerNorm. Also holds the rotary-embedding
-//! helpers [`Rope`] and [`positions`] that Gemma 3 reuses.
+//! gate → `Wo`) and a final LayerNorm.
 
 use std::sync::Mutex;
 
@@ -15,7 +14,8 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::layers::{
-    AttentionShape, LayerNorm, Linear, Mask, attention, check_packed, grow, par_rows, parallelism,
+    AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows,
+    parallelism, positions,
 };
 use super::{Architecture, ModelShape, TokenModel};
 use crate::config::ModelConfig;
@@ -32,104 +32,6 @@ pub const ARCHITECTURE: Architecture = Architecture {
 
 /// Tensor name prefixes: `ModernBertModel` and `ModernBertFor*` (`model.`).
 const PREFIXES: [&str; 2] = ["", "model."];
-
-/// Rotary position embedding in the rotate-half layout of Llama,
-/// ModernBERT, Gemma and friends. A private copy of the `qwen3` helper's
-/// `layers::Rope` (same names and signatures), to be dropped at the merge.
-#[derive(Clone, Debug)]
-pub(crate) struct Rope {
-    inv_freq: Vec<f32>,
-}
-
-/// Cosines and sines of `position · inv_freq[i]`, [positions, dim / 2] each.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct RopeTable {
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl Rope {
-    /// The rotation for `theta` over `dim` (even) columns of each head.
-    pub fn new(theta: f64, dim: usize) -> Self {
-        // As transformers computes it: 1 / theta^(2i / dim) in f32.
-        let inv_freq = (0..dim / 2)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32))
-            .collect();
-        Rope { inv_freq }
-    }
-
-    /// Extends `table` to cover positions `0..max_len`.
-    pub fn table(&self, table: &mut RopeTable, max_len: usize) {
-        let half = self.inv_freq.len();
-        let have = table.cos.len() / half.max(1);
-        if half == 0 || have >= max_len {
-            return;
-        }
-        for p in have..max_len {
-            for &f in &self.inv_freq {
-                // The angle is an f32 product, as in PyTorch.
-                let angle = (p as f32 * f) as f64;
-                table.cos.push(angle.cos() as f32);
-                table.sin.push(angle.sin() as f32);
-            }
-        }
-    }
-
-    /// Rotates `heads` heads of `head_dim` columns starting at column `col`
-    /// of every row (`stride` floats) of `x` by its token's position:
-    /// `(a, b) → (a·cos − b·sin, b·cos + a·sin)` over the first `dim`
-    /// columns of each head, `a` the first half, `b` the second.
-    #[allow(
-        clippy::too_many_arguments,
-        reason = "the same signature as layers::Rope::apply"
-    )]
-    pub fn apply(
-        &self,
-        x: &mut [f32],
-        stride: usize,
-        col: usize,
-        heads: usize,
-        head_dim: usize,
-        positions: &[u32],
-        table: &RopeTable,
-    ) {
-        let half = self.inv_freq.len();
-        assert!(
-            2 * half <= head_dim
-                && col + heads * head_dim <= stride
-                && x.len() >= positions.len() * stride
-                && positions
-                    .iter()
-                    .all(|&p| (p as usize + 1) * half <= table.cos.len()),
-            "Rope::apply: {heads} heads of {head_dim} at column {col} do not fit rows of {stride} or the table"
-        );
-        x[..positions.len() * stride]
-            .par_chunks_mut(stride)
-            .zip(positions.par_iter())
-            .for_each(|(row, &p)| {
-                let p = p as usize;
-                let cos = &table.cos[p * half..(p + 1) * half];
-                let sin = &table.sin[p * half..(p + 1) * half];
-                for h in 0..heads {
-                    let head = &mut row[col + h * head_dim..col + h * head_dim + 2 * half];
-                    let (a, b) = head.split_at_mut(half);
-                    for i in 0..half {
-                        let (x1, x2) = (a[i], b[i]);
-                        a[i] = x1 * cos[i] - x2 * sin[i];
-                        b[i] = x2 * cos[i] + x1 * sin[i];
-                    }
-                }
-            });
-    }
-}
-
-/// Position of every token of a packed batch within its own sequence.
-pub(crate) fn positions(cu: &[u32], out: &mut Vec<u32>) {
-    out.clear();
-    for w in cu.windows(2) {
-        out.extend(0..w[1] - w[0]);
-    }
-}
 
 /// The `config.json` fields ModernBERT needs. Both the transformers 4
 /// names (`global_attn_every_n_layers`, `global_rope_theta`,
@@ -493,7 +395,7 @@ impl ModernBert {
             } else {
                 (&self.local_rope, &*local_table, Mask::Window(cfg.window))
             };
-            rope.apply(qkv, 3 * h, 0, 2 * cfg.heads, dh, pos, table);
+            rope.apply(qkv, &shape, pos, table);
             attention(qkv, &shape, cu, mask, None, isa, ctx);
             layer.wo.matmul(ctx, hidden, true, par, xb);
             add_bias(hidden, &layer.wo);
@@ -558,42 +460,6 @@ impl TokenModel for ModernBert {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rope_rotates_each_half_pair_by_its_position() {
-        let rope = Rope::new(10_000.0, 4);
-        let mut table = RopeTable::default();
-        rope.table(&mut table, 3);
-        // One head of 4 at column 1 of rows of 6; tokens at positions 0 and 2.
-        let mut x = vec![0.0, 1.0, 2.0, 3.0, 4.0, 9.0, 0.0, 1.0, 2.0, 3.0, 4.0, 9.0];
-        rope.apply(&mut x, 6, 1, 1, 4, &[0, 2], &table);
-        assert_eq!(
-            &x[..6],
-            &[0.0, 1.0, 2.0, 3.0, 4.0, 9.0],
-            "position 0 is the identity"
-        );
-        for i in 0..2 {
-            let angle = 2.0 * 10_000f64.powf(-(2.0 * i as f64) / 4.0);
-            let (a, b) = ([1.0, 2.0][i], [3.0, 4.0][i]);
-            let want_a = a * angle.cos() - b * angle.sin();
-            let want_b = b * angle.cos() + a * angle.sin();
-            assert!(
-                (x[7 + i] as f64 - want_a).abs() < 1e-5,
-                "{} vs {want_a}",
-                x[7 + i]
-            );
-            assert!(
-                (x[9 + i] as f64 - want_b).abs() < 1e-5,
-                "{} vs {want_b}",
-                x[9 + i]
-            );
-        }
-        assert_eq!(
-            (x[6], x[11]),
-            (0.0, 9.0),
-            "columns outside the head are untouched"
-        );
-    }
 
     #[test]
     fn positions_restart_with_every_sequence() {
