@@ -33,12 +33,14 @@ use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use serde::Serialize;
 use tempfile::TempDir;
 
 use super::encoded::{OwnedRow, RowBatch, RowRef};
 use super::row::{parse_instant, year_of_date};
+use super::writer::{BackgroundWriter, QueuedFile};
 use crate::metadata::PaperRecord;
 use crate::metadata::record::COLUMNS;
 use crate::store::atomic::{self, TEMP_PREFIX};
@@ -197,6 +199,8 @@ pub struct Merger {
     latest_files: Vec<(PathBuf, u64)>,
     /// Emptied batches of the last spill, for [`Merger::spent_batch`].
     spent: Vec<RowBatch>,
+    /// The spill being sorted and written on a thread of its own.
+    spilling: Option<JoinHandle<Result<Spilled, MergeError>>>,
     next_run: u64,
     pending: CommitReport,
     report: MergeReport,
@@ -230,6 +234,7 @@ impl Merger {
             runs: Vec::new(),
             latest_files: Vec::new(),
             spent: Vec::new(),
+            spilling: None,
             next_run: 0,
             pending: CommitReport::default(),
             report: MergeReport::default(),
@@ -283,19 +288,36 @@ impl Merger {
         batches
     }
 
+    /// Past the memory budget, sorts the buffer and writes it as a run on
+    /// a thread of its own while rows keep coming (one spill at a time, so
+    /// at most twice the budget is held).
     fn spill_if_full(&mut self) -> Result<(), MergeError> {
         if self.buffered_bytes < self.options.memory_budget {
             return Ok(());
         }
+        self.wait_for_spill()?;
         let batches = self.take_buffer();
-        let order = sorted_unique(&batches, &mut self.pending.duplicates);
         let path = self.new_run_path()?;
-        write_run(
-            &path,
-            order.iter().map(|&(b, r)| batches[b as usize].get(r as usize)),
-        )?;
-        self.runs.push(path);
-        for mut batch in batches {
+        let thread = std::thread::Builder::new()
+            .name("papersys-spill".to_string())
+            .spawn(move || spill(path, batches))
+            .map_err(io_err(&self.dir))?;
+        self.spilling = Some(thread);
+        Ok(())
+    }
+
+    /// Waits for the spill in progress, if any, and takes its run.
+    fn wait_for_spill(&mut self) -> Result<(), MergeError> {
+        let Some(thread) = self.spilling.take() else {
+            return Ok(());
+        };
+        let spilled = match thread.join() {
+            Ok(spilled) => spilled?,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        self.runs.push(spilled.path);
+        self.pending.duplicates += spilled.duplicates;
+        for mut batch in spilled.batches {
             if self.spent.len() < MAX_SPENT_BATCHES {
                 batch.clear();
                 self.spent.push(batch);
@@ -313,6 +335,7 @@ impl Merger {
     /// Durably merges every row added since the last commit. Returns what
     /// changed; on error nothing of this commit is on disk.
     pub fn commit(&mut self) -> Result<CommitReport, MergeError> {
+        self.wait_for_spill()?;
         let mut report = std::mem::take(&mut self.pending);
         let batches = self.take_buffer();
         let memory = sorted_unique(&batches, &mut report.duplicates);
@@ -388,7 +411,7 @@ impl Merger {
                 self.report.latest_rows = merge_latest(&paths, &target)?;
             }
         }
-        Ok(self.report)
+        Ok(std::mem::take(&mut self.report))
     }
 
     fn spill_dir(&mut self) -> Result<&Path, MergeError> {
@@ -501,8 +524,9 @@ impl Merger {
             }
         }
 
+        let writer = BackgroundWriter::new().map_err(io_err(&self.dir))?;
         let mut outputs: BTreeMap<u16, YearOutput> = BTreeMap::new();
-        let mut latest = YearOutput::create(&self.dir, Some(latest_path))?;
+        let mut latest = YearOutput::create(&self.dir, Some(latest_path), &writer)?;
         let mut latest_rows = 0u64;
         let mut counts: BTreeMap<u16, YearCounts> = BTreeMap::new();
         let mut totals = CommitReport::default();
@@ -618,7 +642,7 @@ impl Merger {
             for (k, (stored_year, _)) in stored_rows.iter().enumerate() {
                 let in_place = Some(k) == stored_best && *stored_year == year;
                 if !in_place {
-                    output_for(&mut outputs, &self.dir, *stored_year)?.dirty = true;
+                    output_for(&mut outputs, &self.dir, *stored_year, &writer)?.mark_dirty();
                     counts.entry(*stored_year).or_default().removed += 1;
                 }
             }
@@ -643,9 +667,10 @@ impl Merger {
                 }
                 Change::Kept => {}
             }
-            let output = output_for(&mut outputs, &self.dir, year)?;
+            let output = output_for(&mut outputs, &self.dir, year, &writer)?;
             if matches!(change, Change::New | Change::Updated) {
-                output.dirty = true;
+                output.mark_dirty();
+                latest.mark_dirty();
                 latest.write(row.csv)?;
                 latest_rows += 1;
             }
@@ -653,7 +678,7 @@ impl Merger {
         }
         // A stored year every row of which moved out still gets its file.
         for year in stored.keys() {
-            output_for(&mut outputs, &self.dir, *year)?;
+            output_for(&mut outputs, &self.dir, *year, &writer)?;
         }
         for (year, c) in counts {
             let t = report.per_year.entry(year.to_string()).or_default();
@@ -669,12 +694,44 @@ impl Merger {
         report.older += totals.older;
         report.moved += totals.moved;
         report.duplicates += totals.duplicates;
-        let finished = finish_outputs(outputs, latest, latest_rows > 0)?;
+        let finished = finish_outputs(outputs, latest, latest_rows > 0, writer)?;
         Ok(Attempt::Done(Outcome {
             outputs: finished,
             latest_rows,
         }))
     }
+}
+
+impl Drop for Merger {
+    /// A spill still running is waited for, so that it does not write into
+    /// the spill directory while that is removed.
+    fn drop(&mut self) {
+        if let Some(thread) = self.spilling.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A run written by [`spill`], and the batches it came from.
+struct Spilled {
+    path: PathBuf,
+    batches: Vec<RowBatch>,
+    duplicates: u64,
+}
+
+/// Sorts `batches` (one row per paper) and writes them as the run `path`.
+fn spill(path: PathBuf, batches: Vec<RowBatch>) -> Result<Spilled, MergeError> {
+    let mut duplicates = 0;
+    let order = sorted_unique(&batches, &mut duplicates);
+    write_run(
+        &path,
+        order.iter().map(|&(b, r)| batches[b as usize].get(r as usize)),
+    )?;
+    Ok(Spilled {
+        path,
+        batches,
+        duplicates,
+    })
 }
 
 /// The buffered rows of a commit: batches, and their rows' order by key.
@@ -694,15 +751,21 @@ impl<'a> Memory<'a> {
     }
 }
 
-/// Flushes every output, and those to be persisted to disk, all at once
-/// (one thread each: the disk gets the flushes together rather than one
-/// after another). The commit's changes (`latest`) are flushed to disk
-/// too when they will become `latest.csv` (`keep_latest`).
+/// Completes every output (the writing thread done), then flushes those
+/// to be persisted to disk, all at once (one thread each: the disk gets
+/// the flushes together rather than one after another). The commit's
+/// changes (`latest`) are flushed to disk too when they will become
+/// `latest.csv` (`keep_latest`).
 fn finish_outputs(
-    outputs: BTreeMap<u16, YearOutput>,
-    latest: YearOutput,
+    mut outputs: BTreeMap<u16, YearOutput>,
+    mut latest: YearOutput,
     keep_latest: bool,
+    writer: BackgroundWriter,
 ) -> Result<BTreeMap<u16, FinishedOutput>, MergeError> {
+    for out in outputs.values_mut().chain(std::iter::once(&mut latest)) {
+        out.file.close().map_err(io_err(&out.path))?;
+    }
+    writer.finish();
     std::thread::scope(|scope| {
         let latest = scope.spawn(move || latest.finish_with(keep_latest, false));
         let years: Vec<_> = outputs
@@ -1007,7 +1070,7 @@ impl CsvSource {
 /// One year's new content (or a commit's changes), in a temporary file.
 struct YearOutput {
     path: PathBuf,
-    writer: BufWriter<File>,
+    file: QueuedFile,
     temp: Option<tempfile::TempPath>,
     rows: u64,
     dirty: bool,
@@ -1040,9 +1103,10 @@ fn output_for<'a>(
     outputs: &'a mut BTreeMap<u16, YearOutput>,
     dir: &Path,
     year: u16,
+    writer: &BackgroundWriter,
 ) -> Result<&'a mut YearOutput, MergeError> {
     if let std::collections::btree_map::Entry::Vacant(slot) = outputs.entry(year) {
-        slot.insert(YearOutput::create(dir, None)?);
+        slot.insert(YearOutput::create(dir, None, writer)?);
     }
     outputs
         .get_mut(&year)
@@ -1051,8 +1115,9 @@ fn output_for<'a>(
 
 impl YearOutput {
     /// A new output with the header written: at `path`, or a temporary
-    /// file in `dir` (removed unless persisted).
-    fn create(dir: &Path, path: Option<&Path>) -> Result<YearOutput, MergeError> {
+    /// file in `dir` (removed unless persisted); its bytes go through
+    /// `writer`.
+    fn create(dir: &Path, path: Option<&Path>, writer: &BackgroundWriter) -> Result<YearOutput, MergeError> {
         let (file, temp, path) = match path {
             Some(path) => (
                 File::create(path).map_err(io_err(path))?,
@@ -1070,13 +1135,11 @@ impl YearOutput {
                 (file, Some(temp), path)
             }
         };
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
-        writer
-            .write_all(header_line().as_bytes())
-            .map_err(io_err(&path))?;
+        let mut file = writer.file(file, path.clone());
+        file.write_all(header_line().as_bytes()).map_err(io_err(&path))?;
         Ok(YearOutput {
             path,
-            writer,
+            file,
             temp,
             rows: 0,
             dirty: false,
@@ -1084,12 +1147,22 @@ impl YearOutput {
     }
 
     fn write(&mut self, csv_line: &[u8]) -> Result<(), MergeError> {
-        self.writer.write_all(csv_line).map_err(io_err(&self.path))?;
+        self.file.write_all(csv_line).map_err(io_err(&self.path))?;
         self.rows += 1;
         Ok(())
     }
 
-    /// Flushes the output; a dirty one (to be persisted) also to disk.
+    /// Marks the output as one to persist: its bytes go to disk as they
+    /// are written.
+    fn mark_dirty(&mut self) {
+        if !self.dirty {
+            self.dirty = true;
+            self.file.keep();
+        }
+    }
+
+    /// Flushes the output (the writing thread done); a dirty one (to be
+    /// persisted) also to disk.
     fn finish(self) -> Result<FinishedOutput, MergeError> {
         let dirty = self.dirty;
         self.finish_with(dirty, dirty)
@@ -1099,10 +1172,7 @@ impl YearOutput {
     /// against a test's write budget.
     fn finish_with(self, sync: bool, charge: bool) -> Result<FinishedOutput, MergeError> {
         let path = self.path;
-        let file = self
-            .writer
-            .into_inner()
-            .map_err(|e| io_err(&path)(e.into_error()))?;
+        let file = self.file.into_file().map_err(io_err(&path))?;
         if charge {
             crate::fault::charge_write(&file).map_err(io_err(&path))?;
         }

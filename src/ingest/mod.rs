@@ -14,3 +14,4 @@ pub mod oai;
 pub mod row;
 pub mod snapshot;
 pub mod state;
+pub mod writer;

@@ -620,30 +620,21 @@ impl Pipe<'_> {
     }
 
     /// Appends [`BATCH_BYTES`] of the input to `data`, or what is left of
-    /// it; `true` at the end of the input.
+    /// it; `true` at the end of the input. The bytes are read straight into
+    /// `data` (a plain file's buffer is bypassed for reads this large).
     fn fill(&self, input: &mut dyn BufRead, data: &mut Vec<u8>, line: u64) -> Result<bool, SnapshotError> {
-        let target = data.len() + BATCH_BYTES;
+        let want = BATCH_BYTES as u64;
         data.reserve(BATCH_BYTES);
-        while data.len() < target {
-            let buffered = match input.fill_buf() {
-                Ok(buffered) => buffered,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(SnapshotError::Read {
-                        path: self.path.to_path_buf(),
-                        line: Some(line),
-                        source,
-                    });
-                }
-            };
-            if buffered.is_empty() {
-                return Ok(true);
-            }
-            let n = buffered.len().min(target - data.len());
-            data.extend_from_slice(&buffered[..n]);
-            input.consume(n);
-        }
-        Ok(false)
+        let got = input
+            .take(want)
+            .read_to_end(data)
+            .map_err(|source| SnapshotError::Read {
+                path: self.path.to_path_buf(),
+                line: Some(line),
+                source,
+            })?;
+        // `take` stops short only at the end of the input.
+        Ok((got as u64) < want)
     }
 }
 
