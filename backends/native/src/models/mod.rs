@@ -6,6 +6,7 @@
 pub mod bert;
 pub mod encoder;
 pub mod layers;
+pub mod mpnet;
 pub mod xlm_roberta;
 
 use papersys_backend_core::EmbedError;
@@ -61,7 +62,8 @@ pub struct Architecture {
 }
 
 /// Every architecture the CPU engine runs.
-pub const ARCHITECTURES: &[Architecture] = &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE];
+pub const ARCHITECTURES: &[Architecture] =
+    &[bert::ARCHITECTURE, xlm_roberta::ARCHITECTURE, mpnet::ARCHITECTURE];
 
 /// `model_type` values the CPU engine runs, in [`ARCHITECTURES`] order.
 pub fn supported_model_types() -> Vec<&'static str> {
