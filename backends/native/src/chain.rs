@@ -268,8 +268,6 @@ pub struct Chain {
     /// prompt, with `include_prompt = false`).
     skip: usize,
     steps: Vec<Step>,
-    /// Width the modules make.
-    width: usize,
     /// Width kept (the Matryoshka dimension; `width` when not truncated).
     dimension: usize,
     /// Whether the vectors end normalised, so that truncated ones are
@@ -324,7 +322,6 @@ impl Chain {
             modes: sentence.pool_modes.clone(),
             skip: if sentence.include_prompt { 0 } else { prompt_tokens },
             steps,
-            width,
             dimension,
             normalize: sentence.normalize,
         })
@@ -333,11 +330,6 @@ impl Chain {
     /// Length of the stored vectors.
     pub fn dimension(&self) -> usize {
         self.dimension
-    }
-
-    /// Length of the vectors before truncation.
-    pub fn width(&self) -> usize {
-        self.width
     }
 
     /// Pools `hidden` ([tokens, hidden], packed by `cu`), runs the modules
@@ -548,7 +540,7 @@ mod tests {
             "m",
         )
         .unwrap();
-        assert_eq!((unit.width(), unit.dimension()), (2, 1));
+        assert_eq!(unit.dimension(), 1);
         assert_eq!(run(&unit), [1.0, 1.0]);
         let e = Chain::build(&sentence(vec![PoolMode::Cls], vec![]), 2, Some(3), 0, "m")
             .err()
