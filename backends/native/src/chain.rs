@@ -256,7 +256,7 @@ impl Dense {
 }
 
 enum Step {
-    Dense(Dense),
+    Dense(Box<Dense>),
     Normalize,
 }
 
@@ -301,7 +301,7 @@ impl Chain {
                             spec.in_features
                         )));
                     }
-                    steps.push(Step::Dense(Dense::load(spec)?));
+                    steps.push(Step::Dense(Box::new(Dense::load(spec)?)));
                     width = spec.out_features;
                 }
             }
