@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/fetch-model.sh
+scripts/fetch-mpnet.sh
 scripts/python-env.sh >/dev/null
 
 # One feature set for every step, so the workspace is compiled once for

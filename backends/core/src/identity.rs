@@ -14,6 +14,15 @@ pub enum Pooling {
     LastToken,
     /// Unknown: the backend cannot tell (a remote server).
     Unknown,
+    /// The element-wise maximum of the token vectors.
+    Max,
+    /// The sum of the token vectors over the square root of their count.
+    MeanSqrtLen,
+    /// Average weighted by position (1, 2, 3, ...).
+    WeightedMean,
+    /// Several of the above, concatenated (sentence-transformers' list of
+    /// pooling modes).
+    Concatenated,
 }
 
 impl std::fmt::Display for Pooling {
@@ -23,6 +32,10 @@ impl std::fmt::Display for Pooling {
             Pooling::Cls => "cls",
             Pooling::LastToken => "last_token",
             Pooling::Unknown => "unknown",
+            Pooling::Max => "max",
+            Pooling::MeanSqrtLen => "mean_sqrt_len",
+            Pooling::WeightedMean => "weighted_mean",
+            Pooling::Concatenated => "concatenated",
         })
     }
 }

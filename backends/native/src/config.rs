@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use papersys_backend_core::{EmbedError, Pooling};
 use serde::Deserialize;
 
+use crate::chain::{ChainModule, DenseSpec, PoolMode};
+
 /// The fields of a Hugging Face `config.json` the encoder needs.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TransformerConfig {
@@ -73,6 +75,13 @@ pub struct SentenceConfig {
     pub query_prompt: Option<String>,
     /// Subdirectory of the transformer module (`""` for the model root).
     pub transformer_path: String,
+    /// The Pooling module's modes, concatenated in this order.
+    pub pool_modes: Vec<PoolMode>,
+    /// `include_prompt` of the Pooling module: false leaves the prompt's
+    /// tokens out of the pooling.
+    pub include_prompt: bool,
+    /// The modules after Pooling (Dense, Normalize), in order.
+    pub after_pooling: Vec<ChainModule>,
 }
 
 #[derive(Deserialize)]
@@ -214,9 +223,10 @@ pub fn query_prompt(prompts: &BTreeMap<String, String>, default_prompt_name: Opt
 /// Without `modules.json` the model is a bare transformer, which
 /// sentence-transformers wraps with mean pooling and no normalisation.
 pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
-    let modules: Option<Vec<Module>> = read_json(&dir.join("modules.json"))?;
-    let mut pooling = Pooling::Mean;
-    let mut normalize = false;
+    let modules_path = dir.join("modules.json");
+    let modules: Option<Vec<Module>> = read_json(&modules_path)?;
+    let mut pool_modes = vec![PoolMode::Mean];
+    let mut after_pooling = Vec::new();
     let mut transformer_path = String::new();
     let mut include_prompt = true;
     if let Some(modules) = modules {
@@ -225,19 +235,30 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
             let kind = module.kind.rsplit('.').next().unwrap_or(&module.kind);
             match kind {
                 "Transformer" => transformer_path = module.path.clone(),
-                "Pooling" => {
+                "Pooling" if !saw_pooling => {
                     let path = dir.join(&module.path).join("config.json");
                     let file: PoolingFile = read_json(&path)?
                         .ok_or_else(|| EmbedError::Load(format!("{} is missing", path.display())))?;
-                    pooling = parse_pooling(&file, &path)?;
+                    pool_modes = parse_pooling(&file, &path)?;
                     include_prompt = file.include_prompt;
                     saw_pooling = true;
                 }
-                "Normalize" => normalize = true,
+                "Dense" if saw_pooling => {
+                    after_pooling.push(ChainModule::Dense(DenseSpec::read(&dir.join(&module.path))?));
+                }
+                "Normalize" if saw_pooling => after_pooling.push(ChainModule::Normalize),
+                "Pooling" | "Dense" | "Normalize" => {
+                    return Err(EmbedError::Unsupported(format!(
+                        "{}: module {} at this place is not supported (supported: Transformer, then one Pooling, \
+                         then Dense and Normalize modules in any order)",
+                        modules_path.display(),
+                        module.kind
+                    )));
+                }
                 _ => {
                     return Err(EmbedError::Unsupported(format!(
-                        "{}: module {} is not supported (supported: Transformer, Pooling, Normalize)",
-                        dir.join("modules.json").display(),
+                        "{}: module {} is not supported (supported: Transformer, Pooling, Dense, Normalize)",
+                        modules_path.display(),
                         module.kind
                     )));
                 }
@@ -246,7 +267,7 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
         if !saw_pooling {
             return Err(EmbedError::Unsupported(format!(
                 "{}: no Pooling module; token embeddings cannot be stored as one vector",
-                dir.join("modules.json").display()
+                modules_path.display()
             )));
         }
     }
@@ -257,64 +278,72 @@ pub fn read_sentence_config(dir: &Path) -> Result<SentenceConfig, EmbedError> {
     let document_prompt =
         document_prompt(&st.prompts, st.default_prompt_name.as_deref()).filter(|p| !p.is_empty());
     let query_prompt = query_prompt(&st.prompts, st.default_prompt_name.as_deref()).filter(|p| !p.is_empty());
-    if !include_prompt {
-        return Err(EmbedError::Unsupported(format!(
-            "{}: pooling with include_prompt=false is not supported",
-            dir.display()
-        )));
-    }
+    let pooling = match pool_modes.as_slice() {
+        [one] => one.identity(),
+        _ => Pooling::Concatenated,
+    };
     Ok(SentenceConfig {
         pooling,
-        normalize,
+        normalize: matches!(after_pooling.last(), Some(ChainModule::Normalize)),
         max_seq_length: sbert.max_seq_length,
         lowercase: sbert.do_lower_case,
         document_prompt,
         query_prompt,
         transformer_path,
+        pool_modes,
+        include_prompt,
+        after_pooling,
     })
 }
 
-fn parse_pooling(file: &PoolingFile, path: &Path) -> Result<Pooling, EmbedError> {
+/// The Pooling module's modes: `pooling_mode` (a name or a list of names,
+/// sentence-transformers >= 6) or the older `pooling_mode_*_token(s)` flags
+/// (several on: concatenated in sentence-transformers' fixed order; none on:
+/// mean, as sentence-transformers falls back).
+fn parse_pooling(file: &PoolingFile, path: &Path) -> Result<Vec<PoolMode>, EmbedError> {
+    let parse = |name: &str| {
+        PoolMode::parse(name).ok_or_else(|| {
+            EmbedError::Unsupported(format!(
+                "{}: pooling_mode {name:?} is not supported (supported: {})",
+                path.display(),
+                PoolMode::NAMES.join(", ")
+            ))
+        })
+    };
     if let Some(mode) = &file.pooling_mode {
-        let single = match mode {
-            serde_json::Value::String(s) => Some(s.as_str()),
-            serde_json::Value::Array(list) if list.len() == 1 => list[0].as_str(),
-            _ => None,
-        };
-        return match single {
-            Some("mean") => Ok(Pooling::Mean),
-            Some("cls") => Ok(Pooling::Cls),
-            Some("lasttoken") => Ok(Pooling::LastToken),
-            _ => Err(EmbedError::Unsupported(format!(
-                "{}: pooling_mode {mode} is not supported (supported: mean, cls, lasttoken)",
+        return match mode {
+            serde_json::Value::String(s) => Ok(vec![parse(s)?]),
+            serde_json::Value::Array(list) if !list.is_empty() => list
+                .iter()
+                .map(|v| {
+                    v.as_str().map(parse).unwrap_or_else(|| {
+                        Err(EmbedError::Load(format!(
+                            "{}: pooling_mode lists {v}, not a mode name",
+                            path.display()
+                        )))
+                    })
+                })
+                .collect(),
+            other => Err(EmbedError::Load(format!(
+                "{}: pooling_mode {other} is neither a mode name nor a list of them",
                 path.display()
             ))),
         };
     }
-    let unsupported = [
-        (file.pooling_mode_max_tokens, "max"),
-        (file.pooling_mode_mean_sqrt_len_tokens, "mean_sqrt_len"),
-        (file.pooling_mode_weightedmean_tokens, "weightedmean"),
+    let flags = [
+        (file.pooling_mode_cls_token, PoolMode::Cls),
+        (file.pooling_mode_max_tokens, PoolMode::Max),
+        (file.pooling_mode_mean_tokens, PoolMode::Mean),
+        (file.pooling_mode_mean_sqrt_len_tokens, PoolMode::MeanSqrtLen),
+        (file.pooling_mode_weightedmean_tokens, PoolMode::WeightedMean),
+        (file.pooling_mode_lasttoken, PoolMode::LastToken),
     ];
-    if let Some((_, name)) = unsupported.iter().find(|(on, _)| *on) {
-        return Err(EmbedError::Unsupported(format!(
-            "{}: {name} pooling is not supported (supported: mean, cls, lasttoken)",
-            path.display()
-        )));
-    }
-    match (
-        file.pooling_mode_mean_tokens,
-        file.pooling_mode_cls_token,
-        file.pooling_mode_lasttoken,
-    ) {
-        (true, false, false) => Ok(Pooling::Mean),
-        (false, true, false) => Ok(Pooling::Cls),
-        (false, false, true) => Ok(Pooling::LastToken),
-        _ => Err(EmbedError::Unsupported(format!(
-            "{}: exactly one of mean, cls, lasttoken pooling must be on",
-            path.display()
-        ))),
-    }
+    let modes: Vec<PoolMode> = flags.iter().filter(|(on, _)| *on).map(|(_, m)| *m).collect();
+    Ok(if modes.is_empty() {
+        vec![PoolMode::Mean]
+    } else {
+        modes
+    })
 }
 
 #[cfg(test)]
@@ -383,10 +412,72 @@ mod tests {
         write(
             dir.path(),
             "1_Pooling/config.json",
-            r#"{"pooling_mode_max_tokens": true}"#,
+            r#"{"pooling_mode_max_tokens": true, "pooling_mode_cls_token": true}"#,
+        );
+        let c = read_sentence_config(dir.path()).unwrap();
+        assert_eq!(c.pool_modes, [PoolMode::Cls, PoolMode::Max]);
+        assert_eq!(c.pooling, Pooling::Concatenated);
+        write(
+            dir.path(),
+            "1_Pooling/config.json",
+            r#"{"pooling_mode": ["weightedmean", "mean_sqrt_len_tokens"], "include_prompt": false}"#,
+        );
+        let c = read_sentence_config(dir.path()).unwrap();
+        assert_eq!(c.pool_modes, [PoolMode::WeightedMean, PoolMode::MeanSqrtLen]);
+        assert!(!c.include_prompt);
+        write(dir.path(), "1_Pooling/config.json", r#"{"pooling_mode": "max"}"#);
+        assert_eq!(read_sentence_config(dir.path()).unwrap().pooling, Pooling::Max);
+        write(
+            dir.path(),
+            "1_Pooling/config.json",
+            r#"{"pooling_mode": "median"}"#,
         );
         let e = read_sentence_config(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("max pooling is not supported"), "{e}");
+        assert!(e.contains("\"median\" is not supported"), "{e}");
+    }
+
+    #[test]
+    fn dense_and_normalize_follow_pooling_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "modules.json",
+            r#"[{"type":"sentence_transformers.models.Transformer","path":""},
+                {"type":"sentence_transformers.models.Pooling","path":"1_Pooling"},
+                {"type":"sentence_transformers.models.Normalize","path":"2_Normalize"},
+                {"type":"sentence_transformers.models.Dense","path":"3_Dense"}]"#,
+        );
+        write(dir.path(), "1_Pooling/config.json", r#"{"pooling_mode": "cls"}"#);
+        write(
+            dir.path(),
+            "3_Dense/config.json",
+            r#"{"in_features": 32, "out_features": 16, "bias": false,
+                "activation_function": "torch.nn.modules.activation.GELU"}"#,
+        );
+        let c = read_sentence_config(dir.path()).unwrap();
+        assert!(
+            !c.normalize,
+            "a Dense after Normalize leaves vectors unnormalised"
+        );
+        let [ChainModule::Normalize, ChainModule::Dense(dense)] = c.after_pooling.as_slice() else {
+            panic!("{:?}", c.after_pooling);
+        };
+        assert_eq!(
+            (
+                dense.in_features,
+                dense.out_features,
+                dense.bias,
+                dense.activation
+            ),
+            (32, 16, false, crate::chain::Activation::Gelu)
+        );
+        write(
+            dir.path(),
+            "3_Dense/config.json",
+            r#"{"in_features": 32, "out_features": 16, "activation_function": "my.Swish"}"#,
+        );
+        let e = read_sentence_config(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("my.Swish") && e.contains("3_Dense"), "{e}");
     }
 
     #[test]
@@ -405,10 +496,10 @@ mod tests {
         write(
             dir.path(),
             "modules.json",
-            r#"[{"type":"sentence_transformers.models.Dense","path":"2_Dense"}]"#,
+            r#"[{"type":"sentence_transformers.models.WordWeights","path":"2_W"}]"#,
         );
         let e = read_sentence_config(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("sentence_transformers.models.Dense"), "{e}");
+        assert!(e.contains("sentence_transformers.models.WordWeights"), "{e}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod chain;
 mod config;
 mod loader;
 mod models;
@@ -26,7 +27,7 @@ pub mod kernels;
 use std::sync::Mutex;
 
 use papersys_backend_core::{
-    BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, Pooling, PreparedBatch, TokenBatch,
+    BatchingHint, EmbedError, Embedder, Embeddings, ModelIdentity, PreparedBatch, TokenBatch,
 };
 
 pub use loader::{ModelFiles, ModelSource, hf_hub_cache_dir, resolve_model};
@@ -36,6 +37,7 @@ pub use options::{
     Precision,
 };
 
+use chain::Chain;
 use config::{ModelConfig, SentenceConfig};
 use kernels::bf16::Bf16Dispatch;
 use models::{ModelShape, TokenModel};
@@ -55,6 +57,7 @@ struct ModelSetup {
     sentence: SentenceConfig,
     tokenizer: TextTokenizer,
     max_tokens: usize,
+    chain: Chain,
 }
 
 /// Reads configs and tokenizer of the located model and works out the
@@ -67,15 +70,6 @@ fn setup(
     let sentence = config::read_sentence_config(&files.dir)?;
     let model = ModelConfig::read(&files.dir.join(&sentence.transformer_path))?;
     let shape = model_shape(&model)?;
-    if let Some(expected) = opts.expected_dimension
-        && expected != shape.hidden
-    {
-        return Err(EmbedError::Load(format!(
-            "model {} makes vectors of dimension {}, but the model table's `dimension` says {expected}; \
-             set dimension = {} (or pick the model that has {expected})",
-            opts.name, shape.hidden, shape.hidden
-        )));
-    }
     let positions = shape.max_tokens;
     // sentence-transformers' own default when max_seq_length is absent.
     #[derive(serde::Deserialize)]
@@ -115,6 +109,18 @@ fn setup(
         )));
     }
     let tokenizer = TextTokenizer::load(&tokenizer_path, max_tokens, prefix, sentence.lowercase)?;
+    let prompt_tokens = if sentence.include_prompt {
+        0
+    } else {
+        tokenizer.prefix_tokens()?
+    };
+    let chain = Chain::build(
+        &sentence,
+        shape.hidden,
+        opts.expected_dimension,
+        prompt_tokens,
+        &opts.name,
+    )?;
     Ok(ModelSetup {
         files,
         model,
@@ -122,6 +128,7 @@ fn setup(
         sentence,
         tokenizer,
         max_tokens,
+        chain,
     })
 }
 
@@ -189,8 +196,7 @@ pub struct NativeEmbedder {
     identity: ModelIdentity,
     tokenizer: TextTokenizer,
     batch_size: usize,
-    pooling: Pooling,
-    normalize: bool,
+    chain: Chain,
     engine: Engine,
 }
 
@@ -295,8 +301,7 @@ impl NativeEmbedder {
             identity,
             tokenizer: setup.tokenizer,
             batch_size: opts.batch_size.max(1),
-            pooling: setup.sentence.pooling,
-            normalize: setup.sentence.normalize,
+            chain: setup.chain,
             engine: Engine::Cpu(CpuEngine {
                 model,
                 path,
@@ -336,8 +341,7 @@ impl NativeEmbedder {
             identity,
             tokenizer: setup.tokenizer,
             batch_size: opts.batch_size.max(1),
-            pooling: setup.sentence.pooling,
-            normalize: setup.sentence.normalize,
+            chain: setup.chain,
             engine: Engine::Candle(engine),
         })
     }
@@ -347,7 +351,7 @@ impl NativeEmbedder {
             name: opts.name.clone(),
             revision: setup.files.revision.clone(),
             weights_sha256: Some(sha),
-            dimension: setup.shape.hidden,
+            dimension: setup.chain.dimension(),
             max_tokens: setup.max_tokens,
             pooling: setup.sentence.pooling,
             normalize: setup.sentence.normalize,
@@ -415,19 +419,18 @@ impl NativeEmbedder {
     }
 
     fn run(&self, ids: &[u32], cu: &[u32], out: &mut Vec<f32>) -> Result<(), EmbedError> {
-        let dim = self.identity.dimension;
         match &self.engine {
             Engine::Cpu(cpu) => {
                 let mut guard = cpu.hidden.lock().unwrap_or_else(|e| e.into_inner());
                 let hidden: &mut Vec<f32> = &mut guard;
                 cpu.pool
                     .install(|| cpu.model.forward(ids, cu, cpu.threads, hidden))?;
-                pooling::pool(hidden, cu, dim, self.pooling, self.normalize, out);
+                self.chain.apply(hidden, cu, out);
             }
             #[cfg(feature = "candle")]
             Engine::Candle(engine) => {
                 let hidden = engine.forward(ids, cu)?;
-                pooling::pool(&hidden, cu, dim, self.pooling, self.normalize, out);
+                self.chain.apply(&hidden, cu, out);
             }
         }
         Ok(())

@@ -3,33 +3,29 @@
 
 use papersys_backend_core::Pooling;
 
+use crate::chain::{self, PoolMode, pool_one};
+
 /// Pools the token vectors `hidden` ([tokens, dim], packed by `cu`) into
 /// one row per sequence, appended to `out`; L2-normalises when `normalize`.
+/// The engine runs the whole module chain ([`crate::chain::Chain`]); this
+/// single-mode form serves the architectures' unit tests.
+#[allow(dead_code, reason = "used by the architectures' unit tests")]
 pub fn pool(hidden: &[f32], cu: &[u32], dim: usize, pooling: Pooling, normalize: bool, out: &mut Vec<f32>) {
+    let mode = match pooling {
+        Pooling::Cls => PoolMode::Cls,
+        Pooling::LastToken => PoolMode::LastToken,
+        Pooling::Max => PoolMode::Max,
+        Pooling::MeanSqrtLen => PoolMode::MeanSqrtLen,
+        Pooling::WeightedMean => PoolMode::WeightedMean,
+        Pooling::Mean | Pooling::Unknown | Pooling::Concatenated => PoolMode::Mean,
+    };
     for w in cu.windows(2) {
-        let (start, end) = (w[0] as usize, w[1] as usize);
         let base = out.len();
         out.resize(base + dim, 0.0);
         let row = &mut out[base..];
-        if end > start {
-            match pooling {
-                Pooling::Cls => row.copy_from_slice(&hidden[start * dim..(start + 1) * dim]),
-                Pooling::LastToken => row.copy_from_slice(&hidden[(end - 1) * dim..end * dim]),
-                Pooling::Mean | Pooling::Unknown => {
-                    for t in start..end {
-                        for (r, v) in row.iter_mut().zip(&hidden[t * dim..(t + 1) * dim]) {
-                            *r += v;
-                        }
-                    }
-                    let inv = 1.0 / (end - start) as f32;
-                    row.iter_mut().for_each(|r| *r *= inv);
-                }
-            }
-        }
+        pool_one(hidden, dim, w[0] as usize, w[1] as usize, 0, mode, row);
         if normalize {
-            // torch.nn.functional.normalize: v / max(‖v‖, 1e-12)
-            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            row.iter_mut().for_each(|r| *r /= norm);
+            chain::normalize(row);
         }
     }
 }

@@ -70,6 +70,26 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// How many leading tokens the prefix takes, as sentence-transformers
+    /// counts a prompt's length: the prefix tokenised alone, special tokens
+    /// included, less a trailing special token (0 for no prefix).
+    pub fn prefix_tokens(&self) -> Result<usize, EmbedError> {
+        if self.prefix.is_empty() {
+            return Ok(0);
+        }
+        let prefix = if self.lowercase {
+            self.prefix.to_lowercase()
+        } else {
+            self.prefix.clone()
+        };
+        let encoding = self
+            .tokenizer
+            .encode_fast(prefix.as_str(), true)
+            .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        let trailing_special = encoding.get_special_tokens_mask().last() == Some(&1);
+        Ok(encoding.len() - usize::from(trailing_special))
+    }
+
     /// Packs the token ids of `texts` back to back.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S]) -> Result<TokenBatch, EmbedError> {
         let mut batch = TokenBatch {

@@ -48,7 +48,6 @@ fn one_thread_and_single_text_batches_agree() {
 /// EmbeddingGemma's whole chain: Pooling → Dense(32→64) → Dense(64→32) →
 /// Normalize, both Dense without bias and with the identity activation.
 #[test]
-#[ignore = "needs the chain helper's Dense module; run after merge"]
 fn tiny_gemma3_with_dense_modules_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-gemma3-dense"));
     let embedder = NativeEmbedder::load(&options("tiny-gemma3-dense", 2, 7)).unwrap();

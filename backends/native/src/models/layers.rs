@@ -230,9 +230,16 @@ pub(crate) struct AttentionShape {
     pub v: usize,
 }
 
-/// Adds a bias to one (sequence, head)'s `len × len` scores before the
-/// softmax (relative position biases, ALiBi).
-pub(crate) type ScoreBias<'a> = &'a (dyn Fn(usize, usize, &mut [f32]) + Sync);
+/// Adds a bias to a block of one (sequence, head)'s scores before the
+/// softmax (relative position biases, ALiBi): called as `bias(head, len,
+/// first_row, block)`, `block` holding the score rows `first_row..` (each
+/// `len` keys wide) of the sequence's `len × len` matrix.
+pub(crate) type ScoreBias<'a> = &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync);
+
+/// Most attention scores one worker holds at once (4 MiB of f32): longer
+/// sequences are processed in blocks of query rows, so that an 8,192-token
+/// sequence needs 4 MiB per worker, not 256 MiB.
+const SCORE_BUDGET: usize = 1 << 20;
 
 /// Self-attention of every (sequence, head) pair, in parallel:
 /// `ctx = softmax(Q·Kᵀ + bias, masked)·V`, Q already scaled, read straight
@@ -246,6 +253,25 @@ pub(crate) fn attention(
     bias: Option<ScoreBias<'_>>,
     isa: Isa,
     ctx: &mut [f32],
+) {
+    attention_in_blocks(qkv, shape, cu, mask, bias, isa, ctx, SCORE_BUDGET);
+}
+
+/// [`attention`] with at most `budget` scores (at least one row) per block
+/// of query rows.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "attention's arguments plus the block budget"
+)]
+fn attention_in_blocks(
+    qkv: &[f32],
+    shape: &AttentionShape,
+    cu: &[u32],
+    mask: Mask,
+    bias: Option<ScoreBias<'_>>,
+    isa: Isa,
+    ctx: &mut [f32],
+    budget: usize,
 ) {
     let AttentionShape {
         heads,
@@ -279,74 +305,80 @@ pub(crate) fn attention(
             return;
         }
         let kv = head / group;
+        let block_rows = (budget / l).clamp(1, l);
         SCORES.with(|cell| {
             let mut scores = cell.borrow_mut();
-            grow(&mut scores, l * l);
-            let q = qkv[start * ld + shape.q + head * dh..].as_ptr();
+            grow(&mut scores, block_rows * l);
             let k = qkv[start * ld + shape.k + kv * dh..].as_ptr();
             let v = qkv[start * ld + shape.v + kv * dh..].as_ptr();
             let out = &out;
-            // SAFETY: q, k, v address rows start..start+l of qkv with row
-            // stride ld and dh columns inside the row (asserted above);
-            // scores holds l·l floats.
-            unsafe {
-                gemm::gemm(
-                    l,
-                    l,
-                    dh,
-                    scores.as_mut_ptr(),
-                    1,
-                    l as isize,
-                    false,
-                    q,
-                    1,
-                    ld as isize,
-                    k,
-                    ld as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
-            let scores = &mut scores[..l * l];
-            if let Some(bias) = bias {
-                bias(head, l, scores);
-            }
-            for (i, row) in scores.chunks_exact_mut(l).enumerate() {
-                let (lo, hi) = mask.keys(i, l);
-                kernels::softmax_with(&mut row[lo..hi], isa);
-                row[..lo].fill(0.0);
-                row[hi..].fill(0.0);
-            }
-            // SAFETY: as above for v; the output rows start..start+l, columns
-            // head·dh..(head+1)·dh of ctx (row stride width) belong to this
-            // task alone, so no two tasks write the same float.
-            unsafe {
-                gemm::gemm(
-                    l,
-                    dh,
-                    l,
-                    out.0.add(start * width + head * dh),
-                    1,
-                    width as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    l as isize,
-                    v,
-                    1,
-                    ld as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+            for first in (0..l).step_by(block_rows) {
+                let rows = block_rows.min(l - first);
+                let q = qkv[(start + first) * ld + shape.q + head * dh..].as_ptr();
+                // SAFETY: q addresses rows start+first..start+first+rows,
+                // k and v rows start..start+l of qkv, with row stride ld and
+                // dh columns inside the row (asserted above); scores holds
+                // rows·l floats.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        l,
+                        dh,
+                        scores.as_mut_ptr(),
+                        1,
+                        l as isize,
+                        false,
+                        q,
+                        1,
+                        ld as isize,
+                        k,
+                        ld as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                let block = &mut scores[..rows * l];
+                if let Some(bias) = bias {
+                    bias(head, l, first, block);
+                }
+                for (i, row) in block.chunks_exact_mut(l).enumerate() {
+                    let (lo, hi) = mask.keys(first + i, l);
+                    kernels::softmax_with(&mut row[lo..hi], isa);
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                }
+                // SAFETY: as above for v; the output rows
+                // start+first..start+first+rows, columns
+                // head·dh..(head+1)·dh of ctx (row stride width) belong to
+                // this task alone, so no two tasks write the same float.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        dh,
+                        l,
+                        out.0.add((start + first) * width + head * dh),
+                        1,
+                        width as isize,
+                        false,
+                        block.as_ptr(),
+                        1,
+                        l as isize,
+                        v,
+                        1,
+                        ld as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
             }
         });
     });
@@ -564,8 +596,9 @@ mod tests {
         };
         // Zero queries: without a bias both keys weigh 1/2.
         let qkv = [0.0, 0.0, 1.0, 0.0, 0.0, 3.0];
-        let bias = |_: usize, l: usize, s: &mut [f32]| {
-            for i in 0..l {
+        let bias = |_: usize, l: usize, first: usize, s: &mut [f32]| {
+            for i in 0..s.len() / l {
+                assert!(first + i < l);
                 s[i * l] += 2f32.ln();
             }
         };
@@ -631,5 +664,64 @@ mod tests {
         let mut p = Vec::new();
         positions(&[0, 2, 2, 5], &mut p);
         assert_eq!(p, [0, 1, 0, 1, 2]);
+    }
+
+    #[test]
+    fn row_blocks_give_the_same_attention_as_one_block() {
+        let (heads, dh, len) = (2, 4, 37);
+        let shape = AttentionShape {
+            heads,
+            kv_heads: heads,
+            head_dim: dh,
+            stride: 3 * heads * dh,
+            q: 0,
+            k: heads * dh,
+            v: 2 * heads * dh,
+        };
+        let mut seed = 5u32;
+        let qkv: Vec<f32> = (0..2 * len * shape.stride)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect();
+        // A bias that depends on the absolute row and column.
+        let bias = |head: usize, l: usize, first: usize, s: &mut [f32]| {
+            for (i, row) in s.chunks_exact_mut(l).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v += ((first + i) as f32 - j as f32 + head as f32) * 0.01;
+                }
+            }
+        };
+        let cu = [0, len as u32, 2 * len as u32 - 5];
+        for mask in [Mask::Full, Mask::Causal, Mask::Window(3)] {
+            let mut whole = vec![0.0; 2 * len * heads * dh];
+            attention_in_blocks(
+                &qkv,
+                &shape,
+                &cu,
+                mask,
+                Some(&bias),
+                Isa::SCALAR,
+                &mut whole,
+                len * len,
+            );
+            for budget in [1, len, 5 * len + 3] {
+                let mut blocked = vec![0.0; 2 * len * heads * dh];
+                attention_in_blocks(
+                    &qkv,
+                    &shape,
+                    &cu,
+                    mask,
+                    Some(&bias),
+                    Isa::SCALAR,
+                    &mut blocked,
+                    budget,
+                );
+                for (a, b) in whole.iter().zip(&blocked) {
+                    assert!((a - b).abs() < 1e-6, "{mask:?} budget {budget}: {a} vs {b}");
+                }
+            }
+        }
     }
 }

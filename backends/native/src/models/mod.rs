@@ -8,6 +8,7 @@ pub mod encoder;
 pub mod gemma3;
 pub mod layers;
 pub mod modernbert;
+pub mod mpnet;
 pub mod qwen3;
 pub mod xlm_roberta;
 
@@ -67,6 +68,7 @@ pub struct Architecture {
 pub const ARCHITECTURES: &[Architecture] = &[
     bert::ARCHITECTURE,
     xlm_roberta::ARCHITECTURE,
+    mpnet::ARCHITECTURE,
     qwen3::ARCHITECTURE,
     modernbert::ARCHITECTURE,
     gemma3::ARCHITECTURE,
