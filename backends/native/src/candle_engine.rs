@@ -12,7 +12,7 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 use papersys_backend_core::EmbedError;
 
 use crate::Precision;
-use crate::config::TransformerConfig;
+use crate::config::ModelConfig;
 use crate::loader::ModelFiles;
 use crate::models::encoder::EncoderConfig;
 use crate::weights::WeightsFile;
@@ -100,11 +100,12 @@ impl CandleEngine {
     /// Loads the weights of `files` onto `device` in `precision`.
     pub fn load(
         files: &ModelFiles,
-        transformer: &TransformerConfig,
+        model: &ModelConfig,
         device: CandleDevice,
         precision: Precision,
     ) -> Result<Self, EmbedError> {
-        let (prefixes, offset): (&[&str], usize) = match transformer.model_type.as_str() {
+        let transformer = &model.transformer()?;
+        let (prefixes, offset): (&[&str], usize) = match model.model_type.as_str() {
             "bert" => (&["", "bert.", "model."], 0),
             "xlm-roberta" | "roberta" => (
                 &["", "roberta.", "model."],

@@ -13,8 +13,6 @@ use crate::chain::{ChainModule, DenseSpec, PoolMode};
 /// The fields of a Hugging Face `config.json` the encoder needs.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TransformerConfig {
-    /// `bert`, `xlm-roberta`, ...
-    pub model_type: String,
     /// Width of every token vector (the embedding dimension).
     pub hidden_size: usize,
     /// Number of encoder layers.

@@ -333,8 +333,7 @@ impl NativeEmbedder {
         let weights = WeightsFile::open(&setup.files.weights())?;
         let sha = weights_sha256(&weights);
         drop(weights);
-        let engine =
-            candle_engine::CandleEngine::load(&setup.files, &setup.model.transformer()?, device, precision)?;
+        let engine = candle_engine::CandleEngine::load(&setup.files, &setup.model, device, precision)?;
         let mut identity = Self::identity_of(opts, &setup, sha);
         identity.precision = (precision == Precision::BF16).then(|| "bfloat16".to_string());
         Ok(NativeEmbedder {
