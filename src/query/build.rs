@@ -297,16 +297,9 @@ pub(crate) fn refresh(
     let Some(groups) = fingerprints(path) else {
         return Ok(None);
     };
-    // Where each old group's rows start in the old segment.
-    let mut old_groups: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut at = 0usize;
-    for &(print, rows) in &old_keys.row_groups {
-        old_groups.entry((print, rows)).or_insert(at);
-        at += rows as usize;
-    }
-    if at != old.len() {
+    let Some(old_groups) = group_starts(&old_keys.row_groups, old.len()) else {
         return Ok(None);
-    }
+    };
     let plan: Vec<Option<usize>> = groups.iter().map(|g| old_groups.get(g).copied()).collect();
     let fresh: Vec<usize> = (0..groups.len()).filter(|&g| plan[g].is_none()).collect();
     let (fresh_ids, fresh_vectors, sorted) = if fresh.is_empty() {
@@ -451,15 +444,9 @@ pub(crate) fn delta(
     let Some(groups) = fingerprints(path) else {
         return Ok(None);
     };
-    let mut old_groups: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut at = 0usize;
-    for &(print, rows) in &keys.row_groups {
-        old_groups.entry((print, rows)).or_insert(at);
-        at += rows as usize;
-    }
-    if at != base.len() {
+    let Some(old_groups) = group_starts(&keys.row_groups, base.len()) else {
         return Ok(None);
-    }
+    };
     let mut live = vec![false; base.len()];
     let mut fresh = Vec::new();
     for (g, group) in groups.iter().enumerate() {
@@ -559,4 +546,16 @@ pub(crate) fn delta(
         },
         reuse,
     )))
+}
+
+/// Where each row group (fingerprint, rows) of a segment starts in it; None
+/// when the groups do not add up to the segment's `len` rows.
+fn group_starts(row_groups: &[(u64, u64)], len: usize) -> Option<HashMap<(u64, u64), usize>> {
+    let mut starts = HashMap::new();
+    let mut at = 0usize;
+    for &(print, rows) in row_groups {
+        starts.entry((print, rows)).or_insert(at);
+        at += rows as usize;
+    }
+    (at == len).then_some(starts)
 }
