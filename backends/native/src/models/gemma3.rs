@@ -282,7 +282,6 @@ struct Gemma3 {
     global_rope: Rope,
     local_rope: Rope,
     isa: Isa,
-    bf16: Option<Bf16Isa>,
     scratch: Mutex<Scratch>,
 }
 
@@ -369,7 +368,6 @@ impl Gemma3 {
             layers,
             final_norm,
             isa: Isa::best(),
-            bf16: None,
             scratch: Mutex::new(Scratch::default()),
         })
     }
@@ -506,12 +504,11 @@ impl TokenModel for Gemma3 {
                 linear.pack_bf16(isa);
             }
         }
-        self.bf16 = Some(isa);
         true
     }
 
     fn runs_bf16(&self) -> bool {
-        self.bf16.is_some()
+        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
     }
 }
 

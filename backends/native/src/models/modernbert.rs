@@ -254,7 +254,6 @@ pub(crate) struct ModernBert {
     global_rope: Rope,
     local_rope: Rope,
     isa: Isa,
-    bf16: Option<Bf16Isa>,
     scratch: Mutex<Scratch>,
 }
 
@@ -312,7 +311,6 @@ impl ModernBert {
             layers,
             final_norm,
             isa: Isa::best(),
-            bf16: None,
             scratch: Mutex::new(Scratch::default()),
         })
     }
@@ -448,12 +446,11 @@ impl TokenModel for ModernBert {
                 linear.pack_bf16(isa);
             }
         }
-        self.bf16 = Some(isa);
         true
     }
 
     fn runs_bf16(&self) -> bool {
-        self.bf16.is_some()
+        self.layers.first().is_some_and(|l| l.wqkv.packed.is_some())
     }
 }
 

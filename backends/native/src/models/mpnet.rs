@@ -162,7 +162,6 @@ struct Mpnet {
     /// sequence can have.
     bias: Vec<Vec<f32>>,
     isa: Isa,
-    bf16: Option<Bf16Isa>,
     scratch: Mutex<Scratch>,
 }
 
@@ -235,7 +234,6 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
         layers,
         bias,
         isa: Isa::best(),
-        bf16: None,
         scratch: Mutex::new(Scratch::default()),
     }))
 }
@@ -334,12 +332,11 @@ impl TokenModel for Mpnet {
                 linear.pack_bf16(isa);
             }
         }
-        self.bf16 = Some(isa);
         true
     }
 
     fn runs_bf16(&self) -> bool {
-        self.bf16.is_some()
+        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
     }
 }
 

@@ -228,7 +228,6 @@ pub struct Qwen3 {
     norm: Vec<f32>,
     rope: Rope,
     isa: Isa,
-    bf16: Option<Bf16Isa>,
     scratch: Mutex<Scratch>,
 }
 
@@ -295,7 +294,6 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
         layers,
         norm,
         isa: Isa::best(),
-        bf16: None,
         scratch: Mutex::new(Scratch::default()),
     }))
 }
@@ -412,11 +410,10 @@ impl TokenModel for Qwen3 {
                 linear.pack_bf16(isa);
             }
         }
-        self.bf16 = Some(isa);
         true
     }
 
     fn runs_bf16(&self) -> bool {
-        self.bf16.is_some()
+        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
     }
 }
