@@ -25,9 +25,10 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 
 use bytes::Bytes;
+use memmap2::Mmap;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{ChunkReader, Length};
@@ -47,7 +48,7 @@ pub enum OpenError {
 /// range checked, so that no page read can panic on it.
 pub fn open_arrow(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<ParquetInput>, OpenError> {
     let input = ParquetInput::open(path)?;
-    let file_len = input.file.metadata()?.len();
+    let file_len = input.len();
     let builder = catch_decoder_panic(|| ParquetRecordBatchReaderBuilder::try_new(input))
         .map_err(OpenError::Damaged)?
         .map_err(|e| OpenError::Damaged(e.to_string()))?;
@@ -120,49 +121,140 @@ fn check_column_chunks(metadata: &ParquetMetaData, file_len: u64) -> Result<(), 
 /// more than decoding a sound file makes, far fewer than a spin.
 const EOF_READS_ALLOWED: u32 = 64;
 
-/// A Parquet file opened for reading through [`ChunkReader`], with the end-of-file guard.
+/// A Parquet file opened for reading through [`ChunkReader`], with the
+/// end-of-file guard.
+///
+/// The file is memory-mapped when it can be: pages are then decoded straight
+/// from the page cache, without a `read` copy into a fresh buffer per page
+/// (on a 2.8M-paper tree that copy, and the zeroing of the buffers it
+/// needs, was a fifth of building the search cache). papersys replaces
+/// these files only by rename, so a mapped file never changes under the
+/// map. When mapping fails (a special file, an empty one) it is read.
 pub struct ParquetInput {
     file: File,
+    map: Option<Arc<Mmap>>,
 }
 
 impl ParquetInput {
     /// Opens `path` for reading.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        Ok(Self {
-            file: File::open(path)?,
-        })
+        let file = File::open(path)?;
+        // SAFETY: a read-only map of a file papersys replaces only by
+        // rename (see the type's doc); the length is taken from the map
+        // itself, so no access below goes past what was mapped.
+        let map = unsafe { Mmap::map(&file) }.ok().map(Arc::new);
+        Ok(Self { file, map })
     }
 }
 
 impl Length for ParquetInput {
     fn len(&self) -> u64 {
-        self.file.len()
+        match &self.map {
+            Some(map) => map.len() as u64,
+            None => self.file.len(),
+        }
     }
 }
 
 impl ChunkReader for ParquetInput {
-    type T = BufReader<EofGuard>;
+    type T = PageRead;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
-        let mut file = self.file.try_clone()?;
-        file.seek(SeekFrom::Start(start))?;
-        Ok(BufReader::new(EofGuard { file, eof_reads: 0 }))
+        Ok(match &self.map {
+            Some(map) => PageRead::Mapped(EofGuard::new(MapCursor {
+                map: Arc::clone(map),
+                at: usize::try_from(start).unwrap_or(usize::MAX),
+            })),
+            None => {
+                let mut file = self.file.try_clone()?;
+                file.seek(SeekFrom::Start(start))?;
+                PageRead::Read(BufReader::new(EofGuard::new(file)))
+            }
+        })
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
-        self.file.get_bytes(start, length)
+        let Some(map) = &self.map else {
+            return self.file.get_bytes(start, length);
+        };
+        let range = usize::try_from(start)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(length)?))
+            .filter(|range| range.end <= map.len());
+        match range {
+            Some(range) => Ok(Bytes::from_owner(MapSlice {
+                map: Arc::clone(map),
+                range,
+            })),
+            None => Err(parquet::errors::ParquetError::EOF(format!(
+                "{length} bytes at offset {start} lie past the end of the file ({} bytes)",
+                map.len()
+            ))),
+        }
     }
 }
 
-/// A file reader that errors once it has been read at its end too often.
-pub struct EofGuard {
-    file: File,
+/// Bytes of a mapped file, kept alive by the map they point into.
+struct MapSlice {
+    map: Arc<Mmap>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.range.clone()]
+    }
+}
+
+/// A reading position in a mapped file.
+pub struct MapCursor {
+    map: Arc<Mmap>,
+    at: usize,
+}
+
+impl Read for MapCursor {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = self.map.get(self.at..).unwrap_or(&[]);
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// What [`ParquetInput::get_read`] hands out: a guarded reader of the map
+/// or of the file.
+pub enum PageRead {
+    /// From the memory map.
+    Mapped(EofGuard<MapCursor>),
+    /// From the file, buffered.
+    Read(BufReader<EofGuard<File>>),
+}
+
+impl Read for PageRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            PageRead::Mapped(inner) => inner.read(buf),
+            PageRead::Read(inner) => inner.read(buf),
+        }
+    }
+}
+
+/// A reader that errors once it has been read at its end too often.
+pub struct EofGuard<R> {
+    inner: R,
     eof_reads: u32,
 }
 
-impl Read for EofGuard {
+impl<R> EofGuard<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, eof_reads: 0 }
+    }
+}
+
+impl<R: Read> Read for EofGuard<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
+        let n = self.inner.read(buf)?;
         if n == 0 && !buf.is_empty() {
             self.eof_reads += 1;
             if self.eof_reads > EOF_READS_ALLOWED {
@@ -205,25 +297,51 @@ mod tests {
         assert!(outside.is_err());
     }
 
+    /// The file both ways: mapped, and read (when it cannot be mapped).
+    fn both_ways(path: &Path) -> [ParquetInput; 2] {
+        let mapped = ParquetInput::open(path).unwrap();
+        assert!(mapped.map.is_some());
+        let read = ParquetInput {
+            file: File::open(path).unwrap(),
+            map: None,
+        };
+        [mapped, read]
+    }
+
     #[test]
     fn a_reader_kept_at_the_end_fails_instead_of_spinning() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("short");
         std::fs::write(&path, b"abc").unwrap();
-        let input = ParquetInput::open(&path).unwrap();
-        let mut reader = input.get_read(1).unwrap();
-        let mut rest = Vec::new();
-        reader.read_to_end(&mut rest).unwrap();
-        assert_eq!(rest, b"bc");
-        // What parquet's Thrift skip does: copy "n more bytes" again and again at the end.
-        let mut outcome = Ok(0);
-        for _ in 0..1_000 {
-            outcome = std::io::copy(&mut (&mut reader).take(8), &mut std::io::sink());
-            if outcome.is_err() {
-                break;
+        for input in both_ways(&path) {
+            let mut reader = input.get_read(1).unwrap();
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, b"bc");
+            // What parquet's Thrift skip does: copy "n more bytes" again and again at the end.
+            let mut outcome = Ok(0);
+            for _ in 0..1_000 {
+                outcome = std::io::copy(&mut (&mut reader).take(8), &mut std::io::sink());
+                if outcome.is_err() {
+                    break;
+                }
             }
+            let error = outcome.unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
         }
-        let error = outcome.unwrap_err();
-        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn bytes_past_the_end_are_an_error_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short");
+        std::fs::write(&path, b"abcdef").unwrap();
+        for input in both_ways(&path) {
+            assert_eq!(input.len(), 6);
+            assert_eq!(&input.get_bytes(2, 3).unwrap()[..], b"cde");
+            assert_eq!(&input.get_bytes(6, 0).unwrap()[..], b"");
+            assert!(input.get_bytes(4, 3).is_err());
+            assert!(input.get_bytes(u64::MAX, 2).is_err());
+        }
     }
 }
