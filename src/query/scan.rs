@@ -72,6 +72,10 @@ fn f32_up(value: f64) -> f32 {
     }
 }
 
+/// Adding and taking off 1.5·2^52 rounds to an integer (ties to even)
+/// without a libm call; any rounding would do, the error is measured.
+const ROUND: f64 = 6_755_399_441_055_744.0;
+
 /// Quantises the unit vector of `x` into `q` (symmetric, one scale, values
 /// in `-qmax..=qmax`); returns the scale and the bound of the error.
 fn quantise_unit(x: impl Iterator<Item = f64> + Clone, qmax: f64, q: &mut [i8]) -> (f32, f64) {
@@ -83,9 +87,6 @@ fn quantise_unit(x: impl Iterator<Item = f64> + Clone, qmax: f64, q: &mut [i8]) 
     }
     let s = f64::from(scale);
     let inv = 1.0 / s;
-    // Adding and taking off 1.5·2^52 rounds to an integer (ties to even)
-    // without a libm call; any rounding would do, the error is measured.
-    const ROUND: f64 = 6_755_399_441_055_744.0;
     let mut err2 = 0.0f64;
     for (u, out) in x.zip(q.iter_mut()) {
         let r = ((u * inv + ROUND) - ROUND).clamp(-qmax, qmax);
@@ -106,10 +107,64 @@ pub(crate) fn inv_norm(x: &[f32]) -> f64 {
     }
 }
 
+/// Independent partial sums per reduction in [`quantise`]: one long chain
+/// of dependent f64 additions would bound it by the adder's latency; eight
+/// let the compiler keep vector registers busy.
+const SUM_LANES: usize = 8;
+
 /// Quantises the unit vector of `x` into `q` (values in -127..=127) and
-/// bounds the error.
+/// bounds the error. The same values as [`quantise_unit`] would give on
+/// `x / |x|`, computed in lanes (this runs once per stored vector), with
+/// the widest vectors the CPU has: the arithmetic is the same on every
+/// path (no fused multiply-adds), so are the results.
 pub(crate) fn quantise(x: &[f32], q: &mut [i8]) -> Quantised {
-    let norm = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { quantise_avx512(x, q) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { quantise_avx2(x, q) };
+        }
+    }
+    quantise_lanes(x, q)
+}
+
+/// [`quantise_lanes`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn quantise_avx512(x: &[f32], q: &mut [i8]) -> Quantised {
+    quantise_lanes(x, q)
+}
+
+/// [`quantise_lanes`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantise_avx2(x: &[f32], q: &mut [i8]) -> Quantised {
+    quantise_lanes(x, q)
+}
+
+#[inline(always)]
+fn quantise_lanes(x: &[f32], q: &mut [i8]) -> Quantised {
+    let mut squares = [0f64; SUM_LANES];
+    let mut largest = [0f32; SUM_LANES];
+    let mut chunks = x.chunks_exact(SUM_LANES);
+    for chunk in &mut chunks {
+        for i in 0..SUM_LANES {
+            squares[i] += f64::from(chunk[i]) * f64::from(chunk[i]);
+            // A plain comparison (a NaN makes the norm NaN and returns below).
+            let a = chunk[i].abs();
+            largest[i] = if a > largest[i] { a } else { largest[i] };
+        }
+    }
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        squares[i] += f64::from(v) * f64::from(v);
+        let a = v.abs();
+        largest[i] = if a > largest[i] { a } else { largest[i] };
+    }
+    let norm = squares.iter().sum::<f64>().sqrt();
     if !norm.is_finite() || norm == 0.0 {
         q.fill(0);
         return Quantised {
@@ -118,17 +173,43 @@ pub(crate) fn quantise(x: &[f32], q: &mut [i8]) -> Quantised {
         };
     }
     let inv = 1.0 / norm;
-    let (scale, err) = quantise_unit(x.iter().map(|&v| f64::from(v) * inv), 127.0, q);
-    if scale == 0.0 {
+    // Rounding is monotonic: the largest |x_i · inv| is the largest |x_i| times inv.
+    let max = f64::from(largest.iter().fold(0f32, |m, &v| m.max(v))) * inv;
+    let scale = (max / 127.0) as f32;
+    if scale == 0.0 || !scale.is_normal() {
         // Too small to scale: estimate 0 with the widest bound a unit vector needs.
+        q.fill(0);
         return Quantised {
             scale: 0.0,
             bound: 1.0 + 1e-3,
         };
     }
+    let s = f64::from(scale);
+    let to_grid = 1.0 / s;
+    let mut err2 = [0f64; SUM_LANES];
+    let step = |v: f32, out: &mut i8, err: &mut f64| {
+        let u = f64::from(v) * inv;
+        let r = ((u * to_grid + ROUND) - ROUND).clamp(-127.0, 127.0);
+        // r is an integer in -127..=127, so r + 1.5·2^52 holds it in the
+        // low byte of its bits (two's complement): a cast without the
+        // saturating float-to-int conversion, which does not vectorise.
+        *out = (r + ROUND).to_bits() as u8 as i8;
+        *err += (u - s * r) * (u - s * r);
+    };
+    let mut pairs = x.chunks_exact(SUM_LANES).zip(q.chunks_exact_mut(SUM_LANES));
+    for (chunk, out) in &mut pairs {
+        for i in 0..SUM_LANES {
+            step(chunk[i], &mut out[i], &mut err2[i]);
+        }
+    }
+    let tail = x.len() / SUM_LANES * SUM_LANES;
+    for (i, (&v, out)) in x[tail..].iter().zip(&mut q[tail..]).enumerate() {
+        step(v, out, &mut err2[i]);
+    }
     Quantised {
         scale,
-        bound: f32_up(err),
+        // f64 rounding of the sums is ~1e-16 relative: a factor covers it.
+        bound: f32_up(err2.iter().sum::<f64>().sqrt() * (1.0 + 1e-9)),
     }
 }
 
@@ -176,7 +257,7 @@ pub(crate) fn check_weights(dim: usize) -> Vec<i32> {
 /// kernels' sums with the check vectors `weights`.
 pub(crate) fn check_sums(group: &[u8], dim: usize, weights: &[i32], out: &mut [i32]) {
     let mut dots = [0i32; CHECKS * LANES];
-    dots_scalar(group, padded_dim(dim) / 4, weights, &mut dots);
+    (dispatch().kernel)(group, padded_dim(dim) / 4, weights, &mut dots);
     for (r, row) in out.chunks_exact_mut(CHECKS).enumerate() {
         for (c, value) in row.iter_mut().enumerate() {
             *value = dots[c * LANES + r];
@@ -870,6 +951,28 @@ mod tests {
             exact_cosine(&[f32::NAN; 4], Some(0.0), &[1.0, 0.0, 0.0, 0.0]),
             0.0
         );
+    }
+
+    #[test]
+    fn quantise_in_lanes_equals_the_one_chain_formula() {
+        let mut seed = 0x51_7cc1_b727_220au64;
+        for dim in [1usize, 7, 8, 9, 37, 384, 1024] {
+            for _ in 0..50 {
+                let x: Vec<f32> = (0..dim).map(|_| rng(&mut seed) * 3.0).collect();
+                let mut fast = vec![0i8; dim];
+                let got = quantise(&x, &mut fast);
+                let inv = inv_norm(&x);
+                let mut slow = vec![0i8; dim];
+                let (scale, err) = quantise_unit(x.iter().map(|&v| f64::from(v) * inv), 127.0, &mut slow);
+                assert_eq!(fast, slow, "dim {dim}");
+                assert_eq!(got.scale, scale, "dim {dim}");
+                let bound = f64::from(got.bound);
+                assert!(
+                    bound >= err && bound <= err * (1.0 + 1e-6) + 1e-30,
+                    "dim {dim}: {bound} vs {err}"
+                );
+            }
+        }
     }
 
     /// A block of queries gives exactly what one query at a time gives, and
