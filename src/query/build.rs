@@ -203,26 +203,14 @@ fn stream(
     let mut writer = Writer::new(rows, dimension, target)?;
     let mut ids = Vec::with_capacity(rows);
     let mut failed = None;
-    let mut without_vector = None;
-    let scan = year_file::for_each_vector_of(path, dimension, None, |id, v| match v {
-        _ if failed.is_some() => {}
-        Some(v) => {
-            ids.push(id.to_string());
-            if let Err(e) = writer.push(v) {
+    let scan = year_file::for_each_vector_batch_of(path, dimension, None, |batch_ids, vectors| {
+        if failed.is_none() {
+            ids.extend(batch_ids.iter().map(|id| id.to_string()));
+            if let Err(e) = writer.push(vectors) {
                 failed = Some(e);
             }
         }
-        None => {
-            without_vector.get_or_insert_with(|| id.to_string());
-        }
     })?;
-    if let Some(id) = without_vector {
-        return Err(YearFileError::Damaged {
-            path: path.to_path_buf(),
-            message: format!("paper {id} has no vector, or one with null elements"),
-        }
-        .into());
-    }
     if !scan.sorted_unique {
         return Ok(None);
     }
@@ -243,9 +231,10 @@ pub(crate) fn full(
     target: Option<&Path>,
 ) -> Result<Segment, QueryError> {
     let dimension = stamps.dimension;
+    let expected = usize::try_from(year_file::row_count(path)?).unwrap_or(0);
     let ((streamed, groups), (mut catalog, issues, metadata)) = rayon::join(
         || rayon::join(|| stream(path, dimension, target), || fingerprints(path)),
-        || catalog::read_year(files.iter()),
+        || catalog::read_year(files.iter(), expected),
     );
     if !issues.is_empty() {
         tracing::debug!(
@@ -400,7 +389,7 @@ pub(crate) fn refresh(
     let metas = match metas {
         Some(metas) => metas,
         None => {
-            let (mut catalog, _, keys) = catalog::read_year(files.iter());
+            let (mut catalog, _, keys) = catalog::read_year(files.iter(), ids.len());
             metadata_keys = keys;
             reuse.metadata_parsed = true;
             ids.iter().map(|id| catalog.remove(id)).collect()
@@ -479,7 +468,7 @@ pub(crate) fn delta(
     }
     // Metadata: unchanged, or only appended to since the base.
     let (tail, metadata) = if new_stamps == base.stamps.metadata.as_slice() {
-        (HashMap::new(), keys.metadata.clone())
+        (catalog::Papers::default(), keys.metadata.clone())
     } else if let ([file], [Some((old_size, old_hash))]) = (files, keys.metadata.as_slice())
         && base
             .stamps

@@ -648,28 +648,46 @@ impl Writer {
         }
     }
 
-    /// Appends rows (`dim` values each, a whole number of rows).
+    /// Appends rows (`dim` values each, a whole number of rows). Whole
+    /// blocks are taken from `values` where they lie, copied only when a
+    /// block straddles two calls.
     pub(crate) fn push(&mut self, mut values: &[f32]) -> Result<(), QueryError> {
         if self.dim == 0 {
             return Ok(());
         }
+        let block = Q8_BLOCK_ROWS * self.dim;
         while !values.is_empty() {
-            let room = Q8_BLOCK_ROWS * self.dim - self.pending.len();
+            if self.pending.is_empty() && values.len() >= block {
+                let (now, rest) = values.split_at(block);
+                self.write_rows(now)?;
+                values = rest;
+                continue;
+            }
+            let room = block - self.pending.len();
             let (now, rest) = values.split_at(room.min(values.len()));
             self.pending.extend_from_slice(now);
             values = rest;
-            if self.pending.len() == Q8_BLOCK_ROWS * self.dim {
+            if self.pending.len() == block {
                 self.flush()?;
             }
         }
         Ok(())
     }
 
-    /// Writes the pending rows: quantised into int8 groups, as f32.
+    /// Writes the pending rows.
     fn flush(&mut self) -> Result<(), QueryError> {
+        let pending = std::mem::take(&mut self.pending);
+        let written = self.write_rows(&pending);
+        self.pending = pending;
+        self.pending.clear();
+        written
+    }
+
+    /// Writes `rows` (at most a block): quantised into int8 groups, as f32.
+    fn write_rows(&mut self, rows: &[f32]) -> Result<(), QueryError> {
         use rayon::prelude::*;
         let dim = self.dim;
-        let n = self.pending.len() / dim;
+        let n = rows.len() / dim;
         if n == 0 {
             return Ok(());
         }
@@ -686,7 +704,7 @@ impl Writer {
         let weights = super::scan::check_weights(dim);
         self.block
             .par_chunks_mut(LANES * pd)
-            .zip(self.pending.par_chunks(LANES * dim))
+            .zip(rows.par_chunks(LANES * dim))
             .zip(self.scales[base..].par_chunks_mut(LANES))
             .zip(self.bounds[base..].par_chunks_mut(LANES))
             .zip(self.checks[base * CHECKS..].par_chunks_mut(LANES * CHECKS))
@@ -709,8 +727,7 @@ impl Writer {
             });
         let q8_at = self.q8_at + first * pd;
         let f32_at = self.f32_at + 4 * first * dim;
-        let pending = std::mem::take(&mut self.pending);
-        let f32_bytes = bytes_of(&pending);
+        let f32_bytes = bytes_of(&rows[..n * dim]);
         let block = std::mem::take(&mut self.block);
         let written = self
             .out
@@ -718,8 +735,6 @@ impl Writer {
             .and_then(|()| self.out.write_at(f32_at, f32_bytes));
         self.hash_f32(f32_bytes);
         self.block = block;
-        self.pending = pending;
-        self.pending.clear();
         self.written += n;
         written
     }

@@ -940,6 +940,64 @@ pub fn for_each_vector_of(
     Ok(VectorScan { rows, sorted_unique })
 }
 
+/// [`for_each_vector_of`] a batch at a time, for readers that take many
+/// rows at once (the search cache quantises and writes whole blocks):
+/// `visit(ids, vectors)` with the batch's vectors back to back, `dimension`
+/// values per id, as the decoder left them (no copy). A row without a full
+/// vector is an error naming its paper.
+pub fn for_each_vector_batch_of(
+    path: &Path,
+    dimension: usize,
+    row_groups: Option<Vec<usize>>,
+    mut visit: impl FnMut(&[&str], &[f32]),
+) -> Result<VectorScan, YearFileError> {
+    let mut reader = open_columns_of(path, &["paper_id", "embedding"], false, row_groups)?;
+    let mut rows = 0u64;
+    let mut sorted_unique = true;
+    let mut last = String::new();
+    for batch in reader.batches() {
+        let batch = batch?;
+        let ids = batch.column(0).as_string::<i32>();
+        let lists = batch.column(1).as_list::<i32>();
+        let values = lists.values().as_primitive::<Float32Type>();
+        let offsets = lists.value_offsets();
+        let mut batch_ids = Vec::with_capacity(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            if ids.is_null(i) {
+                return Err(YearFileError::damaged(path, "a row has no paper_id"));
+            }
+            rows += 1;
+            let id = ids.value(i);
+            if sorted_unique {
+                if !last.is_empty() && last.as_str() >= id {
+                    sorted_unique = false;
+                }
+                last.clear();
+                last.push_str(id);
+            }
+            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+            if lists.is_null(i) || (values.null_count() > 0 && (start..end).any(|j| values.is_null(j))) {
+                return Err(YearFileError::damaged(
+                    path,
+                    format!("paper {id} has no vector, or one with null elements"),
+                ));
+            }
+            if end - start != dimension {
+                return Err(YearFileError::Dimension {
+                    path: path.to_path_buf(),
+                    found: end - start,
+                    expected: dimension,
+                });
+            }
+            batch_ids.push(id);
+        }
+        // List offsets only grow: rows of `dimension` values each lie back to back.
+        let (first, end) = (offsets[0] as usize, offsets[batch.num_rows()] as usize);
+        visit(&batch_ids, &values.values()[first..end]);
+    }
+    Ok(VectorScan { rows, sorted_unique })
+}
+
 /// Whether any row's `paper_id` satisfies `wanted`, reading only that
 /// column (a reader that needs a few papers' vectors can pass over the
 /// year files that hold none of them without decoding any vector).
