@@ -25,7 +25,14 @@ pub struct PaperMeta {
 
 /// `text` with every run of whitespace made one space, trimmed.
 pub fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut line = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    line
 }
 
 fn meta_of(title: &str, categories: &str, primary: &str, published_at: &str) -> PaperMeta {
@@ -47,6 +54,11 @@ fn meta_of(title: &str, categories: &str, primary: &str, published_at: &str) -> 
     }
 }
 
+/// Papers by id. Hashed with foldhash rather than SipHash: the keys are
+/// ids from the user's own files, and a year's catalog hashes every id twice
+/// (inserted while parsed, taken out in the year file's order).
+pub type Papers = HashMap<String, PaperMeta, foldhash::fast::RandomState>;
+
 /// Size and xxh3-64 of a file's bytes: what a catalog was read from.
 pub type ContentKey = (u64, u64);
 
@@ -56,15 +68,13 @@ pub type ContentKey = (u64, u64);
 /// could not be read to its end, or changed while read). Rows are split by
 /// [`crate::metadata::read_columns`] (SIMD quote to quote) and only the
 /// columns shown are decoded, so a year's gigabyte of abstracts costs
-/// little more than reading it.
+/// little more than reading it. `expected` papers are room made up front
+/// (the year file's row count: growing a table of millions rehashes it).
 pub fn read_year<'a>(
     files: impl IntoIterator<Item = &'a MetadataFile>,
-) -> (
-    HashMap<String, PaperMeta>,
-    Vec<InputIssue>,
-    Vec<Option<ContentKey>>,
-) {
-    let mut papers = HashMap::new();
+    expected: usize,
+) -> (Papers, Vec<InputIssue>, Vec<Option<ContentKey>>) {
+    let mut papers = Papers::with_capacity_and_hasher(expected, Default::default());
     let mut issues = Vec::new();
     let mut keys = Vec::new();
     for file in files {
@@ -83,11 +93,7 @@ pub fn read_year<'a>(
 /// and the [`ContentKey`] of the whole file, when its first `from` bytes
 /// still hash to `prefix`; `None` when they do not (the file was not only
 /// appended to) or it cannot be read.
-pub fn read_appended(
-    file: &MetadataFile,
-    from: u64,
-    prefix: u64,
-) -> Option<(HashMap<String, PaperMeta>, ContentKey)> {
+pub fn read_appended(file: &MetadataFile, from: u64, prefix: u64) -> Option<(Papers, ContentKey)> {
     let mut input = File::open(&file.path).ok()?;
     let mut hasher = Xxh3::new();
     let mut head = (&mut input).take(from);
@@ -103,7 +109,7 @@ pub fn read_appended(
     let key = (from + tail.len() as u64, hasher.digest());
     // The header comes from the file's first row; the tail is parsed with it.
     input.seek(SeekFrom::Start(0)).ok()?;
-    let mut papers = HashMap::new();
+    let mut papers = Papers::default();
     let mut issues = Vec::new();
     let mut header = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -154,7 +160,7 @@ const COLUMNS: [&str; 5] = [
 
 fn read_file(
     path: &Path,
-    papers: &mut HashMap<String, PaperMeta>,
+    papers: &mut Papers,
     issues: &mut Vec<InputIssue>,
 ) -> Result<Option<ContentKey>, InputIssue> {
     let before = FileStamp::of(path);
@@ -180,7 +186,7 @@ fn read_rows(
     path: &Path,
     headers: &csv::ByteRecord,
     input: impl Read,
-    papers: &mut HashMap<String, PaperMeta>,
+    papers: &mut Papers,
     issues: &mut Vec<InputIssue>,
 ) -> Result<(), ()> {
     let reader = csv::ReaderBuilder::new()
@@ -202,7 +208,7 @@ fn read_records<R: Read>(
     path: &Path,
     headers: &csv::ByteRecord,
     mut reader: csv::Reader<R>,
-    papers: &mut HashMap<String, PaperMeta>,
+    papers: &mut Papers,
     issues: &mut Vec<InputIssue>,
 ) -> bool {
     let issue = |line: Option<u64>, message: String| InputIssue {
@@ -275,7 +281,7 @@ mod tests {
             origin: "metadata/metadata-2024.csv".into(),
             year: crate::metadata::Year::parse("2024").unwrap(),
         };
-        let (papers, issues, keys) = read_year([&file]);
+        let (papers, issues, keys) = read_year([&file], 0);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(
             keys,
