@@ -108,6 +108,30 @@ fn worst_cosine(dir: &Path, reference: &Reference) -> f64 {
         .fold(1.0, f64::min)
 }
 
+/// Rewrites `dir/model.safetensors` (f32 tensors): `edit` may change each
+/// tensor's bytes and returns its new name.
+fn rewrite_weights(dir: &Path, edit: impl Fn(&str, &mut [u8]) -> String) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut data: HashMap<String, (Vec<usize>, Vec<u8>)> = HashMap::new();
+    for (name, view) in st.tensors() {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        let mut raw = view.data().to_vec();
+        let name = edit(&name, &mut raw);
+        data.insert(name, (view.shape().to_vec(), raw));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(name, (shape, raw))| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), raw).unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+}
+
 /// The parity tests fail on a plausible mistake: each mutation below stays
 /// far under the 0.99999 bound (1 - cosine at least 100 times the slack).
 #[test]
@@ -123,28 +147,14 @@ fn the_parity_check_sees_a_missing_ntk_scaling_or_swapped_gate() {
 
     // gelu on the wrong half of up_gate_proj.
     let swapped = copy_with_config(&hub(), |_| {});
-    let path = swapped.path().join("model.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut data: HashMap<String, (Vec<usize>, Vec<u8>)> = HashMap::new();
-    for (name, view) in st.tensors() {
-        let mut raw = view.data().to_vec();
+    rewrite_weights(swapped.path(), |name, raw| {
         if name.ends_with("mlp.up_gate_proj.weight") {
             let half = raw.len() / 2;
             let (up, gate) = raw.split_at_mut(half);
             up.swap_with_slice(gate);
         }
-        data.insert(name, (view.shape().to_vec(), raw));
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
-        .iter()
-        .map(|(name, (shape, raw))| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), raw).unwrap();
-            (name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &path).unwrap();
+        name.to_string()
+    });
     let c = worst_cosine(swapped.path(), &reference);
     eprintln!("gate and up swapped: worst cosine {c:.4}");
     assert!(c < 0.999, "swapping gate and up still gives cosine {c}");
@@ -164,6 +174,30 @@ fn either_weight_layout_loads_under_either_model_type() {
     let dir = copy_with_config(&src, |v| v["model_type"] = "new".into());
     let embedder = NativeEmbedder::load(&options(dir.path(), 2, 7)).unwrap();
     assert_parity(&embedder, &reference, 0.99999);
+}
+
+#[test]
+fn a_checkpoint_saved_from_a_task_model_loads() {
+    // NewForMaskedLM / NewForSequenceClassification keep the encoder under `new.`.
+    let reference = read_reference(&hub());
+    let dir = copy_with_config(&hub(), |_| {});
+    rewrite_weights(dir.path(), |name, _| format!("new.{name}"));
+    let embedder = NativeEmbedder::load(&options(dir.path(), 2, 7)).unwrap();
+    assert_parity(&embedder, &reference, 0.99999);
+
+    // Neither layout's names: the error says what was looked for.
+    rewrite_weights(dir.path(), |name, _| {
+        name.replace("new.encoder.layer.", "new.blocks.")
+    });
+    let e = NativeEmbedder::load(&options(dir.path(), 1, 4))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("new.encoder.layer.0.attention.qkv_proj.weight")
+            && e.contains("new.layers.0.self_attn.q_proj.weight"),
+        "{e}"
+    );
 }
 
 #[test]
