@@ -517,6 +517,20 @@ pub(crate) fn positions(cu: &[u32], out: &mut Vec<u32>) {
     }
 }
 
+/// RoPE with frequencies computed elsewhere (scaled variants such as GTE's
+/// NTK scaling).
+impl Rope {
+    /// RoPE over the first `2 · inv_freq.len()` values of a head, rotating
+    /// pair `j` by `position · inv_freq[j]`.
+    pub fn with_inv_freq(inv_freq: Vec<f32>) -> Self {
+        assert!(!inv_freq.is_empty(), "Rope::with_inv_freq: no frequencies");
+        Rope {
+            dim: 2 * inv_freq.len(),
+            inv_freq,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,6 +678,17 @@ mod tests {
         let mut p = Vec::new();
         positions(&[0, 2, 2, 5], &mut p);
         assert_eq!(p, [0, 1, 0, 1, 2]);
+    }
+
+    #[test]
+    fn rope_from_frequencies_matches_rope_from_theta() {
+        let a = Rope::new(500.0, 6);
+        let b = Rope::with_inv_freq(a.inv_freq.clone());
+        assert_eq!(b.dim, 6);
+        let (mut ta, mut tb) = (RopeTable::default(), RopeTable::default());
+        a.table(&mut ta, 4);
+        b.table(&mut tb, 4);
+        assert_eq!((ta.cos, ta.sin), (tb.cos, tb.sin));
     }
 
     #[test]

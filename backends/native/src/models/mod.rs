@@ -6,6 +6,7 @@
 pub mod bert;
 pub mod encoder;
 pub mod gemma3;
+pub mod gte;
 pub mod layers;
 pub mod modernbert;
 pub mod mpnet;
@@ -72,6 +73,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     qwen3::ARCHITECTURE,
     modernbert::ARCHITECTURE,
     gemma3::ARCHITECTURE,
+    gte::ARCHITECTURE,
 ];
 
 /// `model_type` values the CPU engine runs, in [`ARCHITECTURES`] order.
