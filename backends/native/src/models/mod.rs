@@ -9,6 +9,7 @@ pub mod gemma3;
 pub mod layers;
 pub mod modernbert;
 pub mod mpnet;
+pub mod nomic;
 pub mod qwen3;
 pub mod xlm_roberta;
 
@@ -72,6 +73,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     qwen3::ARCHITECTURE,
     modernbert::ARCHITECTURE,
     gemma3::ARCHITECTURE,
+    nomic::ARCHITECTURE,
 ];
 
 /// `model_type` values the CPU engine runs, in [`ARCHITECTURES`] order.
