@@ -11,7 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{assert_parity, cosine, fixtures, read_reference};
+use common::{Reference, assert_parity, cosine, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
 
@@ -48,9 +48,8 @@ fn tiny_nomic_documents_match_sentence_transformers() {
     }
 }
 
-/// Worst cosine of `embedder`'s document vectors against the reference.
-fn worst_cosine(embedder: &NativeEmbedder) -> f64 {
-    let reference = read_reference(&fixture());
+/// Worst cosine of `embedder`'s vectors of `reference`'s texts.
+fn worst_of(embedder: &NativeEmbedder, reference: &Reference) -> f64 {
     let got = embedder
         .embed(&embedder.prepare(reference.texts.clone()).unwrap())
         .unwrap();
@@ -59,6 +58,11 @@ fn worst_cosine(embedder: &NativeEmbedder) -> f64 {
         .enumerate()
         .map(|(i, row)| cosine(row, &reference.vectors[i * d..(i + 1) * d]))
         .fold(1.0, f64::min)
+}
+
+/// Worst cosine of `embedder`'s document vectors against the reference.
+fn worst_cosine(embedder: &NativeEmbedder) -> f64 {
+    worst_of(embedder, &read_reference(&fixture()))
 }
 
 #[test]
@@ -145,6 +149,24 @@ fn interleaved_rotary_pairs_are_read_as_the_hub_code_rotates_them() {
     let w3 = worst_cosine(&load(&base).unwrap());
     eprintln!("rotary base 10000 instead of 1000: worst cosine {w3:.4}");
     assert!(w3 < 0.999, "{w3}");
+}
+
+#[test]
+fn the_hub_bias_options_match_a_reference_with_biases() {
+    // biased.safetensors: the reference model with random biases on Wqkv,
+    // out_proj (qkv_proj_bias gives both), fc11/fc12 and fc2.
+    let with_flags = variant("biased.safetensors", |c| {
+        for k in ["qkv_proj_bias", "mlp_fc1_bias", "mlp_fc2_bias"] {
+            c.insert(k.into(), true.into());
+        }
+    });
+    let reference = read_reference(&fixture().join("biased"));
+    assert_parity(&load(&with_flags).unwrap(), &reference, 0.99999);
+    // Flags off: the biases are not read, and the vectors differ.
+    let without = variant("biased.safetensors", |_| {});
+    let worst = worst_of(&load(&without).unwrap(), &reference);
+    eprintln!("biases ignored: worst cosine {worst:.4}");
+    assert!(worst < 0.999, "{worst}");
 }
 
 /// The hub keys of the fixture's config.json, which transformers 5 does not

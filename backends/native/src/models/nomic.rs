@@ -247,8 +247,8 @@ fn config(cfg: &ModelConfig) -> Result<NomicConfig, EmbedError> {
             hidden / heads
         )));
     }
-    // The hub code defaults (contrastors' NomicBertConfig) and transformers'
-    // agree on these where the keys are absent.
+    // Absent keys take transformers 5's NomicBertConfig defaults; an absent
+    // n_inner is 4 times the width (GPT-2 style, as the hub code's).
     let theta = theta.unwrap_or(1000.0);
     if theta.is_nan() || theta <= 0.0 {
         return Err(EmbedError::Load(format!(
