@@ -195,7 +195,7 @@ const HUB_KEYS: [&str; 20] = [
 ];
 
 #[test]
-fn the_transformers_5_spelling_loads_the_same_model() {
+fn each_spelling_alone_loads_the_same_model() {
     let reference = read_reference(&fixture());
     // What transformers 5.24's save_pretrained writes: its own config keys,
     // the hub's tensor names.
@@ -205,6 +205,23 @@ fn the_transformers_5_spelling_loads_the_same_model() {
         }
     });
     assert_parity(&load(&tf_config).unwrap(), &reference, 0.99999);
+
+    // The hub's keys alone (configs written before transformers 5).
+    let hub_only = variant("model.safetensors", |c| {
+        for k in [
+            "hidden_size",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "intermediate_size",
+            "hidden_act",
+            "layer_norm_eps",
+            "max_position_embeddings",
+            "rope_parameters",
+        ] {
+            assert!(c.remove(k).is_some(), "{k}");
+        }
+    });
+    assert_parity(&load(&hub_only).unwrap(), &reference, 0.99999);
 
     // transformers' in-memory names (its conversion's targets).
     let tf_names = variant("model.safetensors", |c| {
