@@ -396,10 +396,9 @@ impl Nomic {
             .map(|p| p.to_string());
         let prefix = match &hub {
             Some(p) => p.clone(),
-            None => t.find_prefix(&TF_PREFIXES, tf_probe).map_err(|_| {
+            None => t.find_prefix(&TF_PREFIXES, tf_probe).map_err(|e| {
                 EmbedError::Load(format!(
-                    "no tensor {hub_probe} (the hub's nomic_bert layout) or {tf_probe} (transformers'); \
-                     looked under the prefixes {HUB_PREFIXES:?} and {TF_PREFIXES:?}"
+                    "{e} (transformers' nomic_bert layout), nor {hub_probe} under {HUB_PREFIXES:?} (the hub's)"
                 ))
             })?,
         };
@@ -436,7 +435,7 @@ impl Nomic {
             let linear = |name: &str, inputs: usize, outputs: usize, flag: Option<bool>| {
                 Linear::load(t, name, inputs, outputs, has(flag, name))
             };
-            let layer = if hub.is_some() {
+            let mut layer = if hub.is_some() {
                 let l = |s: &str| n(&format!("encoder.layers.{i}.{s}"));
                 Layer {
                     qkv: linear(&l("attn.Wqkv"), h, 3 * h, cfg.qkv_bias)?,
@@ -464,7 +463,6 @@ impl Nomic {
                     norm2: norm(&l("post_mlp_layernorm"))?,
                 }
             };
-            let mut layer = layer;
             if let Some(order) = &order {
                 permute_columns(&mut layer.qkv, 0, order);
                 permute_columns(&mut layer.qkv, h, order);
