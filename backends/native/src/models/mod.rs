@@ -10,6 +10,7 @@ pub mod gte;
 pub mod layers;
 pub mod modernbert;
 pub mod mpnet;
+pub mod nomic;
 pub mod qwen3;
 pub mod xlm_roberta;
 
@@ -74,6 +75,7 @@ pub const ARCHITECTURES: &[Architecture] = &[
     modernbert::ARCHITECTURE,
     gemma3::ARCHITECTURE,
     gte::ARCHITECTURE,
+    nomic::ARCHITECTURE,
 ];
 
 /// `model_type` values the CPU engine runs, in [`ARCHITECTURES`] order.
