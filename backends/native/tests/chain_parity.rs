@@ -4,24 +4,14 @@
 
 mod common;
 
-use common::{assert_parity, cosine, fixtures, read_reference};
+use common::{assert_parity, cosine, fixture_options, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
-
-fn options(dir: &str) -> NativeOptions {
-    NativeOptions {
-        name: format!("test/{dir}"),
-        model_path: Some(fixtures().join(dir)),
-        threads: Some(2),
-        batch_size: 5,
-        ..NativeOptions::default()
-    }
-}
 
 #[test]
 fn every_pooling_mode_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-chain-pool"));
-    let embedder = NativeEmbedder::load(&options("tiny-chain-pool")).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-chain-pool", 2, 5)).unwrap();
     let id = embedder.identity();
     assert_eq!(
         (id.dimension, id.pooling, id.normalize),
@@ -45,7 +35,7 @@ fn every_pooling_mode_matches_sentence_transformers() {
 #[test]
 fn dense_dense_normalize_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-chain-dense"));
-    let embedder = NativeEmbedder::load(&options("tiny-chain-dense")).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-chain-dense", 2, 5)).unwrap();
     let id = embedder.identity();
     assert_eq!(
         (id.dimension, id.pooling, id.normalize),
@@ -61,7 +51,7 @@ fn dense_dense_normalize_matches_sentence_transformers() {
 #[test]
 fn matryoshka_dimension_matches_truncate_dim_and_is_recorded() {
     let reference = read_reference(&fixtures().join("tiny-chain-dense").join("dim8"));
-    let mut opts = options("tiny-chain-dense");
+    let mut opts = fixture_options("tiny-chain-dense", 2, 5);
     opts.expected_dimension = Some(8);
     let embedder = NativeEmbedder::load(&opts).unwrap();
     let truncated = embedder.identity().clone();
@@ -75,7 +65,7 @@ fn matryoshka_dimension_matches_truncate_dim_and_is_recorded() {
         );
     }
     // The full model's vectors are not comparable with the truncated ones.
-    let full = NativeEmbedder::load(&options("tiny-chain-dense")).unwrap();
+    let full = NativeEmbedder::load(&fixture_options("tiny-chain-dense", 2, 5)).unwrap();
     let fields: Vec<_> = full
         .identity()
         .mismatches(&truncated)
@@ -92,7 +82,7 @@ fn matryoshka_dimension_matches_truncate_dim_and_is_recorded() {
 #[test]
 fn named_prompts_for_documents_and_queries_left_out_of_pooling() {
     let documents = read_reference(&fixtures().join("tiny-chain-prompts"));
-    let opts = options("tiny-chain-prompts");
+    let opts = fixture_options("tiny-chain-prompts", 2, 5);
     let embedder = NativeEmbedder::load(&opts).unwrap();
     assert_eq!(embedder.identity().document_prefix, "passage: ");
     assert_eq!(embedder.identity().pooling, Pooling::WeightedMean);
@@ -114,7 +104,7 @@ fn named_prompts_for_documents_and_queries_left_out_of_pooling() {
 #[test]
 fn default_prompt_name_applies_to_documents_and_queries() {
     let reference = read_reference(&fixtures().join("tiny-chain-default"));
-    let opts = options("tiny-chain-default");
+    let opts = fixture_options("tiny-chain-default", 2, 5);
     let prompt = "Represent this paper for retrieval: ";
     assert_eq!(papersys_backend_native::document_prefix(&opts).unwrap(), prompt);
     assert_eq!(papersys_backend_native::query_prompt(&opts).unwrap(), prompt);
@@ -134,7 +124,7 @@ fn default_prompt_name_applies_to_documents_and_queries() {
 #[test]
 fn the_candle_engine_runs_the_same_chain() {
     let reference = read_reference(&fixtures().join("tiny-chain-dense").join("dim8"));
-    let mut opts = options("tiny-chain-dense");
+    let mut opts = fixture_options("tiny-chain-dense", 2, 5);
     opts.expected_dimension = Some(8);
     let embedder = NativeEmbedder::load_candle_cpu(&opts, papersys_backend_native::Precision::F32).unwrap();
     assert_eq!(embedder.identity().dimension, 8);

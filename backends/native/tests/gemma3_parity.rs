@@ -5,24 +5,14 @@
 
 mod common;
 
-use common::{assert_parity, fixtures, read_reference};
+use common::{assert_parity, fixture_options, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
-
-fn options(dir: &str, threads: usize, batch_size: usize) -> NativeOptions {
-    NativeOptions {
-        name: format!("test/{dir}"),
-        model_path: Some(fixtures().join(dir)),
-        threads: Some(threads),
-        batch_size,
-        ..NativeOptions::default()
-    }
-}
 
 #[test]
 fn tiny_gemma3_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-gemma3"));
-    let embedder = NativeEmbedder::load(&options("tiny-gemma3", 2, 7)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-gemma3", 2, 7)).unwrap();
     let id = embedder.identity();
     assert_eq!(
         (id.dimension, id.max_tokens, id.pooling, id.normalize),
@@ -41,7 +31,7 @@ fn tiny_gemma3_matches_sentence_transformers() {
 #[test]
 fn one_thread_and_single_text_batches_agree() {
     let reference = read_reference(&fixtures().join("tiny-gemma3"));
-    let embedder = NativeEmbedder::load(&options("tiny-gemma3", 1, 1)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-gemma3", 1, 1)).unwrap();
     assert_parity(&embedder, &reference, 0.99999);
 }
 
@@ -50,7 +40,7 @@ fn one_thread_and_single_text_batches_agree() {
 #[test]
 fn tiny_gemma3_with_dense_modules_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-gemma3-dense"));
-    let embedder = NativeEmbedder::load(&options("tiny-gemma3-dense", 2, 7)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-gemma3-dense", 2, 7)).unwrap();
     assert_eq!(embedder.identity().dimension, 32);
     assert_parity(&embedder, &reference, 0.99999);
 }

@@ -16,19 +16,9 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{Reference, assert_parity, cosine, fixtures, read_reference};
+use common::{Reference, assert_parity, cosine, fixtures, options_at, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
-
-fn options(dir: &Path, threads: usize, batch_size: usize) -> NativeOptions {
-    NativeOptions {
-        name: "test/tiny-gte".into(),
-        model_path: Some(dir.to_path_buf()),
-        threads: Some(threads),
-        batch_size,
-        ..NativeOptions::default()
-    }
-}
 
 fn hub() -> std::path::PathBuf {
     fixtures().join("tiny-gte")
@@ -37,7 +27,7 @@ fn hub() -> std::path::PathBuf {
 #[test]
 fn tiny_gte_hub_checkpoint_matches_sentence_transformers() {
     let reference = read_reference(&hub());
-    let embedder = NativeEmbedder::load(&options(&hub(), 2, 7)).unwrap();
+    let embedder = NativeEmbedder::load(&options_at(&hub(), 2, 7)).unwrap();
     let id = embedder.identity();
     assert_eq!(
         (id.dimension, id.max_tokens, id.pooling, id.normalize),
@@ -56,7 +46,7 @@ fn tiny_gte_hub_checkpoint_matches_sentence_transformers() {
 fn tiny_gte_transformers_spelling_matches_sentence_transformers() {
     let dir = fixtures().join("tiny-gte-hf");
     let reference = read_reference(&dir);
-    let embedder = NativeEmbedder::load(&options(&dir, 2, 5)).unwrap();
+    let embedder = NativeEmbedder::load(&options_at(&dir, 2, 5)).unwrap();
     let id = embedder.identity();
     assert_eq!(
         (id.dimension, id.max_tokens, id.pooling, id.normalize),
@@ -68,7 +58,7 @@ fn tiny_gte_transformers_spelling_matches_sentence_transformers() {
 #[test]
 fn one_thread_and_single_text_batches_agree() {
     let reference = read_reference(&hub());
-    let embedder = NativeEmbedder::load(&options(&hub(), 1, 1)).unwrap();
+    let embedder = NativeEmbedder::load(&options_at(&hub(), 1, 1)).unwrap();
     assert_parity(&embedder, &reference, 0.99999);
 }
 
@@ -97,7 +87,7 @@ fn copy_with_config(src: &Path, edit: impl Fn(&mut serde_json::Value)) -> tempfi
 
 /// The lowest cosine between the engine's vectors and the reference's.
 fn worst_cosine(dir: &Path, reference: &Reference) -> f64 {
-    let embedder = NativeEmbedder::load(&options(dir, 2, 8)).unwrap();
+    let embedder = NativeEmbedder::load(&options_at(dir, 2, 8)).unwrap();
     let got = embedder
         .embed(&embedder.prepare(reference.texts.clone()).unwrap())
         .unwrap();
@@ -166,13 +156,13 @@ fn either_weight_layout_loads_under_either_model_type() {
     // under its own `model_type: "gte"`.
     let reference = read_reference(&hub());
     let dir = copy_with_config(&hub(), |v| v["model_type"] = "gte".into());
-    let embedder = NativeEmbedder::load(&options(dir.path(), 2, 7)).unwrap();
+    let embedder = NativeEmbedder::load(&options_at(dir.path(), 2, 7)).unwrap();
     assert_parity(&embedder, &reference, 0.99999);
 
     let src = fixtures().join("tiny-gte-hf");
     let reference = read_reference(&src);
     let dir = copy_with_config(&src, |v| v["model_type"] = "new".into());
-    let embedder = NativeEmbedder::load(&options(dir.path(), 2, 7)).unwrap();
+    let embedder = NativeEmbedder::load(&options_at(dir.path(), 2, 7)).unwrap();
     assert_parity(&embedder, &reference, 0.99999);
 }
 
@@ -182,14 +172,14 @@ fn a_checkpoint_saved_from_a_task_model_loads() {
     let reference = read_reference(&hub());
     let dir = copy_with_config(&hub(), |_| {});
     rewrite_weights(dir.path(), |name, _| format!("new.{name}"));
-    let embedder = NativeEmbedder::load(&options(dir.path(), 2, 7)).unwrap();
+    let embedder = NativeEmbedder::load(&options_at(dir.path(), 2, 7)).unwrap();
     assert_parity(&embedder, &reference, 0.99999);
 
     // Neither layout's names: the error says what was looked for.
     rewrite_weights(dir.path(), |name, _| {
         name.replace("new.encoder.layer.", "new.blocks.")
     });
-    let e = NativeEmbedder::load(&options(dir.path(), 1, 4))
+    let e = NativeEmbedder::load(&options_at(dir.path(), 1, 4))
         .err()
         .unwrap()
         .to_string();
@@ -216,7 +206,7 @@ fn unimplemented_options_are_refused_by_name() {
         ),
     ] {
         let dir = copy_with_config(&hub(), |v| v[key] = value.clone());
-        let e = NativeEmbedder::load(&options(dir.path(), 1, 4))
+        let e = NativeEmbedder::load(&options_at(dir.path(), 1, 4))
             .err()
             .unwrap()
             .to_string();
@@ -231,7 +221,7 @@ fn bfloat16_stays_close_to_sentence_transformers() {
     let reference = read_reference(&hub());
     let opts = NativeOptions {
         precision: Precision::parse("bfloat16").expect("a precision spelling"),
-        ..options(&hub(), 2, 7)
+        ..options_at(&hub(), 2, 7)
     };
     let embedder = NativeEmbedder::load(&opts).unwrap();
     match Bf16Isa::detect() {

@@ -4,24 +4,14 @@
 
 mod common;
 
-use common::{assert_parity, fixtures, read_reference};
+use common::{assert_parity, fixture_options, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
-
-fn options(threads: usize, batch_size: usize) -> NativeOptions {
-    NativeOptions {
-        name: "test/tiny-modernbert".into(),
-        model_path: Some(fixtures().join("tiny-modernbert")),
-        threads: Some(threads),
-        batch_size,
-        ..NativeOptions::default()
-    }
-}
 
 #[test]
 fn tiny_modernbert_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-modernbert"));
-    let embedder = NativeEmbedder::load(&options(2, 7)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-modernbert", 2, 7)).unwrap();
     let id = embedder.identity();
     assert_eq!(
         (id.dimension, id.max_tokens, id.pooling, id.normalize),
@@ -39,7 +29,7 @@ fn tiny_modernbert_matches_sentence_transformers() {
 #[test]
 fn one_thread_and_single_text_batches_agree() {
     let reference = read_reference(&fixtures().join("tiny-modernbert"));
-    let embedder = NativeEmbedder::load(&options(1, 1)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-modernbert", 1, 1)).unwrap();
     assert_parity(&embedder, &reference, 0.99999);
 }
 
@@ -75,7 +65,7 @@ fn unsupported_activation_is_named() {
     .unwrap();
     let opts = NativeOptions {
         model_path: Some(tmp.path().to_path_buf()),
-        ..options(1, 4)
+        ..fixture_options("tiny-modernbert", 1, 4)
     };
     let e = NativeEmbedder::load(&opts).err().unwrap().to_string();
     assert!(e.contains("hidden_activation") && e.contains("silu"), "{e}");

@@ -3,25 +3,15 @@
 
 mod common;
 
-use common::{assert_parity, fixtures, read_reference};
+use common::{assert_parity, fixture_options, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
-
-fn options(threads: usize, batch_size: usize) -> NativeOptions {
-    NativeOptions {
-        name: "test/tiny-mpnet".into(),
-        model_path: Some(fixtures().join("tiny-mpnet")),
-        threads: Some(threads),
-        batch_size,
-        ..NativeOptions::default()
-    }
-}
 
 #[test]
 fn tiny_mpnet_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-mpnet"));
     for (threads, batch) in [(1, 3), (2, 32)] {
-        let embedder = NativeEmbedder::load(&options(threads, batch)).unwrap();
+        let embedder = NativeEmbedder::load(&fixture_options("tiny-mpnet", threads, batch)).unwrap();
         let id = embedder.identity();
         // max_position_embeddings 66 less the padding offset 2.
         assert_eq!(

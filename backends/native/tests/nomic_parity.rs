@@ -11,19 +11,9 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{Reference, assert_parity, cosine, fixtures, read_reference};
+use common::{Reference, assert_parity, cosine, fixtures, options_at, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
-
-fn options(dir: &Path, threads: usize, batch_size: usize) -> NativeOptions {
-    NativeOptions {
-        name: "test/tiny-nomic".into(),
-        model_path: Some(dir.to_path_buf()),
-        threads: Some(threads),
-        batch_size,
-        ..NativeOptions::default()
-    }
-}
 
 fn fixture() -> std::path::PathBuf {
     fixtures().join("tiny-nomic")
@@ -36,7 +26,7 @@ fn tiny_nomic_documents_match_sentence_transformers() {
     assert!(reference.ids.iter().any(|ids| ids.len() == 96));
     assert!(reference.ids.iter().any(|ids| ids.len() < 20));
     for (threads, batch) in [(1, 5), (2, 32)] {
-        let embedder = NativeEmbedder::load(&options(&fixture(), threads, batch)).unwrap();
+        let embedder = NativeEmbedder::load(&options_at(&fixture(), threads, batch)).unwrap();
         let id = embedder.identity();
         assert_eq!(
             (id.dimension, id.max_tokens, id.pooling, id.normalize),
@@ -73,7 +63,7 @@ fn tiny_nomic_queries_match_sentence_transformers() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     // Queries as `papersys search` loads the model: encode_query's prompt in
     // place of the document prefix.
-    let opts = options(&fixture(), 2, 4);
+    let opts = options_at(&fixture(), 2, 4);
     let prompt = papersys_backend_native::query_prompt(&opts).unwrap();
     assert_eq!(prompt, "search_query: ");
     assert_eq!(prompt, meta["prompt"].as_str().unwrap());
@@ -114,7 +104,7 @@ fn variant(
 }
 
 fn load(dir: &tempfile::TempDir) -> Result<NativeEmbedder, String> {
-    NativeEmbedder::load(&options(dir.path(), 2, 8)).map_err(|e| e.to_string())
+    NativeEmbedder::load(&options_at(dir.path(), 2, 8)).map_err(|e| e.to_string())
 }
 
 #[test]
@@ -339,7 +329,7 @@ fn bfloat16_stays_close_to_sentence_transformers() {
     use papersys_backend_native::kernels::bf16::Bf16Isa;
     let opts = NativeOptions {
         precision: Precision::parse("bfloat16").expect("a precision spelling"),
-        ..options(&fixture(), 2, 7)
+        ..options_at(&fixture(), 2, 7)
     };
     let embedder = NativeEmbedder::load(&opts).unwrap();
     match Bf16Isa::detect() {

@@ -5,22 +5,12 @@
 
 mod common;
 
-use common::{assert_parity, cosine, fixtures, read_reference};
+use common::{assert_parity, cosine, fixture_options, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
 
 /// `<|endoftext|>` in the fixture's tokenizer.
 const END_OF_TEXT: u32 = 700;
-
-fn options(threads: usize, batch_size: usize) -> NativeOptions {
-    NativeOptions {
-        name: "test/tiny-qwen3".into(),
-        model_path: Some(fixtures().join("tiny-qwen3")),
-        threads: Some(threads),
-        batch_size,
-        ..NativeOptions::default()
-    }
-}
 
 #[test]
 fn tiny_qwen3_documents_match_sentence_transformers() {
@@ -30,7 +20,7 @@ fn tiny_qwen3_documents_match_sentence_transformers() {
     assert!(reference.ids.iter().all(|ids| ids.last() == Some(&END_OF_TEXT)));
     assert!(reference.ids.iter().any(|ids| ids.len() == 48));
     for (threads, batch) in [(1, 5), (2, 32)] {
-        let embedder = NativeEmbedder::load(&options(threads, batch)).unwrap();
+        let embedder = NativeEmbedder::load(&fixture_options("tiny-qwen3", threads, batch)).unwrap();
         let id = embedder.identity();
         assert_eq!(
             (id.dimension, id.max_tokens, id.pooling, id.normalize),
@@ -48,7 +38,7 @@ fn tiny_qwen3_queries_match_sentence_transformers() {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let want_prompt = meta["prompt"].as_str().unwrap();
-    let opts = options(2, 4);
+    let opts = fixture_options("tiny-qwen3", 2, 4);
     let prompt = papersys_backend_native::query_prompt(&opts).unwrap();
     assert_eq!(prompt, want_prompt);
     assert!(prompt.starts_with("Instruct: ") && prompt.ends_with("\nQuery:"));
@@ -69,7 +59,7 @@ fn tiny_qwen3_queries_match_sentence_transformers() {
 #[test]
 fn a_text_alone_and_in_a_batch_gets_the_same_vector() {
     let reference = read_reference(&fixtures().join("tiny-qwen3"));
-    let embedder = NativeEmbedder::load(&options(2, 8)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-qwen3", 2, 8)).unwrap();
     let all = embedder
         .embed(&embedder.prepare(reference.texts.clone()).unwrap())
         .unwrap();
@@ -115,7 +105,7 @@ fn with_config(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
 fn load_error(dir: &tempfile::TempDir) -> String {
     let opts = NativeOptions {
         model_path: Some(dir.path().to_path_buf()),
-        ..options(1, 4)
+        ..fixture_options("tiny-qwen3", 1, 4)
     };
     NativeEmbedder::load(&opts).err().unwrap().to_string()
 }
@@ -157,7 +147,7 @@ fn scaled_rope_and_sliding_windows_are_refused_by_name() {
     });
     let opts = NativeOptions {
         model_path: Some(plain.path().to_path_buf()),
-        ..options(1, 4)
+        ..fixture_options("tiny-qwen3", 1, 4)
     };
     let reference = read_reference(&fixtures().join("tiny-qwen3"));
     assert_parity(&NativeEmbedder::load(&opts).unwrap(), &reference, 0.99999);
@@ -170,7 +160,7 @@ fn bfloat16_stays_close_to_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-qwen3"));
     let opts = NativeOptions {
         precision: Precision::parse("bfloat16").expect("a precision spelling"),
-        ..options(2, 7)
+        ..fixture_options("tiny-qwen3", 2, 7)
     };
     let embedder = NativeEmbedder::load(&opts).unwrap();
     match Bf16Isa::detect() {

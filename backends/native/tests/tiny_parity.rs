@@ -2,25 +2,15 @@
 
 mod common;
 
-use common::{assert_parity, fixtures, read_reference};
+use common::{assert_parity, fixture_options, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
 use papersys_backend_native::{NativeEmbedder, NativeOptions};
-
-fn options(dir: &str, threads: usize, batch_size: usize) -> NativeOptions {
-    NativeOptions {
-        name: format!("test/{dir}"),
-        model_path: Some(fixtures().join(dir)),
-        threads: Some(threads),
-        batch_size,
-        ..NativeOptions::default()
-    }
-}
 
 #[test]
 fn tiny_bert_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-bert"));
     for (threads, batch) in [(1, 5), (2, 32)] {
-        let embedder = NativeEmbedder::load(&options("tiny-bert", threads, batch)).unwrap();
+        let embedder = NativeEmbedder::load(&fixture_options("tiny-bert", threads, batch)).unwrap();
         let id = embedder.identity();
         assert_eq!(
             (id.dimension, id.max_tokens, id.pooling, id.normalize),
@@ -36,7 +26,7 @@ fn tiny_bert_matches_sentence_transformers() {
 #[test]
 fn tiny_xlm_roberta_matches_sentence_transformers() {
     let reference = read_reference(&fixtures().join("tiny-xlmr"));
-    let embedder = NativeEmbedder::load(&options("tiny-xlmr", 2, 7)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-xlmr", 2, 7)).unwrap();
     let id = embedder.identity();
     // max_position_embeddings 66 minus the padding offset 2: 64 tokens.
     assert_eq!(
@@ -46,7 +36,7 @@ fn tiny_xlm_roberta_matches_sentence_transformers() {
     // The document prompt of config_sentence_transformers.json.
     assert_eq!(embedder.document_prefix(), "passage: ");
     assert_eq!(id.document_prefix, "passage: ");
-    let opts = options("tiny-xlmr", 1, 1);
+    let opts = fixture_options("tiny-xlmr", 1, 1);
     assert_eq!(
         papersys_backend_native::document_prefix(&opts).unwrap(),
         "passage: "
@@ -57,7 +47,7 @@ fn tiny_xlm_roberta_matches_sentence_transformers() {
 #[test]
 fn output_order_and_batching_do_not_change_vectors() {
     let reference = read_reference(&fixtures().join("tiny-bert"));
-    let embedder = NativeEmbedder::load(&options("tiny-bert", 2, 3)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-bert", 2, 3)).unwrap();
     let all = embedder
         .embed(&embedder.prepare(reference.texts.clone()).unwrap())
         .unwrap();
@@ -79,7 +69,7 @@ fn output_order_and_batching_do_not_change_vectors() {
 
 #[test]
 fn explicit_prefix_and_max_length_override_the_model() {
-    let mut opts = options("tiny-xlmr", 1, 4);
+    let mut opts = fixture_options("tiny-xlmr", 1, 4);
     opts.document_prefix = Some(String::new());
     opts.max_length = Some(10);
     let embedder = NativeEmbedder::load(&opts).unwrap();
@@ -91,7 +81,7 @@ fn explicit_prefix_and_max_length_override_the_model() {
 
 #[test]
 fn dimension_mismatch_names_both_numbers_and_the_key() {
-    let mut opts = options("tiny-bert", 1, 4);
+    let mut opts = fixture_options("tiny-bert", 1, 4);
     opts.expected_dimension = Some(384);
     let e = NativeEmbedder::load(&opts).err().unwrap().to_string();
     assert!(
@@ -129,7 +119,7 @@ fn broken_model_directories_name_the_file_or_tensor() {
     let tmp = copy_fixture("tiny-bert");
     let opts = NativeOptions {
         model_path: Some(tmp.path().to_path_buf()),
-        ..options("tiny-bert", 1, 4)
+        ..fixture_options("tiny-bert", 1, 4)
     };
     std::fs::remove_file(tmp.path().join("tokenizer.json")).unwrap();
     let e = NativeEmbedder::load(&opts).err().unwrap().to_string();
@@ -167,7 +157,7 @@ fn broken_model_directories_name_the_file_or_tensor() {
 #[test]
 fn malformed_token_batches_are_errors_not_panics() {
     use papersys_backend_core::{PreparedBatch, TokenBatch};
-    let embedder = NativeEmbedder::load(&options("tiny-bert", 1, 4)).unwrap();
+    let embedder = NativeEmbedder::load(&fixture_options("tiny-bert", 1, 4)).unwrap();
     for (ids, cu) in [
         (vec![2, 3], vec![0, 3]),
         (vec![2, 3, 4], vec![0, 2, 1, 3]),

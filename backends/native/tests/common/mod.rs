@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use papersys_backend_core::{Embedder, Embeddings};
-use papersys_backend_native::NativeEmbedder;
+use papersys_backend_native::{NativeEmbedder, NativeOptions};
 
 /// Texts, their reference token ids and sentence-transformers vectors.
 pub struct Reference {
@@ -17,6 +17,25 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("fixtures")
+}
+
+/// Engine options for the model in `dir`, on `threads` threads, `batch_size` texts a batch.
+pub fn options_at(dir: &Path, threads: usize, batch_size: usize) -> NativeOptions {
+    let name = dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    NativeOptions {
+        name: format!("test/{name}"),
+        model_path: Some(dir.to_path_buf()),
+        threads: Some(threads),
+        batch_size,
+        ..NativeOptions::default()
+    }
+}
+
+/// [`options_at`] the fixture directory `name`.
+pub fn fixture_options(name: &str, threads: usize, batch_size: usize) -> NativeOptions {
+    options_at(&fixtures().join(name), threads, batch_size)
 }
 
 pub fn read_reference(dir: &Path) -> Reference {
