@@ -117,8 +117,14 @@ if [ -z "$bench" ]; then
 fi
 
 results="$work/results.jsonl"
+# The two sides' fp32 GEMM rates at the model's feed-forward shape, each
+# round: the part of the ratio no engine work can change.
+gemm_shape="$("$py" -c 'import json, sys; c = json.load(open(sys.argv[1] + "/config.json")); print("8192x%dx%d" % (c["hidden_size"], c["intermediate_size"]))' "$model")"
 uptime >&2
 for r in $(seq 1 "$rounds"); do
+  "$bench" --gemm --gemm-shape "$gemm_shape" --threads "$threads" >>"$results" 2>/dev/null ||
+    echo "$bench: no --gemm-shape (an older build): no GEMM rate" >&2
+  "$py" "$repo/bench/engine_st.py" --gemm --gemm-shape "$gemm_shape" --threads "$threads" >>"$results"
   echo "round $r/$rounds: papersys" >&2
   "$bench" --model-path "$model" --texts "$texts" --threads "$threads" --batch-size "$batch" \
     --runs 1 --warmup "$warmup" --max-length "$max_length" --save-f32 "$work/ours.f32" >>"$results"
@@ -149,6 +155,10 @@ import json, os, statistics, sys
 import numpy as np
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 work, model, load_after, attention_share = sys.argv[2:6]
+gemm = {}
+for r in rows:
+    if "gemm_gflops" in r:
+        gemm[r["engine"]] = max(gemm.get(r["engine"], 0.0), r["gemm_gflops"])
 ours = [r for r in rows if r["engine"] == "papersys-native"]
 st = [r for r in rows if r["engine"] == "sentence-transformers"]
 def side(rs):
@@ -171,6 +181,9 @@ summary = {
     "papersys_peak_rss_mib": round(o_rss, 1), "st_peak_rss_mib": round(s_rss, 1),
     "loadavg_after": load_after.split(),
 }
+if gemm:
+    summary["gemm_gflops_best"] = {k: round(v, 1) for k, v in gemm.items()}
+    summary["gemm_shape"] = next(r["shape"] for r in rows if "gemm_gflops" in r)
 if ours[0]["batch_size"] and n:
     batches = -(-n // ours[0]["batch_size"])
     summary["s_per_batch"] = {"papersys": round(n / o_best / batches, 3), "st": round(n / s_best / batches, 3)}
