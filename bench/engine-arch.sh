@@ -17,8 +17,7 @@
 # with the real model's layer shapes, made once into
 # $CARGO_TARGET_DIR/scaled/NAME (a few hundred MB each; delete when done).
 # --long N: each text is shared records joined until it has at least N
-# tokens (then truncated to N): time per batch and peak memory at N tokens,
-# and the share of papersys's time spent in attention (perf, when present).
+# tokens (then truncated to N): time per batch and peak memory at N tokens.
 #
 # EMBED_BENCH=PATH runs that embed_bench binary instead of building one
 # (to compare a saved build before a change with one after).
@@ -135,26 +134,11 @@ for r in $(seq 1 "$rounds"); do
 done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-attention_share=""
-if [ "$long" != 0 ] && command -v perf >/dev/null; then
-  echo "perf: papersys attention share" >&2
-  if perf record -q -g -o "$work/perf.data" -- "$bench" --model-path "$model" --texts "$texts" \
-    --threads "$threads" --batch-size "$batch" --runs 1 --warmup 0 --max-length "$max_length" \
-    >/dev/null 2>"$work/perf.err"; then
-    # Inclusive share of the samples under the attention kernel (scores,
-    # softmax, weighted sum), of all samples of the process.
-    attention_share="$(perf report -q -i "$work/perf.data" --children --no-demangle --sort symbol 2>/dev/null \
-      | awk '/attention_in_blocks/ {gsub("%", "", $1); if ($1 + 0 > best) best = $1 + 0} END {print best + 0}')"
-  else
-    cat "$work/perf.err" >&2
-  fi
-fi
-
-"$py" - "$results" "$work" "$model" "$load_after" "$attention_share" <<'PY'
+"$py" - "$results" "$work" "$model" "$load_after" <<'PY'
 import json, os, statistics, sys
 import numpy as np
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-work, model, load_after, attention_share = sys.argv[2:6]
+work, model, load_after = sys.argv[2:5]
 gemm = {}
 for r in rows:
     if "gemm_gflops" in r:
@@ -187,8 +171,6 @@ if gemm:
 if ours[0]["batch_size"] and n:
     batches = -(-n // ours[0]["batch_size"])
     summary["s_per_batch"] = {"papersys": round(n / o_best / batches, 3), "st": round(n / s_best / batches, 3)}
-if attention_share:
-    summary["papersys_attention_share_perf"] = float(attention_share) / 100
 a = np.fromfile(os.path.join(work, "ours.f32"), dtype="<f4").astype(np.float64)
 b = np.fromfile(os.path.join(work, "st.f32"), dtype="<f4").astype(np.float64)
 if a.size == b.size and a.size % n == 0:
