@@ -11,7 +11,8 @@
 //! Texts are sorted by length and cut into batches as the pipeline does;
 //! a producer thread tokenises the next batch while the engine embeds the
 //! current one. `--gemm` instead measures the fp32 GEMM rate of the `gemm`
-//! crate at the model's largest shape (for the hardware bound).
+//! crate at the model's largest shape (for the hardware bound), or at
+//! `--gemm-shape MxKxN`.
 
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
@@ -34,6 +35,7 @@ struct Args {
     limit: Option<usize>,
     max_length: Option<usize>,
     gemm: bool,
+    gemm_shape: (usize, usize, usize),
     save: Option<PathBuf>,
     precision: String,
 }
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         limit: None,
         max_length: None,
         gemm: false,
+        gemm_shape: (8192, 384, 1536),
         save: None,
         precision: "auto".into(),
     };
@@ -70,10 +73,21 @@ fn parse_args() -> Result<Args, String> {
             "--save-f32" => args.save = Some(value()?.into()),
             "--precision" => args.precision = value()?,
             "--gemm" => args.gemm = true,
+            "--gemm-shape" => {
+                let v = value()?;
+                let dims: Vec<usize> = v
+                    .split('x')
+                    .map(|d| d.parse::<usize>().map_err(|e| format!("--gemm-shape {v}: {e}")))
+                    .collect::<Result<_, _>>()?;
+                let [m, k, n] = dims[..] else {
+                    return Err(format!("--gemm-shape {v}: expected MxKxN"));
+                };
+                args.gemm_shape = (m, k, n);
+            }
             "-h" | "--help" => {
                 println!(
                     "embed_bench --texts FILE.jsonl [--threads N] [--batch-size N] [--runs N] [--warmup N] \
-                     [--limit N] [--max-length N] [--name ID] [--model-path DIR] [--save-f32 FILE] [--precision P] | --gemm [--threads N]"
+                     [--limit N] [--max-length N] [--name ID] [--model-path DIR] [--save-f32 FILE] [--precision P] | --gemm [--gemm-shape MxKxN] [--threads N]"
                 );
                 std::process::exit(0);
             }
@@ -147,8 +161,7 @@ fn embed_all(
     Ok(out)
 }
 
-fn gemm_rate(threads: usize) -> f64 {
-    let (m, k, n) = (8192usize, 384usize, 1536usize);
+fn gemm_rate(threads: usize, (m, k, n): (usize, usize, usize)) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 97) as f32 * 0.01).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 89) as f32 * 0.01).collect();
     let mut c = vec![0.0f32; m * n];
@@ -204,10 +217,11 @@ fn main() {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     if args.gemm {
-        let rate = gemm_rate(threads);
+        let rate = gemm_rate(threads, args.gemm_shape);
+        let (m, k, n) = args.gemm_shape;
         println!(
             "{}",
-            serde_json::json!({"engine": "gemm-crate", "threads": threads, "shape": [8192, 384, 1536], "gemm_gflops": rate})
+            serde_json::json!({"engine": "gemm-crate", "threads": threads, "shape": [m, k, n], "gemm_gflops": rate})
         );
         return;
     }

@@ -305,28 +305,44 @@ fn attention_in_blocks(
             return;
         }
         let kv = head / group;
-        let block_rows = (budget / l).clamp(1, l);
+        // A masked sequence goes in smaller blocks of query rows, each of
+        // which only multiplies the keys some row of it sees (a causal
+        // block the keys up to its last row, a window block its rows ± the
+        // window): about half the work for causal masks, a fraction for
+        // windows much shorter than the sequence. A score bias sees whole
+        // rows of keys, so it keeps them all.
+        let trim = mask != Mask::Full && bias.is_none();
+        let mut block_rows = (budget / l).clamp(1, l);
+        if trim {
+            block_rows = block_rows.min(MASKED_BLOCK_ROWS);
+        }
         SCORES.with(|cell| {
             let mut scores = cell.borrow_mut();
             grow(&mut scores, block_rows * l);
-            let k = qkv[start * ld + shape.k + kv * dh..].as_ptr();
-            let v = qkv[start * ld + shape.v + kv * dh..].as_ptr();
             let out = &out;
             for first in (0..l).step_by(block_rows) {
                 let rows = block_rows.min(l - first);
+                let (klo, khi) = if trim {
+                    (mask.keys(first, l).0, mask.keys(first + rows - 1, l).1)
+                } else {
+                    (0, l)
+                };
+                let kl = khi - klo;
+                let k = qkv[(start + klo) * ld + shape.k + kv * dh..].as_ptr();
+                let v = qkv[(start + klo) * ld + shape.v + kv * dh..].as_ptr();
                 let q = qkv[(start + first) * ld + shape.q + head * dh..].as_ptr();
                 // SAFETY: q addresses rows start+first..start+first+rows,
-                // k and v rows start..start+l of qkv, with row stride ld and
-                // dh columns inside the row (asserted above); scores holds
-                // rows·l floats.
+                // k and v rows start+klo..start+khi (khi <= l) of qkv, with
+                // row stride ld and dh columns inside the row (asserted
+                // above); scores holds at least rows·kl floats.
                 unsafe {
                     gemm::gemm(
                         rows,
-                        l,
+                        kl,
                         dh,
                         scores.as_mut_ptr(),
                         1,
-                        l as isize,
+                        kl as isize,
                         false,
                         q,
                         1,
@@ -342,12 +358,13 @@ fn attention_in_blocks(
                         Parallelism::None,
                     );
                 }
-                let block = &mut scores[..rows * l];
+                let block = &mut scores[..rows * kl];
                 if let Some(bias) = bias {
                     bias(head, l, first, block);
                 }
-                for (i, row) in block.chunks_exact_mut(l).enumerate() {
+                for (i, row) in block.chunks_exact_mut(kl).enumerate() {
                     let (lo, hi) = mask.keys(first + i, l);
+                    let (lo, hi) = (lo - klo, hi - klo);
                     kernels::softmax_with(&mut row[lo..hi], isa);
                     row[..lo].fill(0.0);
                     row[hi..].fill(0.0);
@@ -360,14 +377,14 @@ fn attention_in_blocks(
                     gemm::gemm(
                         rows,
                         dh,
-                        l,
+                        kl,
                         out.0.add((start + first) * width + head * dh),
                         1,
                         width as isize,
                         false,
                         block.as_ptr(),
                         1,
-                        l as isize,
+                        kl as isize,
                         v,
                         1,
                         ld as isize,
@@ -383,6 +400,10 @@ fn attention_in_blocks(
         });
     });
 }
+
+/// Query rows per block of a causal or windowed sequence (see
+/// [`attention_in_blocks`]).
+const MASKED_BLOCK_ROWS: usize = 64;
 
 thread_local! {
     /// Attention scores of one (sequence, head), per worker thread.
@@ -593,6 +614,42 @@ mod tests {
                 for (a, b) in ctx.iter().zip(&want) {
                     assert!((a - b).abs() < 1e-5, "{mask:?} {isa:?}: {a} vs {b}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn masked_blocks_see_only_their_keys_and_match_a_naive_attention() {
+        // Longer than MASKED_BLOCK_ROWS, so causal and window sequences go
+        // in several blocks of trimmed keys; a second, shorter sequence
+        // checks the offsets within the packed batch.
+        let (heads, kv_heads, dh, len) = (2, 1, 4, 2 * MASKED_BLOCK_ROWS + 13);
+        let shape = AttentionShape {
+            heads,
+            kv_heads,
+            head_dim: dh,
+            stride: (heads + 2 * kv_heads) * dh + 1,
+            q: 1,
+            k: 1 + heads * dh,
+            v: 1 + (heads + kv_heads) * dh,
+        };
+        let short = 70;
+        let mut seed = 7u32;
+        let qkv: Vec<f32> = (0..(len + short) * shape.stride)
+            .map(|_| {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect();
+        let width = heads * dh;
+        for mask in [Mask::Causal, Mask::Window(5), Mask::Window(100)] {
+            let mut ctx = vec![f32::NAN; (len + short) * width];
+            let cu = [0, len as u32, (len + short) as u32];
+            attention(&qkv, &shape, &cu, mask, None, Isa::best(), &mut ctx);
+            let first = reference(&qkv, &shape, len, mask);
+            let second = reference(&qkv[len * shape.stride..], &shape, short, mask);
+            for (i, (a, b)) in ctx.iter().zip(first.iter().chain(&second)).enumerate() {
+                assert!((a - b).abs() < 1e-5, "{mask:?} value {i}: {a} vs {b}");
             }
         }
     }
