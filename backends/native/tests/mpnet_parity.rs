@@ -5,7 +5,7 @@ mod common;
 
 use common::{assert_parity, fixture_options, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Pooling};
-use papersys_backend_native::{NativeEmbedder, NativeOptions};
+use papersys_backend_native::NativeEmbedder;
 
 #[test]
 fn tiny_mpnet_matches_sentence_transformers() {

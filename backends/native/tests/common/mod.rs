@@ -20,6 +20,10 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// Engine options for the model in `dir`, on `threads` threads, `batch_size` texts a batch.
+#[allow(
+    dead_code,
+    reason = "each test crate includes this module; not all load fixtures this way"
+)]
 pub fn options_at(dir: &Path, threads: usize, batch_size: usize) -> NativeOptions {
     let name = dir
         .file_name()
@@ -34,6 +38,10 @@ pub fn options_at(dir: &Path, threads: usize, batch_size: usize) -> NativeOption
 }
 
 /// [`options_at`] the fixture directory `name`.
+#[allow(
+    dead_code,
+    reason = "each test crate includes this module; not all load fixtures this way"
+)]
 pub fn fixture_options(name: &str, threads: usize, batch_size: usize) -> NativeOptions {
     options_at(&fixtures().join(name), threads, batch_size)
 }
