@@ -86,6 +86,38 @@ SCALED = {
         [(768, 3072), (3072, 768)],
         "google/embeddinggemma-300m",
     ),
+    "gte-base-en-v1.5": (
+        "tiny-gte-hf",
+        {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "max_position_embeddings": 8192,
+            "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
+        },
+        [],
+        "Alibaba-NLP/gte-base-en-v1.5",
+    ),
+    # The fixture's config carries both spellings, as the hub's does; both are scaled.
+    "nomic-embed-text-v1.5": (
+        "tiny-nomic",
+        {
+            "n_embd": 768,
+            "hidden_size": 768,
+            "n_head": 12,
+            "num_attention_heads": 12,
+            "n_layer": 12,
+            "num_hidden_layers": 12,
+            "n_inner": 3072,
+            "intermediate_size": 3072,
+            "n_positions": 8192,
+            "max_trained_positions": 2048,
+            "max_position_embeddings": 8192,
+        },
+        [],
+        "nomic-ai/nomic-embed-text-v1.5",
+    ),
 }
 
 
