@@ -898,46 +898,19 @@ pub fn for_each_vector_of(
     row_groups: Option<Vec<usize>>,
     mut visit: impl FnMut(&str, Option<&[f32]>),
 ) -> Result<VectorScan, YearFileError> {
-    let mut reader = open_columns_of(path, &["paper_id", "embedding"], false, row_groups)?;
-    let mut rows = 0u64;
-    let mut sorted_unique = true;
-    let mut last = String::new();
-    for batch in reader.batches() {
-        let batch = batch?;
-        let ids = batch.column(0).as_string::<i32>();
-        let lists = batch.column(1).as_list::<i32>();
+    for_each_checked_batch(path, row_groups, |ids, lists| {
         let values = lists.values().as_primitive::<Float32Type>();
-        let offsets = lists.value_offsets();
-        for i in 0..batch.num_rows() {
-            if ids.is_null(i) {
-                return Err(YearFileError::damaged(path, "a row has no paper_id"));
-            }
-            rows += 1;
-            let id = ids.value(i);
-            if sorted_unique {
-                if !last.is_empty() && last.as_str() >= id {
-                    sorted_unique = false;
-                }
-                last.clear();
-                last.push_str(id);
-            }
+        for (i, id) in ids.iter().enumerate() {
             if lists.is_null(i) {
                 visit(id, None);
                 continue;
             }
-            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
-            if end - start != dimension {
-                return Err(YearFileError::Dimension {
-                    path: path.to_path_buf(),
-                    found: end - start,
-                    expected: dimension,
-                });
-            }
+            let (start, end) = row_span(path, lists, i, dimension)?;
             let has_nulls = values.null_count() > 0 && (start..end).any(|j| values.is_null(j));
             visit(id, (!has_nulls).then(|| &values.values()[start..end]));
         }
-    }
-    Ok(VectorScan { rows, sorted_unique })
+        Ok(())
+    })
 }
 
 /// [`for_each_vector_of`] a batch at a time, for readers that take many
@@ -951,6 +924,36 @@ pub fn for_each_vector_batch_of(
     row_groups: Option<Vec<usize>>,
     mut visit: impl FnMut(&[&str], &[f32]),
 ) -> Result<VectorScan, YearFileError> {
+    for_each_checked_batch(path, row_groups, |ids, lists| {
+        let values = lists.values().as_primitive::<Float32Type>();
+        for (i, id) in ids.iter().enumerate() {
+            let missing = lists.is_null(i) || {
+                let (start, end) = row_span(path, lists, i, dimension)?;
+                values.null_count() > 0 && (start..end).any(|j| values.is_null(j))
+            };
+            if missing {
+                return Err(YearFileError::damaged(
+                    path,
+                    format!("paper {id} has no vector, or one with null elements"),
+                ));
+            }
+        }
+        // List offsets only grow: rows of `dimension` values each lie back to back.
+        let offsets = lists.value_offsets();
+        let (first, end) = (offsets[0] as usize, offsets[ids.len()] as usize);
+        visit(ids, &values.values()[first..end]);
+        Ok(())
+    })
+}
+
+/// Walks the `paper_id` and `embedding` columns of `path` a batch at a
+/// time: every row's id checked present and followed for order, then
+/// `visit(ids, embeddings)` for the batch.
+fn for_each_checked_batch(
+    path: &Path,
+    row_groups: Option<Vec<usize>>,
+    mut visit: impl FnMut(&[&str], &ListArray) -> Result<(), YearFileError>,
+) -> Result<VectorScan, YearFileError> {
     let mut reader = open_columns_of(path, &["paper_id", "embedding"], false, row_groups)?;
     let mut rows = 0u64;
     let mut sorted_unique = true;
@@ -958,15 +961,11 @@ pub fn for_each_vector_batch_of(
     for batch in reader.batches() {
         let batch = batch?;
         let ids = batch.column(0).as_string::<i32>();
-        let lists = batch.column(1).as_list::<i32>();
-        let values = lists.values().as_primitive::<Float32Type>();
-        let offsets = lists.value_offsets();
         let mut batch_ids = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
             if ids.is_null(i) {
                 return Err(YearFileError::damaged(path, "a row has no paper_id"));
             }
-            rows += 1;
             let id = ids.value(i);
             if sorted_unique {
                 if !last.is_empty() && last.as_str() >= id {
@@ -975,27 +974,32 @@ pub fn for_each_vector_batch_of(
                 last.clear();
                 last.push_str(id);
             }
-            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
-            if lists.is_null(i) || (values.null_count() > 0 && (start..end).any(|j| values.is_null(j))) {
-                return Err(YearFileError::damaged(
-                    path,
-                    format!("paper {id} has no vector, or one with null elements"),
-                ));
-            }
-            if end - start != dimension {
-                return Err(YearFileError::Dimension {
-                    path: path.to_path_buf(),
-                    found: end - start,
-                    expected: dimension,
-                });
-            }
             batch_ids.push(id);
         }
-        // List offsets only grow: rows of `dimension` values each lie back to back.
-        let (first, end) = (offsets[0] as usize, offsets[batch.num_rows()] as usize);
-        visit(&batch_ids, &values.values()[first..end]);
+        rows += batch.num_rows() as u64;
+        visit(&batch_ids, batch.column(1).as_list::<i32>())?;
     }
     Ok(VectorScan { rows, sorted_unique })
+}
+
+/// Where row `i`'s vector lies in `lists`' values; an error when it has
+/// other than `dimension` values.
+fn row_span(
+    path: &Path,
+    lists: &ListArray,
+    i: usize,
+    dimension: usize,
+) -> Result<(usize, usize), YearFileError> {
+    let offsets = lists.value_offsets();
+    let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+    if end - start != dimension {
+        return Err(YearFileError::Dimension {
+            path: path.to_path_buf(),
+            found: end - start,
+            expected: dimension,
+        });
+    }
+    Ok((start, end))
 }
 
 /// Whether any row's `paper_id` satisfies `wanted`, reading only that
