@@ -7,14 +7,12 @@
 //! a fused bias+GELU pass; second projection accumulated onto the residual.
 //! All buffers live in [`Scratch`] and are reused across batches.
 
-use std::sync::Mutex;
-
 use papersys_backend_core::EmbedError;
 
-use super::TokenModel;
 use super::layers::{
     AttentionShape, LayerNorm, Linear, Mask, attention, check_packed, grow, par_rows, parallelism,
 };
+use super::{Scratchpad, TokenModel};
 use crate::config::TransformerConfig;
 use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
@@ -312,7 +310,7 @@ impl Encoder {
 /// The encoder with its reusable buffers: what the engine runs.
 pub struct EncoderModel {
     encoder: Encoder,
-    scratch: Mutex<Scratch>,
+    scratch: Scratchpad<Scratch>,
 }
 
 impl EncoderModel {
@@ -320,7 +318,7 @@ impl EncoderModel {
     pub fn new(encoder: Encoder) -> Self {
         EncoderModel {
             encoder,
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Scratchpad::default(),
         }
     }
 }
@@ -337,12 +335,9 @@ impl TokenModel for EncoderModel {
         threads: usize,
         hidden: &mut Vec<f32>,
     ) -> Result<(), EmbedError> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch: &mut Scratch = &mut guard;
-        self.encoder.forward(ids, cu, scratch, threads)?;
-        hidden.clear();
-        hidden.extend_from_slice(&scratch.hidden[..ids.len() * self.encoder.cfg.hidden]);
-        Ok(())
+        let len = ids.len() * self.encoder.cfg.hidden;
+        let pass = |s: &mut Scratch| self.encoder.forward(ids, cu, s, threads);
+        self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
     fn use_bf16(&mut self, isa: Bf16Isa) -> bool {

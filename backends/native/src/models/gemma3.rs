@@ -9,8 +9,6 @@
 //! post-attention norm before the residual add, and a gelu-tanh gated MLP
 //! between a pre- and a post-feed-forward norm; a final RMSNorm.
 
-use std::sync::Mutex;
-
 use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -18,7 +16,7 @@ use serde::Deserialize;
 use super::layers::{AttentionShape, Linear, Mask, attention, check_packed, grow, par_rows, parallelism};
 use super::layers::{Rope, RopeTable, positions};
 use super::modernbert::rope_theta;
-use super::{Architecture, ModelShape, TokenModel};
+use super::{Architecture, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
 use crate::kernels::Isa;
 use crate::kernels::bf16::Bf16Isa;
@@ -282,7 +280,7 @@ struct Gemma3 {
     global_rope: Rope,
     local_rope: Rope,
     isa: Isa,
-    scratch: Mutex<Scratch>,
+    scratch: Scratchpad<Scratch>,
 }
 
 /// Concatenates the columns of dense layers with the same input width.
@@ -368,7 +366,7 @@ impl Gemma3 {
             layers,
             final_norm,
             isa: Isa::best(),
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Scratchpad::default(),
         })
     }
 
@@ -490,12 +488,9 @@ impl TokenModel for Gemma3 {
         threads: usize,
         hidden: &mut Vec<f32>,
     ) -> Result<(), EmbedError> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch: &mut Scratch = &mut guard;
-        self.run(ids, cu, threads, scratch)?;
-        hidden.clear();
-        hidden.extend_from_slice(&scratch.hidden[..ids.len() * self.cfg.hidden]);
-        Ok(())
+        let len = ids.len() * self.cfg.hidden;
+        let pass = |s: &mut Scratch| self.run(ids, cu, threads, s);
+        self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
     fn use_bf16(&mut self, isa: Bf16Isa) -> bool {

@@ -19,8 +19,6 @@
 //! `mlp.{up,gate,down}_proj`, `post_attention_layernorm`,
 //! `post_mlp_layernorm`).
 
-use std::sync::Mutex;
-
 use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -29,7 +27,7 @@ use super::layers::{
     AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows,
     parallelism, positions, transpose,
 };
-use super::{Architecture, ModelShape, TokenModel};
+use super::{Architecture, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
 use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
@@ -350,7 +348,7 @@ struct Gte {
     layers: Vec<Layer>,
     rope: Rope,
     isa: Isa,
-    scratch: Mutex<Scratch>,
+    scratch: Scratchpad<Scratch>,
 }
 
 impl Gte {
@@ -413,7 +411,7 @@ impl Gte {
             emb_ln,
             layers,
             isa: Isa::best(),
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Scratchpad::default(),
         })
     }
 
@@ -505,12 +503,9 @@ impl TokenModel for Gte {
         threads: usize,
         hidden: &mut Vec<f32>,
     ) -> Result<(), EmbedError> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch: &mut Scratch = &mut guard;
-        self.run(ids, cu, threads, scratch)?;
-        hidden.clear();
-        hidden.extend_from_slice(&scratch.hidden[..ids.len() * self.cfg.hidden]);
-        Ok(())
+        let len = ids.len() * self.cfg.hidden;
+        let pass = |s: &mut Scratch| self.run(ids, cu, threads, s);
+        self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
     fn use_bf16(&mut self, isa: Bf16Isa) -> bool {

@@ -15,6 +15,7 @@ pub mod qwen3;
 pub mod xlm_roberta;
 
 use papersys_backend_core::EmbedError;
+use std::sync::Mutex;
 
 use crate::config::ModelConfig;
 use crate::kernels::bf16::Bf16Isa;
@@ -42,6 +43,35 @@ pub trait TokenModel: Send + Sync {
 
     /// Whether the dense layers run the bf16 GEMM.
     fn runs_bf16(&self) -> bool;
+}
+
+/// The buffers a model reuses from batch to batch. The engine runs one
+/// batch of a model at a time; the lock only lets the model be shared.
+pub(crate) struct Scratchpad<S>(Mutex<S>);
+
+impl<S: Default> Default for Scratchpad<S> {
+    fn default() -> Self {
+        Scratchpad(Mutex::new(S::default()))
+    }
+}
+
+impl<S> Scratchpad<S> {
+    /// One forward pass over the buffers: `pass` fills them, leaving the
+    /// token vectors at the start of what `tokens` picks, of which the first
+    /// `len` values are copied into `out` (what [`TokenModel::forward`] returns).
+    pub(crate) fn forward(
+        &self,
+        len: usize,
+        out: &mut Vec<f32>,
+        pass: impl FnOnce(&mut S) -> Result<(), EmbedError>,
+        tokens: fn(&S) -> &[f32],
+    ) -> Result<(), EmbedError> {
+        let mut buffers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        pass(&mut buffers)?;
+        out.clear();
+        out.extend_from_slice(&tokens(&buffers)[..len]);
+        Ok(())
+    }
 }
 
 /// What the engine needs to know of a model before loading its weights.

@@ -7,8 +7,6 @@
 //! `local_attention / 2` positions away, a GeGLU MLP (`Wi` → gelu(input) ·
 //! gate → `Wo`) and a final LayerNorm.
 
-use std::sync::Mutex;
-
 use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -17,7 +15,7 @@ use super::layers::{
     AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows,
     parallelism, positions,
 };
-use super::{Architecture, ModelShape, TokenModel};
+use super::{Architecture, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
 use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
@@ -254,7 +252,7 @@ pub(crate) struct ModernBert {
     global_rope: Rope,
     local_rope: Rope,
     isa: Isa,
-    scratch: Mutex<Scratch>,
+    scratch: Scratchpad<Scratch>,
 }
 
 /// Loads `{name}.weight` and, when `bias`, `{name}.bias`; a norm without a
@@ -311,7 +309,7 @@ impl ModernBert {
             layers,
             final_norm,
             isa: Isa::best(),
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Scratchpad::default(),
         })
     }
 
@@ -432,12 +430,9 @@ impl TokenModel for ModernBert {
         threads: usize,
         hidden: &mut Vec<f32>,
     ) -> Result<(), EmbedError> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch: &mut Scratch = &mut guard;
-        self.run(ids, cu, threads, scratch)?;
-        hidden.clear();
-        hidden.extend_from_slice(&scratch.hidden[..ids.len() * self.cfg.hidden]);
-        Ok(())
+        let len = ids.len() * self.cfg.hidden;
+        let pass = |s: &mut Scratch| self.run(ids, cu, threads, s);
+        self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
     fn use_bf16(&mut self, isa: Bf16Isa) -> bool {

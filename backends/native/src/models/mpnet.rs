@@ -8,15 +8,13 @@
 //! projection accumulated onto the residual, LayerNorm, feed-forward with a
 //! fused bias+GELU, LayerNorm.
 
-use std::sync::Mutex;
-
 use papersys_backend_core::EmbedError;
 use serde::Deserialize;
 
 use super::layers::{
     AttentionShape, LayerNorm, Linear, Mask, attention, check_packed, grow, par_rows, parallelism,
 };
-use super::{Architecture, ModelShape, TokenModel};
+use super::{Architecture, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
 use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
@@ -162,7 +160,7 @@ struct Mpnet {
     /// sequence can have.
     bias: Vec<Vec<f32>>,
     isa: Isa,
-    scratch: Mutex<Scratch>,
+    scratch: Scratchpad<Scratch>,
 }
 
 fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, EmbedError> {
@@ -234,28 +232,24 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
         layers,
         bias,
         isa: Isa::best(),
-        scratch: Mutex::new(Scratch::default()),
+        scratch: Scratchpad::default(),
     }))
 }
 
-impl TokenModel for Mpnet {
-    fn hidden_size(&self) -> usize {
-        self.hidden
-    }
-
-    fn forward(&self, ids: &[u32], cu: &[u32], threads: usize, out: &mut Vec<f32>) -> Result<(), EmbedError> {
+impl Mpnet {
+    /// One forward pass; the token vectors end at the start of `s.hidden`.
+    fn run(&self, ids: &[u32], cu: &[u32], threads: usize, s: &mut Scratch) -> Result<(), EmbedError> {
         let h = self.hidden;
         let tokens = ids.len();
         let par = parallelism(threads);
         check_packed(ids, cu, self.max_tokens, self.vocab)?;
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
         let Scratch {
             hidden,
             qkv,
             ctx,
             inter,
             xb,
-        } = &mut *guard;
+        } = s;
         grow(hidden, tokens * h);
         grow(qkv, tokens * 3 * h);
         grow(ctx, tokens * h);
@@ -316,9 +310,19 @@ impl TokenModel for Mpnet {
             layer.ffn_out.matmul(inter, hidden, true, par, xb);
             layer_norm(hidden, Some(&layer.ffn_out.b), &layer.ffn_norm);
         }
-        out.clear();
-        out.extend_from_slice(hidden);
         Ok(())
+    }
+}
+
+impl TokenModel for Mpnet {
+    fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    fn forward(&self, ids: &[u32], cu: &[u32], threads: usize, out: &mut Vec<f32>) -> Result<(), EmbedError> {
+        let len = ids.len() * self.hidden;
+        let pass = |s: &mut Scratch| self.run(ids, cu, threads, s);
+        self.scratch.forward(len, out, pass, |s| &s.hidden)
     }
 
     fn use_bf16(&mut self, isa: Bf16Isa) -> bool {

@@ -22,8 +22,6 @@
 //! query and key rows of every head at load into the half-split layout,
 //! which gives the same attention scores.
 
-use std::sync::Mutex;
-
 use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -32,7 +30,7 @@ use super::layers::{
     AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows,
     parallelism, positions,
 };
-use super::{Architecture, ModelShape, TokenModel};
+use super::{Architecture, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
 use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
@@ -326,7 +324,7 @@ struct Nomic {
     layers: Vec<Layer>,
     rope: Rope,
     isa: Isa,
-    scratch: Mutex<Scratch>,
+    scratch: Scratchpad<Scratch>,
 }
 
 /// Concatenates the columns of transposed weights ([inputs, outputs_i]
@@ -481,7 +479,7 @@ impl Nomic {
             emb_norm,
             layers,
             isa: Isa::best(),
-            scratch: Mutex::new(Scratch::default()),
+            scratch: Scratchpad::default(),
         })
     }
 
@@ -574,12 +572,9 @@ impl TokenModel for Nomic {
         threads: usize,
         hidden: &mut Vec<f32>,
     ) -> Result<(), EmbedError> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch: &mut Scratch = &mut guard;
-        self.run(ids, cu, threads, scratch)?;
-        hidden.clear();
-        hidden.extend_from_slice(&scratch.hidden[..ids.len() * self.cfg.hidden]);
-        Ok(())
+        let len = ids.len() * self.cfg.hidden;
+        let pass = |s: &mut Scratch| self.run(ids, cu, threads, s);
+        self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
     fn use_bf16(&mut self, isa: Bf16Isa) -> bool {

@@ -10,8 +10,6 @@
 //! residual. A final RMSNorm gives the token vectors. Packed batches need
 //! no padding, so the tokenizer's padding side does not matter here.
 
-use std::sync::Mutex;
-
 use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -20,7 +18,7 @@ use super::layers::{
     AttentionShape, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows, parallelism,
     positions,
 };
-use super::{Architecture, ModelShape, TokenModel};
+use super::{Architecture, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
 use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
@@ -228,7 +226,7 @@ pub struct Qwen3 {
     norm: Vec<f32>,
     rope: Rope,
     isa: Isa,
-    scratch: Mutex<Scratch>,
+    scratch: Scratchpad<Scratch>,
 }
 
 /// Concatenates the columns of transposed weights ([inputs, outputs_i]
@@ -294,7 +292,7 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
         layers,
         norm,
         isa: Isa::best(),
-        scratch: Mutex::new(Scratch::default()),
+        scratch: Scratchpad::default(),
     }))
 }
 
@@ -396,12 +394,9 @@ impl TokenModel for Qwen3 {
         threads: usize,
         hidden: &mut Vec<f32>,
     ) -> Result<(), EmbedError> {
-        let mut guard = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let scratch: &mut Scratch = &mut guard;
-        self.run(ids, cu, threads, scratch)?;
-        hidden.clear();
-        hidden.extend_from_slice(&scratch.hidden[..ids.len() * self.cfg.hidden]);
-        Ok(())
+        let len = ids.len() * self.cfg.hidden;
+        let pass = |s: &mut Scratch| self.run(ids, cu, threads, s);
+        self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
     fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
