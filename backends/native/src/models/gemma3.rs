@@ -384,8 +384,7 @@ impl Gemma3 {
         grow(&mut s.ctx, tokens * q_out);
         grow(&mut s.wide, tokens * 2 * iw);
         grow(&mut s.inter, tokens * iw);
-        positions(cu, &mut s.pos);
-        let longest = cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let longest = positions(cu, &mut s.pos);
         self.global_rope.table(&mut s.global_table, longest);
         self.local_rope.table(&mut s.local_table, longest);
         let Scratch {

@@ -426,8 +426,7 @@ impl Gte {
         grow(&mut s.ctx, tokens * h);
         grow(&mut s.wide, tokens * 2 * iw);
         grow(&mut s.inter, tokens * iw);
-        positions(cu, &mut s.pos);
-        let longest = cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let longest = positions(cu, &mut s.pos);
         self.rope.table(&mut s.table, longest);
         let Scratch {
             hidden,

@@ -530,12 +530,17 @@ impl Rope {
     }
 }
 
-/// The position of every token of a packed batch within its sequence.
-pub(crate) fn positions(cu: &[u32], out: &mut Vec<u32>) {
+/// The position of every token of a packed batch within its sequence;
+/// returns the longest sequence's length (how far a RoPE table must reach).
+pub(crate) fn positions(cu: &[u32], out: &mut Vec<u32>) -> usize {
     out.clear();
+    let mut longest = 0;
     for w in cu.windows(2) {
-        out.extend(0..w[1].saturating_sub(w[0]));
+        let len = w[1].saturating_sub(w[0]);
+        out.extend(0..len);
+        longest = longest.max(len as usize);
     }
+    longest
 }
 
 /// RoPE with frequencies computed elsewhere (scaled variants such as GTE's

@@ -325,8 +325,7 @@ impl ModernBert {
         grow(&mut s.ctx, tokens * h);
         grow(&mut s.wide, tokens * 2 * inter_w);
         grow(&mut s.inter, tokens * inter_w);
-        positions(cu, &mut s.pos);
-        let longest = cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let longest = positions(cu, &mut s.pos);
         self.global_rope.table(&mut s.global_table, longest);
         self.local_rope.table(&mut s.local_table, longest);
         let Scratch {
@@ -456,7 +455,8 @@ mod tests {
     #[test]
     fn positions_restart_with_every_sequence() {
         let mut pos = Vec::new();
-        positions(&[0, 3, 3, 5], &mut pos);
+        let longest = positions(&[0, 3, 3, 5], &mut pos);
         assert_eq!(pos, [0, 1, 2, 0, 1]);
+        assert_eq!(longest, 3);
     }
 }

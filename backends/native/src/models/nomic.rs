@@ -494,8 +494,7 @@ impl Nomic {
         grow(&mut s.ctx, tokens * h);
         grow(&mut s.gate_up, tokens * 2 * inter);
         grow(&mut s.act, tokens * inter);
-        positions(cu, &mut s.positions);
-        let longest = cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let longest = positions(cu, &mut s.positions);
         self.rope.table(&mut s.rope, longest);
         let Scratch {
             hidden,

@@ -310,8 +310,7 @@ impl Qwen3 {
         grow(&mut s.ctx, tokens * c.heads * dh);
         grow(&mut s.gate_up, tokens * 2 * c.intermediate);
         grow(&mut s.act, tokens * c.intermediate);
-        positions(cu, &mut s.positions);
-        let longest = cu.windows(2).map(|w| (w[1] - w[0]) as usize).max().unwrap_or(0);
+        let longest = positions(cu, &mut s.positions);
         self.rope.table(&mut s.rope, longest);
         let Scratch {
             hidden,
