@@ -166,21 +166,8 @@ impl Encoder {
             let q = linear("attention.self.query", h, h)?;
             let k = linear("attention.self.key", h, h)?;
             let v = linear("attention.self.value", h, h)?;
-            let mut w = Vec::with_capacity(3 * h * h);
-            for r in 0..h {
-                w.extend(q.w[r * h..(r + 1) * h].iter().map(|x| x * scale));
-                w.extend_from_slice(&k.w[r * h..(r + 1) * h]);
-                w.extend_from_slice(&v.w[r * h..(r + 1) * h]);
-            }
-            let b = q.b.iter().map(|x| x * scale).chain(k.b).chain(v.b).collect();
             layers.push(Layer {
-                qkv: Linear {
-                    w,
-                    b,
-                    inputs: h,
-                    outputs: 3 * h,
-                    packed: None,
-                },
+                qkv: Linear::fused_qkv(q, k, v, scale),
                 attn_out: linear("attention.output.dense", h, h)?,
                 attn_norm: norm(&l("attention.output.LayerNorm"))?,
                 ffn_in: linear("intermediate.dense", h, cfg.intermediate)?,

@@ -28,6 +28,32 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
+    /// One projection computing `q`, `k` and `v` at once (columns q, then
+    /// k, then v, as `attention` reads them), with `q` scaled by `q_scale`
+    /// (the attention's 1/sqrt(head_dim), folded in at load). All three
+    /// take the same inputs.
+    pub(crate) fn fused_qkv(q: Linear, k: Linear, v: Linear, q_scale: f32) -> Linear {
+        let outputs = q.outputs + k.outputs + v.outputs;
+        let mut w = Vec::with_capacity(q.inputs * outputs);
+        for r in 0..q.inputs {
+            w.extend(
+                q.w[r * q.outputs..(r + 1) * q.outputs]
+                    .iter()
+                    .map(|x| x * q_scale),
+            );
+            w.extend_from_slice(&k.w[r * k.outputs..(r + 1) * k.outputs]);
+            w.extend_from_slice(&v.w[r * v.outputs..(r + 1) * v.outputs]);
+        }
+        let b = q.b.iter().map(|x| x * q_scale).chain(k.b).chain(v.b).collect();
+        Linear {
+            w,
+            b,
+            inputs: q.inputs,
+            outputs,
+            packed: None,
+        }
+    }
+
     /// `out[T, outputs] = x[T, inputs] · W`, added to `out`'s contents when
     /// `accumulate` (the bias is not applied here). The bf16 GEMM rounds `x`
     /// into `xb` first.

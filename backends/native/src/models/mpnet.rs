@@ -182,21 +182,8 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
         let q = linear("attention.attn.q", h, h)?;
         let k = linear("attention.attn.k", h, h)?;
         let v = linear("attention.attn.v", h, h)?;
-        let mut w = Vec::with_capacity(3 * h * h);
-        for r in 0..h {
-            w.extend(q.w[r * h..(r + 1) * h].iter().map(|x| x * scale));
-            w.extend_from_slice(&k.w[r * h..(r + 1) * h]);
-            w.extend_from_slice(&v.w[r * h..(r + 1) * h]);
-        }
-        let b = q.b.iter().map(|x| x * scale).chain(k.b).chain(v.b).collect();
         layers.push(Layer {
-            qkv: Linear {
-                w,
-                b,
-                inputs: h,
-                outputs: 3 * h,
-                packed: None,
-            },
+            qkv: Linear::fused_qkv(q, k, v, scale),
             out: linear("attention.attn.o", h, h)?,
             attn_norm: norm(&format!("encoder.layer.{i}.attention.LayerNorm"))?,
             ffn_in: linear("intermediate.dense", h, c.intermediate_size)?,
