@@ -424,6 +424,21 @@ fn errors_name_the_problem_with_exit_codes() {
 }
 
 #[test]
+fn the_first_search_says_it_builds_the_cache_and_later_ones_do_not() {
+    let tree = embedded_tree();
+    let stderr = |tree: &Tree| {
+        let output = tree.cmd(&["search", "dark matter halos"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+    };
+    let first = stderr(&tree);
+    assert!(first.contains("building the vector cache of"), "{first}");
+    let second = stderr(&tree);
+    assert!(!second.contains("building the vector cache"), "{second}");
+}
+
+#[test]
 fn the_cache_is_built_once_reused_and_rebuilt_for_changed_years_only() {
     let tree = embedded_tree();
     let query = "gravitational waves from binary black holes";

@@ -229,6 +229,15 @@ impl VectorIndex {
                 }
             },
         };
+        if writable && !holds_segments(&cache_dir) {
+            // Seconds to minutes on a large corpus: say why the first search waits.
+            tracing::info!(
+                "building the vector cache of {} for its first search ({} year files into {}); later searches reuse it",
+                model.alias,
+                year_files.len(),
+                cache_dir.display()
+            );
+        }
         let plans: Vec<(Year, PathBuf, Stamps, Vec<MetadataFile>)> = year_files
             .iter()
             .map(|(year, path)| {
@@ -738,6 +747,15 @@ fn remove_if_there(path: &Path) {
     {
         tracing::debug!("cannot remove {}: {e}", path.display());
     }
+}
+
+/// Whether `dir` holds any segment file (a cache that was built before).
+fn holds_segments(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+    })
 }
 
 /// Deletes segment files of years that no longer have a year file.
