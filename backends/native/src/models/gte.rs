@@ -18,19 +18,17 @@
 //! default, and transformers 5's own (`layers.N.self_attn.{q,k,v,o}_proj`,
 //! `mlp.{up,gate,down}_proj`, `post_attention_layernorm`,
 //! `post_mlp_layernorm`).
+//!
+//! The forward pass is [`super::rope_encoder`]'s; this file reads the
+//! config and maps the weights into it.
 
 use papersys_backend_core::EmbedError;
-use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::layers::{
-    AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows,
-    parallelism, positions, transpose,
-};
-use super::{Architecture, ModelShape, Scratchpad, TokenModel};
+use super::layers::{LayerNorm, Linear, Rope, transpose};
+use super::rope_encoder::{Activation, GateOrder, RopeEncoder, RopeEncoderConfig, RopeLayer};
+use super::{Architecture, ModelShape, TokenModel};
 use crate::config::ModelConfig;
-use crate::kernels::bf16::Bf16Isa;
-use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
 /// `model_type = "new"` (the hub's remote code) and `"gte"` (transformers 5).
@@ -278,7 +276,7 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
             cfg.path.display()
         )));
     };
-    Ok(Box::new(Gte::load(t, &prefix, layout, c)?))
+    Ok(Box::new(encoder(t, &prefix, layout, &c)?))
 }
 
 /// Stacks `[rows_i, inputs]` weights (PyTorch's layout) along the output
@@ -315,210 +313,69 @@ fn layer_norm(t: &Tensors<'_>, name: &str, h: usize) -> Result<LayerNorm, EmbedE
     })
 }
 
-struct Layer {
-    /// Q (pre-scaled by 1/√head_dim), K, V side by side: [hidden, 3·hidden].
-    qkv: Linear,
-    o: Linear,
-    attn_ln: LayerNorm,
-    /// Up and gate halves side by side (the hub's order): [hidden, 2·intermediate].
-    up_gate: Linear,
-    down: Linear,
-    mlp_ln: LayerNorm,
-}
-
-/// Buffers of one forward pass, grown on demand and reused.
-#[derive(Default)]
-struct Scratch {
-    hidden: Vec<f32>,
-    qkv: Vec<f32>,
-    ctx: Vec<f32>,
-    wide: Vec<f32>,
-    inter: Vec<f32>,
-    xb: Vec<u16>,
-    pos: Vec<u32>,
-    table: RopeTable,
-}
-
-/// A loaded GTE model with its reusable buffers.
-struct Gte {
-    cfg: GteConfig,
-    /// Word embeddings plus token type 0's row, [vocab, hidden].
-    word: Vec<f32>,
-    emb_ln: LayerNorm,
-    layers: Vec<Layer>,
-    rope: Rope,
-    isa: Isa,
-    scratch: Scratchpad<Scratch>,
-}
-
-impl Gte {
-    fn load(t: &Tensors<'_>, prefix: &str, layout: Layout, cfg: GteConfig) -> Result<Self, EmbedError> {
-        let (h, inter) = (cfg.hidden, cfg.intermediate);
-        let n = |s: &str| format!("{prefix}{s}");
-        let mut word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
-        if cfg.type_vocab > 0 {
-            let types = t.get(
-                &n("embeddings.token_type_embeddings.weight"),
-                &[cfg.type_vocab, h],
-            )?;
-            for row in word.chunks_exact_mut(h) {
-                row.iter_mut().zip(&types[..h]).for_each(|(w, t)| *w += t);
-            }
+/// Loads `layout`'s weights into the shared rotary encoder: GELU on the
+/// second (gate) half of `up_gate_proj`, NTK-scaled RoPE when configured.
+fn encoder(
+    t: &Tensors<'_>,
+    prefix: &str,
+    layout: Layout,
+    cfg: &GteConfig,
+) -> Result<RopeEncoder, EmbedError> {
+    let (h, inter) = (cfg.hidden, cfg.intermediate);
+    let n = |s: &str| format!("{prefix}{s}");
+    let mut word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
+    if cfg.type_vocab > 0 {
+        let types = t.get(
+            &n("embeddings.token_type_embeddings.weight"),
+            &[cfg.type_vocab, h],
+        )?;
+        for row in word.chunks_exact_mut(h) {
+            row.iter_mut().zip(&types[..h]).for_each(|(w, t)| *w += t);
         }
-        let emb_ln = layer_norm(t, &n("embeddings.LayerNorm"), h)?;
-        let scale = 1.0 / (cfg.head_dim() as f32).sqrt();
-        let mut layers = Vec::with_capacity(cfg.layers);
-        for i in 0..cfg.layers {
-            let layer = match layout {
-                Layout::Hub => {
-                    let l = |s: &str| n(&format!("encoder.layer.{i}.{s}"));
-                    Layer {
-                        qkv: Linear::load(t, &l("attention.qkv_proj"), h, 3 * h, true)?,
-                        o: Linear::load(t, &l("attention.o_proj"), h, h, true)?,
-                        attn_ln: layer_norm(t, &l("attn_ln"), h)?,
-                        up_gate: Linear::load(t, &l("mlp.up_gate_proj"), h, 2 * inter, false)?,
-                        down: Linear::load(t, &l("mlp.down_proj"), inter, h, true)?,
-                        mlp_ln: layer_norm(t, &l("mlp_ln"), h)?,
-                    }
+    }
+    let emb_ln = layer_norm(t, &n("embeddings.LayerNorm"), h)?;
+    let mut layers = Vec::with_capacity(cfg.layers);
+    for i in 0..cfg.layers {
+        let layer = match layout {
+            Layout::Hub => {
+                let l = |s: &str| n(&format!("encoder.layer.{i}.{s}"));
+                RopeLayer {
+                    qkv: Linear::load(t, &l("attention.qkv_proj"), h, 3 * h, true)?,
+                    out: Linear::load(t, &l("attention.o_proj"), h, h, true)?,
+                    attn_norm: layer_norm(t, &l("attn_ln"), h)?,
+                    gate_up: Linear::load(t, &l("mlp.up_gate_proj"), h, 2 * inter, false)?,
+                    down: Linear::load(t, &l("mlp.down_proj"), inter, h, true)?,
+                    mlp_norm: layer_norm(t, &l("mlp_ln"), h)?,
                 }
-                Layout::Transformers => {
-                    let l = |s: &str| n(&format!("layers.{i}.{s}"));
-                    let qkv = ["q", "k", "v"].map(|p| (l(&format!("self_attn.{p}_proj")), h));
-                    let up_gate = ["up", "gate"].map(|p| (l(&format!("mlp.{p}_proj")), inter));
-                    Layer {
-                        qkv: stacked(t, &qkv, h, true)?,
-                        o: Linear::load(t, &l("self_attn.o_proj"), h, h, true)?,
-                        attn_ln: layer_norm(t, &l("post_attention_layernorm"), h)?,
-                        up_gate: stacked(t, &up_gate, h, false)?,
-                        down: Linear::load(t, &l("mlp.down_proj"), inter, h, true)?,
-                        mlp_ln: layer_norm(t, &l("post_mlp_layernorm"), h)?,
-                    }
+            }
+            Layout::Transformers => {
+                let l = |s: &str| n(&format!("layers.{i}.{s}"));
+                let qkv = ["q", "k", "v"].map(|p| (l(&format!("self_attn.{p}_proj")), h));
+                let up_gate = ["up", "gate"].map(|p| (l(&format!("mlp.{p}_proj")), inter));
+                RopeLayer {
+                    qkv: stacked(t, &qkv, h, true)?,
+                    out: Linear::load(t, &l("self_attn.o_proj"), h, h, true)?,
+                    attn_norm: layer_norm(t, &l("post_attention_layernorm"), h)?,
+                    gate_up: stacked(t, &up_gate, h, false)?,
+                    down: Linear::load(t, &l("mlp.down_proj"), inter, h, true)?,
+                    mlp_norm: layer_norm(t, &l("post_mlp_layernorm"), h)?,
                 }
-            };
-            layers.push(layer);
-        }
-        // Scaling Q before the rotation is the same as after: RoPE is linear.
-        for layer in &mut layers {
-            for row in layer.qkv.w.chunks_exact_mut(3 * h) {
-                row[..h].iter_mut().for_each(|w| *w *= scale);
             }
-            layer.qkv.b[..h].iter_mut().for_each(|b| *b *= scale);
-        }
-        Ok(Gte {
-            rope: cfg.rope(),
-            cfg,
-            word,
-            emb_ln,
-            layers,
-            isa: Isa::best(),
-            scratch: Scratchpad::default(),
-        })
-    }
-
-    fn run(&self, ids: &[u32], cu: &[u32], threads: usize, s: &mut Scratch) -> Result<(), EmbedError> {
-        let cfg = &self.cfg;
-        let (h, iw) = (cfg.hidden, cfg.intermediate);
-        let tokens = ids.len();
-        let par = parallelism(threads);
-        check_packed(ids, cu, cfg.positions, cfg.vocab)?;
-        grow(&mut s.hidden, tokens * h);
-        grow(&mut s.qkv, tokens * 3 * h);
-        grow(&mut s.ctx, tokens * h);
-        grow(&mut s.wide, tokens * 2 * iw);
-        grow(&mut s.inter, tokens * iw);
-        let longest = positions(cu, &mut s.pos);
-        self.rope.table(&mut s.table, longest);
-        let Scratch {
-            hidden,
-            qkv,
-            ctx,
-            wide,
-            inter,
-            xb,
-            pos,
-            table,
-        } = s;
-        let hidden = &mut hidden[..tokens * h];
-        let qkv = &mut qkv[..tokens * 3 * h];
-        let ctx = &mut ctx[..tokens * h];
-        let wide = &mut wide[..tokens * 2 * iw];
-        let inter = &mut inter[..tokens * iw];
-        let (eps, isa) = (cfg.eps, self.isa);
-        // LayerNorm(x + bias): the bias of the projection just accumulated.
-        let layer_norm = |x: &mut [f32], bias: Option<&[f32]>, n: &LayerNorm| {
-            par_rows(x, h, |rows| {
-                kernels::layer_norm_with(rows, bias, &n.gamma, &n.beta, eps, isa)
-            })
         };
-
-        for (t, &id) in ids.iter().enumerate() {
-            let id = id as usize;
-            hidden[t * h..(t + 1) * h].copy_from_slice(&self.word[id * h..(id + 1) * h]);
-        }
-        layer_norm(hidden, None, &self.emb_ln);
-        let shape = AttentionShape {
-            heads: cfg.heads,
-            kv_heads: cfg.heads,
-            head_dim: cfg.head_dim(),
-            stride: 3 * h,
-            q: 0,
-            k: h,
-            v: 2 * h,
-        };
-        let zero_bias = vec![0.0; iw];
-        for layer in &self.layers {
-            layer.qkv.matmul(hidden, qkv, false, par, xb);
-            par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.qkv.b));
-            self.rope.apply(qkv, &shape, pos, table);
-            attention(qkv, &shape, cu, Mask::Full, None, isa, ctx);
-            layer.o.matmul(ctx, hidden, true, par, xb);
-            layer_norm(hidden, Some(&layer.o.b), &layer.attn_ln);
-            layer.up_gate.matmul(hidden, wide, false, par, xb);
-            wide.par_chunks_mut(2 * iw)
-                .zip(inter.par_chunks_mut(iw))
-                .for_each(|(w, out)| {
-                    let (up, gate) = w.split_at_mut(iw);
-                    kernels::bias_gelu_with(gate, &zero_bias, isa);
-                    for ((o, u), g) in out.iter_mut().zip(up.iter()).zip(gate.iter()) {
-                        *o = g * u;
-                    }
-                });
-            layer.down.matmul(inter, hidden, true, par, xb);
-            layer_norm(hidden, Some(&layer.down.b), &layer.mlp_ln);
-        }
-        Ok(())
+        layers.push(layer);
     }
-}
-
-impl TokenModel for Gte {
-    fn hidden_size(&self) -> usize {
-        self.cfg.hidden
-    }
-
-    fn forward(
-        &self,
-        ids: &[u32],
-        cu: &[u32],
-        threads: usize,
-        hidden: &mut Vec<f32>,
-    ) -> Result<(), EmbedError> {
-        let len = ids.len() * self.cfg.hidden;
-        let pass = |s: &mut Scratch| self.run(ids, cu, threads, s);
-        self.scratch.forward(len, hidden, pass, |s| &s.hidden)
-    }
-
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
-        for layer in &mut self.layers {
-            for linear in [&mut layer.qkv, &mut layer.o, &mut layer.up_gate, &mut layer.down] {
-                linear.pack_bf16(isa);
-            }
-        }
-        true
-    }
-
-    fn runs_bf16(&self) -> bool {
-        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
-    }
+    let spec = RopeEncoderConfig {
+        hidden: h,
+        heads: cfg.heads,
+        intermediate: inter,
+        vocab: cfg.vocab,
+        max_tokens: cfg.positions,
+        eps: cfg.eps,
+        activation: Activation::Gelu,
+        gate_order: GateOrder::UpFirst,
+        rope: cfg.rope(),
+    };
+    Ok(RopeEncoder::new(spec, word, emb_ln, layers))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod modernbert;
 pub mod mpnet;
 pub mod nomic;
 pub mod qwen3;
+pub mod rope_encoder;
 pub mod xlm_roberta;
 
 use papersys_backend_core::EmbedError;

@@ -21,19 +21,17 @@
 //! `rotary_emb_interleaved` (rotating adjacent pairs) is run by permuting the
 //! query and key rows of every head at load into the half-split layout,
 //! which gives the same attention scores.
+//!
+//! The forward pass is [`super::rope_encoder`]'s; this file reads the
+//! config and maps the weights into it.
 
 use papersys_backend_core::EmbedError;
-use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::layers::{
-    AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows,
-    parallelism, positions,
-};
-use super::{Architecture, ModelShape, Scratchpad, TokenModel};
+use super::layers::{LayerNorm, Linear, Rope};
+use super::rope_encoder::{Activation, GateOrder, RopeEncoder, RopeEncoderConfig, RopeLayer};
+use super::{Architecture, ModelShape, TokenModel};
 use crate::config::ModelConfig;
-use crate::kernels::bf16::Bf16Isa;
-use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
 /// `model_type = "nomic_bert"`.
@@ -287,44 +285,7 @@ fn shape(cfg: &ModelConfig) -> Result<ModelShape, EmbedError> {
 }
 
 fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, EmbedError> {
-    Ok(Box::new(Nomic::load(t, config(cfg)?)?))
-}
-
-struct Layer {
-    /// Q (pre-scaled by 1/√head_dim, heads in half-split rotary order), K
-    /// and V side by side: [hidden, 3·hidden].
-    qkv: Linear,
-    out: Linear,
-    norm1: LayerNorm,
-    /// fc12 (gate) and fc11 (up) side by side: [hidden, 2·intermediate].
-    gate_up: Linear,
-    fc2: Linear,
-    norm2: LayerNorm,
-}
-
-/// Buffers of one forward pass, grown on demand and reused.
-#[derive(Default)]
-struct Scratch {
-    hidden: Vec<f32>,
-    qkv: Vec<f32>,
-    ctx: Vec<f32>,
-    gate_up: Vec<f32>,
-    act: Vec<f32>,
-    positions: Vec<u32>,
-    rope: RopeTable,
-    xb: Vec<u16>,
-}
-
-/// A loaded NomicBert with its reusable buffers.
-struct Nomic {
-    cfg: NomicConfig,
-    /// Word embeddings plus the token type 0 embedding, [vocab, hidden].
-    embed: Vec<f32>,
-    emb_norm: LayerNorm,
-    layers: Vec<Layer>,
-    rope: Rope,
-    isa: Isa,
-    scratch: Scratchpad<Scratch>,
+    Ok(Box::new(encoder(t, &config(cfg)?)?))
 }
 
 /// Concatenates the columns of transposed weights ([inputs, outputs_i]
@@ -383,211 +344,102 @@ fn permute_columns(l: &mut Linear, offset: usize, order: &[usize]) {
     }
 }
 
-impl Nomic {
-    fn load(t: &Tensors<'_>, cfg: NomicConfig) -> Result<Self, EmbedError> {
-        let (h, inter) = (cfg.hidden, cfg.intermediate);
-        let hub_probe = "encoder.layers.0.attn.Wqkv.weight";
-        let tf_probe = "layers.0.self_attn.q_proj.weight";
-        let hub = HUB_PREFIXES
-            .iter()
-            .find(|p| t.contains(&format!("{p}{hub_probe}")))
-            .map(|p| p.to_string());
-        let prefix = match &hub {
-            Some(p) => p.clone(),
-            None => t.find_prefix(&TF_PREFIXES, tf_probe).map_err(|e| {
-                EmbedError::Load(format!(
-                    "{e} (transformers' nomic_bert layout), nor {hub_probe} under {HUB_PREFIXES:?} (the hub's)"
-                ))
-            })?,
-        };
-        let n = |s: &str| format!("{prefix}{s}");
-        // A bias is read when the config asks for it, or, without a flag,
-        // when the checkpoint has it.
-        let has =
-            |flag: Option<bool>, name: &str| flag.unwrap_or_else(|| t.contains(&format!("{name}.bias")));
-        let norm = |name: &str| -> Result<LayerNorm, EmbedError> {
-            Ok(LayerNorm {
-                gamma: t.get(&format!("{name}.weight"), &[h])?,
-                beta: t.get(&format!("{name}.bias"), &[h])?,
-            })
-        };
-        let word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
-        let types = t.get(
-            &n("embeddings.token_type_embeddings.weight"),
-            &[cfg.type_vocab, h],
-        )?;
-        let embed = word
-            .chunks_exact(h)
-            .flat_map(|row| row.iter().zip(&types[..h]).map(|(w, t)| w + t))
-            .collect();
-        let emb_norm = norm(&n(if hub.is_some() {
-            "emb_ln"
-        } else {
-            "embeddings.LayerNorm"
-        }))?;
-        let dh = h / cfg.heads;
-        let scale = 1.0 / (dh as f32).sqrt();
-        let order = cfg.interleaved.then(|| half_split_order(h, dh));
-        let mut layers = Vec::with_capacity(cfg.layers);
-        for i in 0..cfg.layers {
-            let linear = |name: &str, inputs: usize, outputs: usize, flag: Option<bool>| {
-                Linear::load(t, name, inputs, outputs, has(flag, name))
-            };
-            let mut layer = if hub.is_some() {
-                let l = |s: &str| n(&format!("encoder.layers.{i}.{s}"));
-                Layer {
-                    qkv: linear(&l("attn.Wqkv"), h, 3 * h, cfg.qkv_bias)?,
-                    out: linear(&l("attn.out_proj"), h, h, cfg.qkv_bias)?,
-                    norm1: norm(&l("norm1"))?,
-                    gate_up: fuse(&[
-                        linear(&l("mlp.fc12"), h, inter, cfg.fc1_bias)?,
-                        linear(&l("mlp.fc11"), h, inter, cfg.fc1_bias)?,
-                    ]),
-                    fc2: linear(&l("mlp.fc2"), inter, h, cfg.fc2_bias)?,
-                    norm2: norm(&l("norm2"))?,
-                }
-            } else {
-                let l = |s: &str| n(&format!("layers.{i}.{s}"));
-                let proj = |s: &str| linear(&l(&format!("self_attn.{s}_proj")), h, h, cfg.qkv_bias);
-                Layer {
-                    qkv: fuse(&[proj("q")?, proj("k")?, proj("v")?]),
-                    out: proj("o")?,
-                    norm1: norm(&l("post_attention_layernorm"))?,
-                    gate_up: fuse(&[
-                        linear(&l("mlp.gate_proj"), h, inter, cfg.fc1_bias)?,
-                        linear(&l("mlp.up_proj"), h, inter, cfg.fc1_bias)?,
-                    ]),
-                    fc2: linear(&l("mlp.down_proj"), inter, h, cfg.fc2_bias)?,
-                    norm2: norm(&l("post_mlp_layernorm"))?,
-                }
-            };
-            if let Some(order) = &order {
-                permute_columns(&mut layer.qkv, 0, order);
-                permute_columns(&mut layer.qkv, h, order);
-            }
-            // Scaling Q before the rotation is the same as after: RoPE is linear.
-            for row in layer.qkv.w.chunks_exact_mut(3 * h) {
-                row[..h].iter_mut().for_each(|w| *w *= scale);
-            }
-            layer.qkv.b.iter_mut().take(h).for_each(|b| *b *= scale);
-            layers.push(layer);
-        }
-        Ok(Nomic {
-            rope: Rope::new(cfg.theta, dh),
-            cfg,
-            embed,
-            emb_norm,
-            layers,
-            isa: Isa::best(),
-            scratch: Scratchpad::default(),
+/// Loads either layout's weights into the shared rotary encoder: SiLU on
+/// the first (fc12, gate) half, interleaved rotary pairs permuted to
+/// half-split.
+fn encoder(t: &Tensors<'_>, cfg: &NomicConfig) -> Result<RopeEncoder, EmbedError> {
+    let (h, inter) = (cfg.hidden, cfg.intermediate);
+    let hub_probe = "encoder.layers.0.attn.Wqkv.weight";
+    let tf_probe = "layers.0.self_attn.q_proj.weight";
+    let hub = HUB_PREFIXES
+        .iter()
+        .find(|p| t.contains(&format!("{p}{hub_probe}")))
+        .map(|p| p.to_string());
+    let prefix = match &hub {
+        Some(p) => p.clone(),
+        None => t.find_prefix(&TF_PREFIXES, tf_probe).map_err(|e| {
+            EmbedError::Load(format!(
+                "{e} (transformers' nomic_bert layout), nor {hub_probe} under {HUB_PREFIXES:?} (the hub's)"
+            ))
+        })?,
+    };
+    let n = |s: &str| format!("{prefix}{s}");
+    // A bias is read when the config asks for it, or, without a flag,
+    // when the checkpoint has it.
+    let has = |flag: Option<bool>, name: &str| flag.unwrap_or_else(|| t.contains(&format!("{name}.bias")));
+    let norm = |name: &str| -> Result<LayerNorm, EmbedError> {
+        Ok(LayerNorm {
+            gamma: t.get(&format!("{name}.weight"), &[h])?,
+            beta: t.get(&format!("{name}.bias"), &[h])?,
         })
-    }
-
-    fn run(&self, ids: &[u32], cu: &[u32], threads: usize, s: &mut Scratch) -> Result<(), EmbedError> {
-        let c = &self.cfg;
-        let (h, inter) = (c.hidden, c.intermediate);
-        let tokens = ids.len();
-        let par = parallelism(threads);
-        check_packed(ids, cu, c.positions, c.vocab)?;
-        grow(&mut s.hidden, tokens * h);
-        grow(&mut s.qkv, tokens * 3 * h);
-        grow(&mut s.ctx, tokens * h);
-        grow(&mut s.gate_up, tokens * 2 * inter);
-        grow(&mut s.act, tokens * inter);
-        let longest = positions(cu, &mut s.positions);
-        self.rope.table(&mut s.rope, longest);
-        let Scratch {
-            hidden,
-            qkv,
-            ctx,
-            gate_up,
-            act,
-            positions,
-            rope,
-            xb,
-        } = s;
-        let hidden = &mut hidden[..tokens * h];
-        let qkv = &mut qkv[..tokens * 3 * h];
-        let ctx = &mut ctx[..tokens * h];
-        let gate_up = &mut gate_up[..tokens * 2 * inter];
-        let act = &mut act[..tokens * inter];
-
-        for (dst, &id) in hidden.chunks_exact_mut(h).zip(ids) {
-            let id = id as usize;
-            dst.copy_from_slice(&self.embed[id * h..(id + 1) * h]);
-        }
-        let (eps, isa) = (c.eps, self.isa);
-        // LayerNorm(x + bias): the bias of the projection just accumulated.
-        let layer_norm = |x: &mut [f32], bias: &[f32], n: &LayerNorm| {
-            let bias = (!bias.is_empty()).then_some(bias);
-            par_rows(x, h, |rows| {
-                kernels::layer_norm_with(rows, bias, &n.gamma, &n.beta, eps, isa)
-            });
+    };
+    let word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
+    let types = t.get(
+        &n("embeddings.token_type_embeddings.weight"),
+        &[cfg.type_vocab, h],
+    )?;
+    let embed = word
+        .chunks_exact(h)
+        .flat_map(|row| row.iter().zip(&types[..h]).map(|(w, t)| w + t))
+        .collect();
+    let emb_norm = norm(&n(if hub.is_some() {
+        "emb_ln"
+    } else {
+        "embeddings.LayerNorm"
+    }))?;
+    let dh = h / cfg.heads;
+    let order = cfg.interleaved.then(|| half_split_order(h, dh));
+    let mut layers = Vec::with_capacity(cfg.layers);
+    for i in 0..cfg.layers {
+        let linear = |name: &str, inputs: usize, outputs: usize, flag: Option<bool>| {
+            Linear::load(t, name, inputs, outputs, has(flag, name))
         };
-        layer_norm(hidden, &[], &self.emb_norm);
-        let shape = AttentionShape {
-            heads: c.heads,
-            kv_heads: c.heads,
-            head_dim: h / c.heads,
-            stride: 3 * h,
-            q: 0,
-            k: h,
-            v: 2 * h,
+        let mut layer = if hub.is_some() {
+            let l = |s: &str| n(&format!("encoder.layers.{i}.{s}"));
+            RopeLayer {
+                qkv: linear(&l("attn.Wqkv"), h, 3 * h, cfg.qkv_bias)?,
+                out: linear(&l("attn.out_proj"), h, h, cfg.qkv_bias)?,
+                attn_norm: norm(&l("norm1"))?,
+                gate_up: fuse(&[
+                    linear(&l("mlp.fc12"), h, inter, cfg.fc1_bias)?,
+                    linear(&l("mlp.fc11"), h, inter, cfg.fc1_bias)?,
+                ]),
+                down: linear(&l("mlp.fc2"), inter, h, cfg.fc2_bias)?,
+                mlp_norm: norm(&l("norm2"))?,
+            }
+        } else {
+            let l = |s: &str| n(&format!("layers.{i}.{s}"));
+            let proj = |s: &str| linear(&l(&format!("self_attn.{s}_proj")), h, h, cfg.qkv_bias);
+            RopeLayer {
+                qkv: fuse(&[proj("q")?, proj("k")?, proj("v")?]),
+                out: proj("o")?,
+                attn_norm: norm(&l("post_attention_layernorm"))?,
+                gate_up: fuse(&[
+                    linear(&l("mlp.gate_proj"), h, inter, cfg.fc1_bias)?,
+                    linear(&l("mlp.up_proj"), h, inter, cfg.fc1_bias)?,
+                ]),
+                down: linear(&l("mlp.down_proj"), inter, h, cfg.fc2_bias)?,
+                mlp_norm: norm(&l("post_mlp_layernorm"))?,
+            }
         };
-        for layer in &self.layers {
-            layer.qkv.matmul(hidden, qkv, false, par, xb);
-            if !layer.qkv.b.is_empty() {
-                par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.qkv.b));
-            }
-            self.rope.apply(qkv, &shape, positions, rope);
-            attention(qkv, &shape, cu, Mask::Full, None, isa, ctx);
-            layer.out.matmul(ctx, hidden, true, par, xb);
-            layer_norm(hidden, &layer.out.b, &layer.norm1);
-            layer.gate_up.matmul(hidden, gate_up, false, par, xb);
-            if !layer.gate_up.b.is_empty() {
-                par_rows(gate_up, 2 * inter, |rows| {
-                    kernels::add_bias_inplace(rows, &layer.gate_up.b)
-                });
-            }
-            act.par_chunks_mut(inter * 32)
-                .zip(gate_up.par_chunks(2 * inter * 32))
-                .for_each(|(a, gu)| kernels::silu_mul_with(gu, a, inter, isa));
-            layer.fc2.matmul(act, hidden, true, par, xb);
-            layer_norm(hidden, &layer.fc2.b, &layer.norm2);
+        if let Some(order) = &order {
+            permute_columns(&mut layer.qkv, 0, order);
+            permute_columns(&mut layer.qkv, h, order);
         }
-        Ok(())
+        layers.push(layer);
     }
-}
-
-impl TokenModel for Nomic {
-    fn hidden_size(&self) -> usize {
-        self.cfg.hidden
-    }
-
-    fn forward(
-        &self,
-        ids: &[u32],
-        cu: &[u32],
-        threads: usize,
-        hidden: &mut Vec<f32>,
-    ) -> Result<(), EmbedError> {
-        let len = ids.len() * self.cfg.hidden;
-        let pass = |s: &mut Scratch| self.run(ids, cu, threads, s);
-        self.scratch.forward(len, hidden, pass, |s| &s.hidden)
-    }
-
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
-        for layer in &mut self.layers {
-            for linear in [&mut layer.qkv, &mut layer.out, &mut layer.gate_up, &mut layer.fc2] {
-                linear.pack_bf16(isa);
-            }
-        }
-        true
-    }
-
-    fn runs_bf16(&self) -> bool {
-        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
-    }
+    let spec = RopeEncoderConfig {
+        hidden: h,
+        heads: cfg.heads,
+        intermediate: inter,
+        vocab: cfg.vocab,
+        max_tokens: cfg.positions,
+        eps: cfg.eps,
+        activation: Activation::Silu,
+        gate_order: GateOrder::GateFirst,
+        rope: Rope::new(cfg.theta, dh),
+    };
+    Ok(RopeEncoder::new(spec, embed, emb_norm, layers))
 }
 
 #[cfg(test)]
