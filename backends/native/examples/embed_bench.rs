@@ -12,7 +12,8 @@
 //! a producer thread tokenises the next batch while the engine embeds the
 //! current one. `--gemm` instead measures the fp32 GEMM rate of the `gemm`
 //! crate at the model's largest shape (for the hardware bound), or at
-//! `--gemm-shape MxKxN`.
+//! `--gemm-shape MxKxN`, and beside it the engine's bf16 and int8 GEMMs
+//! (activation packing included) where this CPU has their instructions.
 
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
@@ -205,6 +206,52 @@ fn gemm_rate(threads: usize, (m, k, n): (usize, usize, usize)) -> f64 {
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
+/// The engine's packed GEMMs at the same shape, each with its activation
+/// packing step, as a linear layer runs them: `(name, GFLOP/s)`.
+fn packed_gemm_rates(threads: usize, (m, k, n): (usize, usize, usize)) -> Vec<(&'static str, f64)> {
+    use papersys_backend_native::kernels::{bf16, int8};
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 97) as f32 * 0.01 - 0.3).collect();
+    let w: Vec<f32> = (0..k * n).map(|i| (i % 89) as f32 * 0.01 - 0.4).collect();
+    let mut c = vec![0.0f32; m * n];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+    let time = |run: &mut (dyn FnMut() + Send)| {
+        let mut best = f64::INFINITY;
+        for _ in 0..8 {
+            let t = Instant::now();
+            pool.install(&mut *run);
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        2.0 * (m * k * n) as f64 / best / 1e9
+    };
+    let mut rates = Vec::new();
+    if let Some(isa) = bf16::Bf16Isa::detect() {
+        let packed = bf16::PackedBf16::pack(&w, k, n);
+        let mut rows = Vec::new();
+        rates.push((
+            "bf16-avx512",
+            time(&mut || {
+                bf16::pack_rows(isa, &a, k, &mut rows);
+                bf16::gemm(isa, &rows, m, &packed, &mut c, false, threads);
+            }),
+        ));
+    }
+    if let Some(isa) = int8::Int8Isa::detect() {
+        let packed = int8::PackedInt8::pack(&w, k, n);
+        let mut rows = int8::QuantizedRows::default();
+        rates.push((
+            "int8-vnni",
+            time(&mut || {
+                int8::quantize_rows(isa, &a, k, &mut rows);
+                int8::gemm(isa, &rows, m, &packed, &mut c, false, threads);
+            }),
+        ));
+    }
+    rates
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -223,6 +270,12 @@ fn main() {
             "{}",
             serde_json::json!({"engine": "gemm-crate", "threads": threads, "shape": [m, k, n], "gemm_gflops": rate})
         );
+        for (engine, rate) in packed_gemm_rates(threads, args.gemm_shape) {
+            println!(
+                "{}",
+                serde_json::json!({"engine": engine, "threads": threads, "shape": [m, k, n], "gemm_gflops": rate})
+            );
+        }
         return;
     }
     let Some(path) = &args.texts else {

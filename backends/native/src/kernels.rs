@@ -61,6 +61,7 @@ const ERF_CLAMP: f32 = 4.0;
 const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 pub mod bf16;
+pub mod int8;
 
 use isa::Family;
 pub use isa::Isa;
