@@ -8,6 +8,7 @@
 #
 #   bench/engine-arch.sh --arch NAME [--n 64] [--threads 2] [--batch-size 32]
 #                        [--max-length 256] [--rounds 2] [--warmup 32]
+#                        [--precision float32|bfloat16|int8]
 #   bench/engine-arch.sh --model DIR ...
 #   bench/engine-arch.sh --long 8192 --arch modernbert-base [--n 2] [--batch-size 1]
 #
@@ -16,6 +17,9 @@
 # other names (bench/make_scaled.py --list) are random-weight checkpoints
 # with the real model's layer shapes, made once into
 # $CARGO_TARGET_DIR/scaled/NAME (a few hundred MB each; delete when done).
+# --precision: what papersys computes in (sentence-transformers stays
+# fp32, the reference); the cosine line then measures the reduced
+# precision's fidelity.
 # --long N: each text is shared records joined until it has at least N
 # tokens (then truncated to N): time per batch and peak memory at N tokens.
 #
@@ -26,7 +30,7 @@
 # (title + "\n\n" + abstract), as bench/engine.sh.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-arch="" model="" n=64 threads=2 batch=32 max_length=256 rounds=2 warmup=32 long=0
+arch="" model="" n=64 threads=2 batch=32 max_length=256 rounds=2 warmup=32 long=0 precision=float32
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arch="$2"; shift 2 ;;
@@ -38,6 +42,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift 2 ;;
     --warmup) warmup="$2"; shift 2 ;;
     --long) long="$2"; shift 2 ;;
+    --precision) precision="$2"; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -126,7 +131,8 @@ for r in $(seq 1 "$rounds"); do
   "$py" "$repo/bench/engine_st.py" --gemm --gemm-shape "$gemm_shape" --threads "$threads" >>"$results"
   echo "round $r/$rounds: papersys" >&2
   "$bench" --model-path "$model" --texts "$texts" --threads "$threads" --batch-size "$batch" \
-    --runs 1 --warmup "$warmup" --max-length "$max_length" --save-f32 "$work/ours.f32" >>"$results"
+    --runs 1 --warmup "$warmup" --max-length "$max_length" --precision "$precision" \
+    --save-f32 "$work/ours.f32" >>"$results"
   echo "round $r/$rounds: sentence-transformers" >&2
   "$py" "$repo/bench/engine_st.py" --model "$model" --texts "$texts" --threads "$threads" \
     --batch-size "$batch" --runs 1 --warmup "$warmup" --max-seq-length "$max_length" \
@@ -155,6 +161,7 @@ cfg = json.load(open(os.path.join(model, "config.json")))
 summary = {
     "model": model,
     "model_type": cfg.get("model_type"),
+    "papersys_compute": ours[0].get("compute"),
     "shape": {k: cfg.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                       "num_key_value_heads", "head_dim", "intermediate_size") if cfg.get(k) is not None},
     "texts": n, "threads": ours[0]["threads"], "batch_size": ours[0]["batch_size"],

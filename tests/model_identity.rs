@@ -174,3 +174,40 @@ fn a_float32_store_refuses_a_bfloat16_run_without_reembed() {
         }
     }
 }
+
+/// `precision = "int8"` is recorded the same way: a float32 store refuses
+/// it without `--reembed`, which then records "int8". On a CPU without
+/// AVX512-VNNI the request runs float32 (with a warning) and the store is
+/// kept.
+#[test]
+fn a_float32_store_refuses_an_int8_run_without_reembed() {
+    use papersys_backend_native::kernels::int8::Int8Dispatch;
+    let tree = Tree::with_config(common::REAL_MODEL);
+    papers(&tree, 0..3);
+    assert_eq!(tree.json(&["embed"])["models"][0]["embedded"], 3);
+    std::fs::write(
+        tree.path("papersys.toml"),
+        common::REAL_MODEL.replace("batch_size = 32", "batch_size = 32\nprecision = \"int8\""),
+    )
+    .unwrap();
+    papers(&tree, 0..5);
+    let output = tree.cmd(&["embed"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match Int8Dispatch::detect() {
+        Int8Dispatch::Avx512Vnni(_) => {
+            assert_eq!(output.status.code(), Some(2), "{stderr}");
+            assert!(
+                stderr.contains("precision") && stderr.contains("int8") && stderr.contains("float32"),
+                "names the precisions: {stderr}"
+            );
+            let again = tree.json(&["embed", "--reembed"]);
+            assert_eq!(again["models"][0]["embedded"], 5);
+            assert_eq!(manifest_identity(&tree)["precision"], "int8");
+        }
+        Int8Dispatch::Float32Fallback => {
+            assert!(output.status.success(), "{stderr}");
+            assert!(stderr.contains("AVX512-VNNI"), "warns: {stderr}");
+            assert_eq!(manifest_identity(&tree).get("precision"), None);
+        }
+    }
+}

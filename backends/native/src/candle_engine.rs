@@ -135,6 +135,13 @@ impl CandleEngine {
             Precision::F32 => DType::F32,
             Precision::F16 => DType::F16,
             Precision::BF16 => DType::BF16,
+            Precision::Int8 => {
+                return Err(EmbedError::Unsupported(
+                    "precision \"int8\" is built for the CPU engine only; on a GPU use \"float16\" \
+                     or \"bfloat16\", or set device = \"cpu\""
+                        .to_string(),
+                ));
+            }
         };
         // SAFETY: the weights file is mapped read-only, as in the CPU engine.
         let root = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], dtype, &device) }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::config::{SentenceConfig, read_json};
 use crate::kernels;
-use crate::models::layers::Linear;
+use crate::models::layers::{Linear, Staging};
 use crate::weights::WeightsFile;
 
 /// One pooling mode of sentence-transformers' `Pooling` module.
@@ -238,8 +238,10 @@ impl Dense {
         let n = rows.len() / self.linear.inputs;
         out.clear();
         out.resize(n * self.linear.outputs, 0.0);
-        let mut xb = Vec::new();
-        self.linear.matmul(rows, out, false, Parallelism::None, &mut xb);
+        // The module chain's Dense layers stay f32: nothing to stage.
+        let mut staged = Staging::default();
+        self.linear
+            .matmul(rows, out, false, Parallelism::None, &mut staged);
         for row in out.chunks_exact_mut(self.linear.outputs) {
             if !self.linear.b.is_empty() {
                 row.iter_mut().zip(&self.linear.b).for_each(|(r, b)| *r += b);
@@ -248,7 +250,7 @@ impl Dense {
         }
         if self.use_residual {
             match &self.residual {
-                Some(projection) => projection.matmul(rows, out, true, Parallelism::None, &mut xb),
+                Some(projection) => projection.matmul(rows, out, true, Parallelism::None, &mut staged),
                 None => out.iter_mut().zip(rows).for_each(|(o, x)| *o += x),
             }
         }

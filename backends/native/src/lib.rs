@@ -40,7 +40,8 @@ pub use options::{
 use chain::Chain;
 use config::{ModelConfig, SentenceConfig};
 use kernels::bf16::Bf16Dispatch;
-use models::{ModelShape, TokenModel};
+use kernels::int8::Int8Dispatch;
+use models::{DenseFormat, ModelShape, TokenModel};
 use tokenize::TextTokenizer;
 use weights::WeightsFile;
 
@@ -167,10 +168,79 @@ fn weights_sha256(weights: &WeightsFile) -> String {
     weights.sha256()
 }
 
+/// Packs the model's dense layers for a reduced `precision` when this CPU
+/// and this architecture run it, else leaves them f32 with a warning that
+/// says why; returns what the forward pass runs on (for logs and status).
+fn pack_dense_layers(
+    model: &mut dyn TokenModel,
+    precision: Precision,
+    dispatch: CpuDispatch,
+    opts: &NativeOptions,
+    model_type: &str,
+) -> String {
+    let (format, feature) = match precision {
+        Precision::BF16 => (
+            match dispatch.bf16 {
+                Bf16Dispatch::Avx512Bf16(isa) => Some(DenseFormat::Bf16(isa)),
+                Bf16Dispatch::Float32Fallback => None,
+            },
+            "AVX512-BF16",
+        ),
+        Precision::Int8 => (
+            match dispatch.int8 {
+                Int8Dispatch::Avx512Vnni(isa) => Some(DenseFormat::Int8(isa)),
+                Int8Dispatch::Float32Fallback => None,
+            },
+            "AVX512-VNNI",
+        ),
+        Precision::F32 | Precision::F16 => return "cpu float32".to_string(),
+    };
+    match format {
+        Some(format) if model.pack_dense(format) => format!("cpu {precision} ({})", format.kernel()),
+        Some(_) => {
+            tracing::warn!(
+                model = %opts.name,
+                model_type,
+                "precision \"{precision}\" is not built for this architecture: \
+                 computing in float32 instead (vectors are recorded as float32)"
+            );
+            format!("cpu float32 ({precision} requested, not built for this architecture)")
+        }
+        None => {
+            tracing::warn!(
+                model = %opts.name,
+                "precision \"{precision}\" needs a CPU with {feature}, which this one lacks: \
+                 computing in float32 instead (vectors are recorded as float32)"
+            );
+            format!("cpu float32 ({precision} requested, no {feature})")
+        }
+    }
+}
+
 fn resolve_threads(threads: Option<usize>) -> usize {
     threads
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The reduced-precision GEMMs the CPU engine may run: what this CPU has,
+/// or a path forced absent to test what a CPU without it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuDispatch {
+    /// For `precision = "bfloat16"`.
+    pub bf16: Bf16Dispatch,
+    /// For `precision = "int8"`.
+    pub int8: Int8Dispatch,
+}
+
+impl CpuDispatch {
+    /// The best paths this CPU has.
+    pub fn detect() -> Self {
+        CpuDispatch {
+            bf16: Bf16Dispatch::detect(),
+            int8: Int8Dispatch::detect(),
+        }
+    }
 }
 
 /// The CPU engine: the model, a dedicated thread pool and a reused buffer
@@ -178,7 +248,7 @@ fn resolve_threads(threads: Option<usize>) -> usize {
 struct CpuEngine {
     model: Box<dyn TokenModel>,
     /// What the linear layers run on, for logs and status.
-    path: &'static str,
+    path: String,
     pool: rayon::ThreadPool,
     threads: usize,
     hidden: Mutex<Vec<f32>>,
@@ -205,15 +275,16 @@ impl NativeEmbedder {
     pub fn load(opts: &NativeOptions) -> Result<Self, EmbedError> {
         let precision = Precision::effective(opts.precision, opts.device);
         match opts.device {
-            Device::Cpu => Self::load_cpu(opts, precision, Bf16Dispatch::detect()),
+            Device::Cpu => Self::load_cpu(opts, precision, CpuDispatch::detect()),
             Device::Cuda(ordinal) => Self::load_cuda(opts, ordinal, precision),
         }
     }
 
-    /// Loads the model into the CPU engine with the bf16 path given instead
-    /// of the detected one: [`Bf16Dispatch::select`]`(false)` runs what a
-    /// CPU without AVX512-BF16 gets. `opts.device` must be the CPU.
-    pub fn load_cpu_with(opts: &NativeOptions, dispatch: Bf16Dispatch) -> Result<Self, EmbedError> {
+    /// Loads the model into the CPU engine with the reduced-precision paths
+    /// given instead of the detected ones: [`Bf16Dispatch::select`]`(false)`
+    /// runs what a CPU without AVX512-BF16 gets, [`Int8Dispatch::select`]
+    /// `(false)` one without AVX512-VNNI. `opts.device` must be the CPU.
+    pub fn load_cpu_with(opts: &NativeOptions, dispatch: CpuDispatch) -> Result<Self, EmbedError> {
         if opts.device != Device::Cpu {
             return Err(EmbedError::Unsupported(format!(
                 "load_cpu_with needs device \"cpu\", not {:?}",
@@ -224,11 +295,11 @@ impl NativeEmbedder {
     }
 
     /// What the forward pass runs on: `cpu float32`, `cpu bfloat16
-    /// (avx512-bf16)`, `cpu float32 (bfloat16 requested, no AVX512-BF16)`,
-    /// or the candle engine's device and dtype.
+    /// (avx512-bf16)`, `cpu int8 (avx512-vnni)`, `cpu float32 (bfloat16
+    /// requested, no AVX512-BF16)`, or the candle engine's device and dtype.
     pub fn compute_path(&self) -> String {
         match &self.engine {
-            Engine::Cpu(cpu) => cpu.path.to_string(),
+            Engine::Cpu(cpu) => cpu.path.clone(),
             #[cfg(feature = "candle")]
             Engine::Candle(_) => match self.identity.precision.as_deref() {
                 Some(p) => format!("candle {p}"),
@@ -250,7 +321,7 @@ impl NativeEmbedder {
     fn load_cpu(
         opts: &NativeOptions,
         precision: Precision,
-        dispatch: Bf16Dispatch,
+        dispatch: CpuDispatch,
     ) -> Result<Self, EmbedError> {
         let setup = setup(opts, |cfg| (models::architecture(cfg)?.shape)(cfg))?;
         let weights = WeightsFile::open(&setup.files.weights())?;
@@ -263,29 +334,7 @@ impl NativeEmbedder {
                 setup.shape.hidden
             )));
         }
-        let path = match (precision, dispatch) {
-            (Precision::BF16, Bf16Dispatch::Avx512Bf16(isa)) if model.use_bf16(isa) => {
-                "cpu bfloat16 (avx512-bf16)"
-            }
-            (Precision::BF16, Bf16Dispatch::Avx512Bf16(_)) => {
-                tracing::warn!(
-                    model = %opts.name,
-                    model_type = %setup.model.model_type,
-                    "precision \"bfloat16\" is not built for this architecture: \
-                     computing in float32 instead (vectors are recorded as float32)"
-                );
-                "cpu float32 (bfloat16 requested, not built for this architecture)"
-            }
-            (Precision::BF16, Bf16Dispatch::Float32Fallback) => {
-                tracing::warn!(
-                    model = %opts.name,
-                    "precision \"bfloat16\" needs a CPU with AVX512-BF16, which this one lacks: \
-                     computing in float32 instead (vectors are recorded as float32)"
-                );
-                "cpu float32 (bfloat16 requested, no AVX512-BF16)"
-            }
-            _ => "cpu float32",
-        };
+        let path = pack_dense_layers(model.as_mut(), precision, dispatch, opts, &setup.model.model_type);
         let sha = weights_sha256(&weights);
         drop(weights);
         let threads = resolve_threads(opts.threads);
@@ -295,8 +344,8 @@ impl NativeEmbedder {
             .build()
             .map_err(|e| EmbedError::Load(format!("cannot start {threads} embedding threads: {e}")))?;
         let mut identity = Self::identity_of(opts, &setup, sha);
-        identity.precision = model.runs_bf16().then(|| "bfloat16".to_string());
-        tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, compute = path, "native CPU engine loaded");
+        identity.precision = model.dense_format().map(|f| f.precision().as_str().to_string());
+        tracing::info!(model = %identity.name, dir = %setup.files.dir.display(), threads, max_tokens = setup.max_tokens, compute = %path, "native CPU engine loaded");
         Ok(NativeEmbedder {
             identity,
             tokenizer: setup.tokenizer,

@@ -10,7 +10,7 @@ mod common;
 use common::{assert_parity, cosine, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Embeddings};
 use papersys_backend_native::kernels::bf16::Bf16Dispatch;
-use papersys_backend_native::{DEFAULT_MODEL, NativeEmbedder, NativeOptions, Precision};
+use papersys_backend_native::{CpuDispatch, DEFAULT_MODEL, NativeEmbedder, NativeOptions, Precision};
 
 const MIN_COSINE: f64 = 0.9995;
 const MEAN_COSINE: f64 = 0.9999;
@@ -133,8 +133,11 @@ fn tiny_checkpoints_bf16_match_fp32_on_crafted_texts() {
 #[test]
 fn forced_absent_bf16_runs_the_f32_path() {
     let reference = read_reference(&fixtures().join("tiny-bert"));
-    let forced =
-        NativeEmbedder::load_cpu_with(&tiny("tiny-bert", "bfloat16"), Bf16Dispatch::select(false)).unwrap();
+    let without_bf16 = CpuDispatch {
+        bf16: Bf16Dispatch::select(false),
+        ..CpuDispatch::detect()
+    };
+    let forced = NativeEmbedder::load_cpu_with(&tiny("tiny-bert", "bfloat16"), without_bf16).unwrap();
     assert_eq!(
         forced.compute_path(),
         "cpu float32 (bfloat16 requested, no AVX512-BF16)"
@@ -146,6 +149,6 @@ fn forced_absent_bf16_runs_the_f32_path() {
         embed(&exact, &reference.texts).as_flat()
     );
     // Forcing f32 on a bf16-capable CPU: `float32` never runs bf16.
-    let f32 = NativeEmbedder::load_cpu_with(&tiny("tiny-bert", "float32"), Bf16Dispatch::detect()).unwrap();
+    let f32 = NativeEmbedder::load_cpu_with(&tiny("tiny-bert", "float32"), CpuDispatch::detect()).unwrap();
     assert_eq!(f32.compute_path(), "cpu float32");
 }

@@ -10,11 +10,10 @@
 use papersys_backend_core::EmbedError;
 
 use super::layers::{
-    AttentionShape, LayerNorm, Linear, Mask, attention, check_packed, grow, par_rows, parallelism,
+    AttentionShape, LayerNorm, Linear, Mask, Staging, attention, check_packed, grow, par_rows, parallelism,
 };
-use super::{Scratchpad, TokenModel};
+use super::{DenseFormat, Scratchpad, TokenModel};
 use crate::config::TransformerConfig;
-use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
@@ -109,8 +108,6 @@ pub struct Encoder {
     layers: Vec<Layer>,
     /// The kernel family of the element-wise passes, detected at load.
     isa: Isa,
-    /// Set when the linear layers run the bf16 GEMM.
-    bf16: Option<Bf16Isa>,
 }
 
 /// Buffers of one forward pass, grown on demand and reused.
@@ -121,8 +118,8 @@ pub struct Scratch {
     qkv: Vec<f32>,
     ctx: Vec<f32>,
     inter: Vec<f32>,
-    /// Activations rounded to bf16 for the bf16 GEMM.
-    xb: Vec<u16>,
+    /// Activations converted for a packed GEMM.
+    staged: Staging,
 }
 
 impl Scratch {
@@ -182,14 +179,13 @@ impl Encoder {
             emb_norm,
             layers,
             isa: Isa::best(),
-            bf16: None,
         })
     }
 
-    /// Packs every linear layer's weight as bf16 (dropping the f32 copy):
-    /// from now on they run the bf16 GEMM on `isa`. LayerNorm, softmax,
-    /// GELU and attention stay f32.
-    pub fn use_bf16(&mut self, isa: Bf16Isa) {
+    /// Packs every linear layer's weight in `format` (dropping the f32
+    /// copy): from now on they run that GEMM. LayerNorm, softmax, GELU and
+    /// attention stay f32.
+    pub fn pack_dense(&mut self, format: DenseFormat) {
         for layer in &mut self.layers {
             for linear in [
                 &mut layer.qkv,
@@ -197,15 +193,14 @@ impl Encoder {
                 &mut layer.ffn_in,
                 &mut layer.ffn_out,
             ] {
-                linear.pack_bf16(isa);
+                linear.pack(format);
             }
         }
-        self.bf16 = Some(isa);
     }
 
-    /// Whether the linear layers run the bf16 GEMM.
-    pub fn runs_bf16(&self) -> bool {
-        self.bf16.is_some()
+    /// The format the linear layers run in; `None`: f32.
+    pub fn dense_format(&self) -> Option<DenseFormat> {
+        self.layers.first().and_then(|l| l.qkv.format())
     }
 
     /// Runs the encoder on a packed batch; the token vectors end up in
@@ -229,7 +224,7 @@ impl Encoder {
             qkv,
             ctx,
             inter,
-            xb,
+            staged,
         } = scratch;
         let hidden = &mut hidden[..tokens * h];
         let qkv = &mut qkv[..tokens * 3 * h];
@@ -260,18 +255,18 @@ impl Encoder {
         layer_norm(hidden, None, &self.emb_norm);
 
         for layer in &self.layers {
-            layer.qkv.matmul(hidden, qkv, false, par, xb);
+            layer.qkv.matmul(hidden, qkv, false, par, staged);
             par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.qkv.b));
             self.attention(qkv, ctx, cu);
             // The projection is accumulated onto the residual; its bias is
             // added inside the LayerNorm pass.
-            layer.attn_out.matmul(ctx, hidden, true, par, xb);
+            layer.attn_out.matmul(ctx, hidden, true, par, staged);
             layer_norm(hidden, Some(&layer.attn_out.b), &layer.attn_norm);
-            layer.ffn_in.matmul(hidden, inter, false, par, xb);
+            layer.ffn_in.matmul(hidden, inter, false, par, staged);
             par_rows(inter, cfg.intermediate, |rows| {
                 kernels::bias_gelu_with(rows, &layer.ffn_in.b, isa)
             });
-            layer.ffn_out.matmul(inter, hidden, true, par, xb);
+            layer.ffn_out.matmul(inter, hidden, true, par, staged);
             layer_norm(hidden, Some(&layer.ffn_out.b), &layer.ffn_norm);
         }
         Ok(())
@@ -327,13 +322,13 @@ impl TokenModel for EncoderModel {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
-        self.encoder.use_bf16(isa);
+    fn pack_dense(&mut self, format: DenseFormat) -> bool {
+        self.encoder.pack_dense(format);
         true
     }
 
-    fn runs_bf16(&self) -> bool {
-        self.encoder.runs_bf16()
+    fn dense_format(&self) -> Option<DenseFormat> {
+        self.encoder.dense_format()
     }
 }
 
@@ -342,6 +337,8 @@ mod tests {
     use papersys_backend_core::{Embeddings, Pooling};
 
     use super::*;
+    use crate::kernels::bf16::Bf16Isa;
+    use crate::kernels::int8::Int8Isa;
     use crate::pooling;
 
     const H: usize = 8;
@@ -405,7 +402,6 @@ mod tests {
             }],
             cfg,
             isa,
-            bf16: None,
         }
     }
 
@@ -433,23 +429,30 @@ mod tests {
         }
     }
 
+    /// Each packed format this CPU has, against f32: different vectors,
+    /// close ones (bf16 within 0.001 of cosine 1, int8 within 0.01).
     #[test]
-    fn bf16_linear_layers_stay_close_to_f32() {
+    fn packed_linear_layers_stay_close_to_f32() {
         let want = embed(&tiny(Isa::best())).unwrap();
-        let Some(isa) = Bf16Isa::detect() else {
-            assert!(!tiny(Isa::best()).runs_bf16());
-            eprintln!("no AVX512-BF16 here: the bf16 encoder is not run");
-            return;
-        };
-        let mut enc = tiny(Isa::best());
-        enc.use_bf16(isa);
-        assert!(enc.runs_bf16());
-        assert!(enc.layers[0].ffn_in.w.is_empty(), "the f32 weight is dropped");
-        let got = embed(&enc).unwrap();
-        assert_ne!(got.as_flat(), want.as_flat());
-        for (a, b) in got.rows().zip(want.rows()) {
-            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-            assert!(dot > 0.999, "cosine {dot}");
+        assert_eq!(tiny(Isa::best()).dense_format(), None);
+        let formats = [
+            Bf16Isa::detect().map(|isa| (DenseFormat::Bf16(isa), 0.999)),
+            Int8Isa::detect().map(|isa| (DenseFormat::Int8(isa), 0.99)),
+        ];
+        if formats.iter().all(Option::is_none) {
+            eprintln!("neither AVX512-BF16 nor AVX512-VNNI here: no packed encoder run");
+        }
+        for (format, floor) in formats.into_iter().flatten() {
+            let mut enc = tiny(Isa::best());
+            enc.pack_dense(format);
+            assert_eq!(enc.dense_format(), Some(format));
+            assert!(enc.layers[0].ffn_in.w.is_empty(), "the f32 weight is dropped");
+            let got = embed(&enc).unwrap();
+            assert_ne!(got.as_flat(), want.as_flat(), "{format:?}");
+            for (a, b) in got.rows().zip(want.rows()) {
+                let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                assert!(dot > floor, "{format:?}: cosine {dot}");
+            }
         }
     }
 

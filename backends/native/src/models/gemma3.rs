@@ -13,13 +13,14 @@ use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::layers::{AttentionShape, Linear, Mask, attention, check_packed, grow, par_rows, parallelism};
+use super::layers::{
+    AttentionShape, Linear, Mask, Staging, attention, check_packed, grow, par_rows, parallelism,
+};
 use super::layers::{Rope, RopeTable, positions};
 use super::modernbert::rope_theta;
-use super::{Architecture, ModelShape, Scratchpad, TokenModel};
+use super::{Architecture, DenseFormat, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
 use crate::kernels::Isa;
-use crate::kernels::bf16::Bf16Isa;
 use crate::weights::Tensors;
 
 /// `model_type = "gemma3_text"`.
@@ -265,7 +266,8 @@ struct Scratch {
     ctx: Vec<f32>,
     wide: Vec<f32>,
     inter: Vec<f32>,
-    xb: Vec<u16>,
+    /// Activations converted for a packed GEMM.
+    staged: Staging,
     pos: Vec<u32>,
     global_table: RopeTable,
     local_table: RopeTable,
@@ -394,7 +396,7 @@ impl Gemma3 {
             ctx,
             wide,
             inter,
-            xb,
+            staged,
             pos,
             global_table,
             local_table,
@@ -430,7 +432,7 @@ impl Gemma3 {
         for layer in &self.layers {
             normed.copy_from_slice(hidden);
             par_rows(normed, h, |rows| rms_norm(rows, &layer.input_norm, eps));
-            layer.qkv.matmul(normed, qkv, false, par, xb);
+            layer.qkv.matmul(normed, qkv, false, par, staged);
             qkv.par_chunks_mut(stride).for_each(|row| {
                 if !layer.qkv.b.is_empty() {
                     row.iter_mut().zip(&layer.qkv.b).for_each(|(v, b)| *v += b);
@@ -446,7 +448,7 @@ impl Gemma3 {
             rope.apply(qkv, &shape, pos, table);
             attention(qkv, &shape, cu, mask, None, isa, ctx);
             // `normed` now takes the attention output, normed, then added.
-            layer.o.matmul(ctx, normed, false, par, xb);
+            layer.o.matmul(ctx, normed, false, par, staged);
             par_rows(normed, h, |rows| {
                 if !layer.o.b.is_empty() {
                     rows.chunks_exact_mut(h)
@@ -457,7 +459,7 @@ impl Gemma3 {
             add_residual(hidden, normed);
             normed.copy_from_slice(hidden);
             par_rows(normed, h, |rows| rms_norm(rows, &layer.pre_ff_norm, eps));
-            layer.gate_up.matmul(normed, wide, false, par, xb);
+            layer.gate_up.matmul(normed, wide, false, par, staged);
             wide.par_chunks(2 * iw)
                 .zip(inter.par_chunks_mut(iw))
                 .for_each(|(w, out)| {
@@ -466,7 +468,7 @@ impl Gemma3 {
                         *o = gelu_tanh(*g) * u;
                     }
                 });
-            layer.down.matmul(inter, normed, false, par, xb);
+            layer.down.matmul(inter, normed, false, par, staged);
             par_rows(normed, h, |rows| rms_norm(rows, &layer.post_ff_norm, eps));
             add_residual(hidden, normed);
         }
@@ -492,17 +494,17 @@ impl TokenModel for Gemma3 {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) -> bool {
         for layer in &mut self.layers {
             for linear in [&mut layer.qkv, &mut layer.o, &mut layer.gate_up, &mut layer.down] {
-                linear.pack_bf16(isa);
+                linear.pack(format);
             }
         }
         true
     }
 
-    fn runs_bf16(&self) -> bool {
-        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
+    fn dense_format(&self) -> Option<DenseFormat> {
+        self.layers.first().and_then(|l| l.qkv.format())
     }
 }
 

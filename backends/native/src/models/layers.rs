@@ -1,5 +1,5 @@
-//! Building blocks every architecture shares: dense layers (f32 or packed
-//! bf16), norms, packed-batch checks and attention over a packed batch with
+//! Building blocks every architecture shares: dense layers (f32, or packed
+//! bf16 or int8), norms, packed-batch checks and attention over a packed batch with
 //! optional grouped-query heads, causal or windowed masks and score biases.
 
 use std::cell::RefCell;
@@ -8,14 +8,16 @@ use gemm::Parallelism;
 use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 
+use super::DenseFormat;
 use crate::kernels::bf16::{self, Bf16Isa, PackedBf16};
+use crate::kernels::int8::{self, Int8Isa, PackedInt8, QuantizedRows};
 use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
 /// A dense layer with its weight transposed to [in, out], the layout the
-/// GEMM reads fastest, or packed as bf16 (then `w` is empty).
+/// GEMM reads fastest, or packed in a [`DenseFormat`] (then `w` is empty).
 pub(crate) struct Linear {
-    /// [inputs, outputs], row-major; empty once packed as bf16.
+    /// [inputs, outputs], row-major; empty once packed.
     pub w: Vec<f32>,
     /// [outputs]; empty for a layer without bias.
     pub b: Vec<f32>,
@@ -23,8 +25,25 @@ pub(crate) struct Linear {
     pub inputs: usize,
     /// Output width.
     pub outputs: usize,
-    /// The bf16 weight and the detected CPU support its GEMM runs on.
-    pub packed: Option<(Bf16Isa, PackedBf16)>,
+    /// The packed weight, when the layer runs a reduced-precision GEMM.
+    pub packed: Option<PackedWeight>,
+}
+
+/// A weight packed for a reduced-precision GEMM, with the detected CPU
+/// support that GEMM runs on.
+pub(crate) enum PackedWeight {
+    /// See [`crate::kernels::bf16`].
+    Bf16(Bf16Isa, PackedBf16),
+    /// See [`crate::kernels::int8`].
+    Int8(Int8Isa, PackedInt8),
+}
+
+/// Where a packed GEMM puts its converted activations; one per model
+/// scratchpad, reused from layer to layer.
+#[derive(Default)]
+pub(crate) struct Staging {
+    bf16: Vec<u16>,
+    int8: QuantizedRows,
 }
 
 impl Linear {
@@ -55,9 +74,16 @@ impl Linear {
     }
 
     /// `out[T, outputs] = x[T, inputs] · W`, added to `out`'s contents when
-    /// `accumulate` (the bias is not applied here). The bf16 GEMM rounds `x`
-    /// into `xb` first.
-    pub fn matmul(&self, x: &[f32], out: &mut [f32], accumulate: bool, par: Parallelism, xb: &mut Vec<u16>) {
+    /// `accumulate` (the bias is not applied here). A packed GEMM converts
+    /// `x` into `staged` first.
+    pub fn matmul(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        accumulate: bool,
+        par: Parallelism,
+        staged: &mut Staging,
+    ) {
         let rows = x.len() / self.inputs;
         assert!(
             x.len() == rows * self.inputs && out.len() == rows * self.outputs,
@@ -67,14 +93,22 @@ impl Linear {
             self.inputs,
             self.outputs
         );
-        if let Some((isa, packed)) = &self.packed {
-            let threads = match par {
-                Parallelism::Rayon(n) => n,
-                _ => 1,
-            };
-            bf16::pack_rows(*isa, x, self.inputs, xb);
-            bf16::gemm(*isa, xb, rows, packed, out, accumulate, threads);
-            return;
+        let threads = match par {
+            Parallelism::Rayon(n) => n,
+            _ => 1,
+        };
+        match &self.packed {
+            Some(PackedWeight::Bf16(isa, packed)) => {
+                bf16::pack_rows(*isa, x, self.inputs, &mut staged.bf16);
+                bf16::gemm(*isa, &staged.bf16, rows, packed, out, accumulate, threads);
+                return;
+            }
+            Some(PackedWeight::Int8(isa, packed)) => {
+                int8::quantize_rows(*isa, x, self.inputs, &mut staged.int8);
+                int8::gemm(*isa, &staged.int8, rows, packed, out, accumulate, threads);
+                return;
+            }
+            None => {}
         }
         assert_eq!(
             self.w.len(),
@@ -134,11 +168,25 @@ impl Linear {
         })
     }
 
-    /// Packs the weight as bf16 for `isa` and drops the f32 copy.
-    pub fn pack_bf16(&mut self, isa: Bf16Isa) {
+    /// Packs the weight in `format` and drops the f32 copy (once: a packed
+    /// layer keeps its first format).
+    pub fn pack(&mut self, format: DenseFormat) {
         if self.packed.is_none() {
-            self.packed = Some((isa, PackedBf16::pack(&self.w, self.inputs, self.outputs)));
+            let (k, n) = (self.inputs, self.outputs);
+            self.packed = Some(match format {
+                DenseFormat::Bf16(isa) => PackedWeight::Bf16(isa, PackedBf16::pack(&self.w, k, n)),
+                DenseFormat::Int8(isa) => PackedWeight::Int8(isa, PackedInt8::pack(&self.w, k, n)),
+            });
             self.w = Vec::new();
+        }
+    }
+
+    /// The format the layer runs in; `None`: f32.
+    pub fn format(&self) -> Option<DenseFormat> {
+        match &self.packed {
+            Some(PackedWeight::Bf16(isa, _)) => Some(DenseFormat::Bf16(*isa)),
+            Some(PackedWeight::Int8(isa, _)) => Some(DenseFormat::Int8(*isa)),
+            None => None,
         }
     }
 }

@@ -18,8 +18,10 @@ pub mod xlm_roberta;
 use papersys_backend_core::EmbedError;
 use std::sync::Mutex;
 
+use crate::Precision;
 use crate::config::ModelConfig;
 use crate::kernels::bf16::Bf16Isa;
+use crate::kernels::int8::Int8Isa;
 use crate::weights::Tensors;
 
 /// A transformer run on packed batches: sequences back to back, `cu` the
@@ -38,12 +40,43 @@ pub trait TokenModel: Send + Sync {
         hidden: &mut Vec<f32>,
     ) -> Result<(), EmbedError>;
 
-    /// Switches the dense layers to the bf16 GEMM on `isa`; false when this
-    /// architecture has no bf16 path (it then keeps computing in f32).
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool;
+    /// Repacks the weights of the dense layers for `format` (dropping the
+    /// f32 copies); false when this architecture has no such path (it then
+    /// keeps computing in f32).
+    fn pack_dense(&mut self, format: DenseFormat) -> bool;
 
-    /// Whether the dense layers run the bf16 GEMM.
-    fn runs_bf16(&self) -> bool;
+    /// The format the dense layers run in; `None`: f32.
+    fn dense_format(&self) -> Option<DenseFormat>;
+}
+
+/// A reduced-precision form of the dense layers' weights and GEMM, with the
+/// detected CPU support it runs on. Attention, norms and activations stay
+/// f32 in every format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseFormat {
+    /// bf16 weights and activations, f32 sums (`precision = "bfloat16"`).
+    Bf16(Bf16Isa),
+    /// int8 weights (one scale per output) and activations (one scale and
+    /// zero point per token), exact i32 sums (`precision = "int8"`).
+    Int8(Int8Isa),
+}
+
+impl DenseFormat {
+    /// The `precision` setting that asks for this format.
+    pub fn precision(self) -> Precision {
+        match self {
+            DenseFormat::Bf16(_) => Precision::BF16,
+            DenseFormat::Int8(_) => Precision::Int8,
+        }
+    }
+
+    /// The instructions its GEMM runs on, for logs and status.
+    pub fn kernel(self) -> &'static str {
+        match self {
+            DenseFormat::Bf16(_) => "avx512-bf16",
+            DenseFormat::Int8(_) => "avx512-vnni",
+        }
+    }
 }
 
 /// The buffers a model reuses from batch to batch. The engine runs one

@@ -12,12 +12,11 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::layers::{
-    AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows,
-    parallelism, positions,
+    AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, Staging, attention, check_packed, grow,
+    par_rows, parallelism, positions,
 };
-use super::{Architecture, ModelShape, Scratchpad, TokenModel};
+use super::{Architecture, DenseFormat, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
-use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
@@ -236,7 +235,8 @@ struct Scratch {
     ctx: Vec<f32>,
     wide: Vec<f32>,
     inter: Vec<f32>,
-    xb: Vec<u16>,
+    /// Activations converted for a packed GEMM.
+    staged: Staging,
     pos: Vec<u32>,
     global_table: RopeTable,
     local_table: RopeTable,
@@ -335,7 +335,7 @@ impl ModernBert {
             ctx,
             wide,
             inter,
-            xb,
+            staged,
             pos,
             global_table,
             local_table,
@@ -383,7 +383,7 @@ impl ModernBert {
                 Some(n) => norm_into(hidden, normed, n),
                 None => normed.copy_from_slice(hidden),
             }
-            layer.wqkv.matmul(normed, qkv, false, par, xb);
+            layer.wqkv.matmul(normed, qkv, false, par, staged);
             add_bias(qkv, &layer.wqkv);
             let (rope, table, mask) = if layer.global {
                 (&self.global_rope, &*global_table, Mask::Full)
@@ -392,10 +392,10 @@ impl ModernBert {
             };
             rope.apply(qkv, &shape, pos, table);
             attention(qkv, &shape, cu, mask, None, isa, ctx);
-            layer.wo.matmul(ctx, hidden, true, par, xb);
+            layer.wo.matmul(ctx, hidden, true, par, staged);
             add_bias(hidden, &layer.wo);
             norm_into(hidden, normed, &layer.mlp_norm);
-            layer.wi.matmul(normed, wide, false, par, xb);
+            layer.wi.matmul(normed, wide, false, par, staged);
             add_bias(wide, &layer.wi);
             wide.par_chunks_mut(2 * inter_w)
                 .zip(inter.par_chunks_mut(inter_w))
@@ -406,7 +406,7 @@ impl ModernBert {
                         *o = a * g;
                     }
                 });
-            layer.mlp_out.matmul(inter, hidden, true, par, xb);
+            layer.mlp_out.matmul(inter, hidden, true, par, staged);
             add_bias(hidden, &layer.mlp_out);
         }
         let n = &self.final_norm;
@@ -434,17 +434,17 @@ impl TokenModel for ModernBert {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) -> bool {
         for layer in &mut self.layers {
             for linear in [&mut layer.wqkv, &mut layer.wo, &mut layer.wi, &mut layer.mlp_out] {
-                linear.pack_bf16(isa);
+                linear.pack(format);
             }
         }
         true
     }
 
-    fn runs_bf16(&self) -> bool {
-        self.layers.first().is_some_and(|l| l.wqkv.packed.is_some())
+    fn dense_format(&self) -> Option<DenseFormat> {
+        self.layers.first().and_then(|l| l.wqkv.format())
     }
 }
 

@@ -12,11 +12,10 @@ use papersys_backend_core::EmbedError;
 use serde::Deserialize;
 
 use super::layers::{
-    AttentionShape, LayerNorm, Linear, Mask, attention, check_packed, grow, par_rows, parallelism,
+    AttentionShape, LayerNorm, Linear, Mask, Staging, attention, check_packed, grow, par_rows, parallelism,
 };
-use super::{Architecture, ModelShape, Scratchpad, TokenModel};
+use super::{Architecture, DenseFormat, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
-use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
@@ -139,7 +138,8 @@ struct Scratch {
     qkv: Vec<f32>,
     ctx: Vec<f32>,
     inter: Vec<f32>,
-    xb: Vec<u16>,
+    /// Activations converted for a packed GEMM.
+    staged: Staging,
 }
 
 /// A loaded MPNet encoder with its reusable buffers.
@@ -235,7 +235,7 @@ impl Mpnet {
             qkv,
             ctx,
             inter,
-            xb,
+            staged,
         } = s;
         grow(hidden, tokens * h);
         grow(qkv, tokens * 3 * h);
@@ -285,16 +285,16 @@ impl Mpnet {
             }
         };
         for layer in &self.layers {
-            layer.qkv.matmul(hidden, qkv, false, par, xb);
+            layer.qkv.matmul(hidden, qkv, false, par, staged);
             par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.qkv.b));
             attention(qkv, &shape, cu, Mask::Full, Some(&position_bias), isa, ctx);
-            layer.out.matmul(ctx, hidden, true, par, xb);
+            layer.out.matmul(ctx, hidden, true, par, staged);
             layer_norm(hidden, Some(&layer.out.b), &layer.attn_norm);
-            layer.ffn_in.matmul(hidden, inter, false, par, xb);
+            layer.ffn_in.matmul(hidden, inter, false, par, staged);
             par_rows(inter, self.intermediate, |rows| {
                 kernels::bias_gelu_with(rows, &layer.ffn_in.b, isa)
             });
-            layer.ffn_out.matmul(inter, hidden, true, par, xb);
+            layer.ffn_out.matmul(inter, hidden, true, par, staged);
             layer_norm(hidden, Some(&layer.ffn_out.b), &layer.ffn_norm);
         }
         Ok(())
@@ -312,7 +312,7 @@ impl TokenModel for Mpnet {
         self.scratch.forward(len, out, pass, |s| &s.hidden)
     }
 
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) -> bool {
         for layer in &mut self.layers {
             for linear in [
                 &mut layer.qkv,
@@ -320,14 +320,14 @@ impl TokenModel for Mpnet {
                 &mut layer.ffn_in,
                 &mut layer.ffn_out,
             ] {
-                linear.pack_bf16(isa);
+                linear.pack(format);
             }
         }
         true
     }
 
-    fn runs_bf16(&self) -> bool {
-        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
+    fn dense_format(&self) -> Option<DenseFormat> {
+        self.layers.first().and_then(|l| l.qkv.format())
     }
 }
 

@@ -15,12 +15,11 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::layers::{
-    AttentionShape, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows, parallelism,
-    positions,
+    AttentionShape, Linear, Mask, Rope, RopeTable, Staging, attention, check_packed, grow, par_rows,
+    parallelism, positions,
 };
-use super::{Architecture, ModelShape, Scratchpad, TokenModel};
+use super::{Architecture, DenseFormat, ModelShape, Scratchpad, TokenModel};
 use crate::config::ModelConfig;
-use crate::kernels::bf16::Bf16Isa;
 use crate::kernels::{self, Isa};
 use crate::weights::Tensors;
 
@@ -215,7 +214,8 @@ struct Scratch {
     act: Vec<f32>,
     positions: Vec<u32>,
     rope: RopeTable,
-    xb: Vec<u16>,
+    /// Activations converted for a packed GEMM.
+    staged: Staging,
 }
 
 /// A loaded Qwen3 model with its reusable buffers.
@@ -321,7 +321,7 @@ impl Qwen3 {
             act,
             positions,
             rope,
-            xb,
+            staged,
         } = s;
         let hidden = &mut hidden[..tokens * h];
         let normed = &mut normed[..tokens * h];
@@ -351,7 +351,7 @@ impl Qwen3 {
         };
         for layer in &self.layers {
             rms_into(hidden, normed, &layer.input_norm);
-            layer.qkv.matmul(normed, qkv, false, par, xb);
+            layer.qkv.matmul(normed, qkv, false, par, staged);
             if !layer.qkv.b.is_empty() {
                 par_rows(qkv, width, |rows| kernels::add_bias_inplace(rows, &layer.qkv.b));
             }
@@ -364,17 +364,17 @@ impl Qwen3 {
             });
             self.rope.apply(qkv, &shape, positions, rope);
             attention(qkv, &shape, cu, Mask::Causal, None, isa, ctx);
-            layer.o.matmul(ctx, hidden, true, par, xb);
+            layer.o.matmul(ctx, hidden, true, par, staged);
             if !layer.o.b.is_empty() {
                 par_rows(hidden, h, |rows| kernels::add_bias_inplace(rows, &layer.o.b));
             }
             rms_into(hidden, normed, &layer.post_norm);
-            layer.gate_up.matmul(normed, gate_up, false, par, xb);
+            layer.gate_up.matmul(normed, gate_up, false, par, staged);
             let inter = c.intermediate;
             act.par_chunks_mut(inter * 32)
                 .zip(gate_up.par_chunks(2 * inter * 32))
                 .for_each(|(a, gu)| kernels::silu_mul_with(gu, a, inter, isa));
-            layer.down.matmul(act, hidden, true, par, xb);
+            layer.down.matmul(act, hidden, true, par, staged);
         }
         par_rows(hidden, h, |rows| kernels::rms_norm_inplace(rows, &self.norm, eps));
         Ok(())
@@ -398,16 +398,16 @@ impl TokenModel for Qwen3 {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) -> bool {
         for layer in &mut self.layers {
             for linear in [&mut layer.qkv, &mut layer.o, &mut layer.gate_up, &mut layer.down] {
-                linear.pack_bf16(isa);
+                linear.pack(format);
             }
         }
         true
     }
 
-    fn runs_bf16(&self) -> bool {
-        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
+    fn dense_format(&self) -> Option<DenseFormat> {
+        self.layers.first().and_then(|l| l.qkv.format())
     }
 }

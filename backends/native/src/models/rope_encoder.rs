@@ -16,11 +16,10 @@ use papersys_backend_core::EmbedError;
 use rayon::prelude::*;
 
 use super::layers::{
-    AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, attention, check_packed, grow, par_rows,
-    parallelism, positions,
+    AttentionShape, LayerNorm, Linear, Mask, Rope, RopeTable, Staging, attention, check_packed, grow,
+    par_rows, parallelism, positions,
 };
-use super::{Scratchpad, TokenModel};
-use crate::kernels::bf16::Bf16Isa;
+use super::{DenseFormat, Scratchpad, TokenModel};
 use crate::kernels::{self, Isa};
 
 /// The activation of the gate half of the MLP.
@@ -93,7 +92,8 @@ struct Scratch {
     act: Vec<f32>,
     positions: Vec<u32>,
     rope: RopeTable,
-    xb: Vec<u16>,
+    /// Activations converted for a packed GEMM.
+    staged: Staging,
 }
 
 /// A loaded rotary encoder with its reusable buffers.
@@ -155,7 +155,7 @@ impl RopeEncoder {
             act,
             positions,
             rope,
-            xb,
+            staged,
         } = s;
         let hidden = &mut hidden[..tokens * h];
         let qkv = &mut qkv[..tokens * 3 * h];
@@ -186,22 +186,22 @@ impl RopeEncoder {
             v: 2 * h,
         };
         for layer in &self.layers {
-            layer.qkv.matmul(hidden, qkv, false, par, xb);
+            layer.qkv.matmul(hidden, qkv, false, par, staged);
             if !layer.qkv.b.is_empty() {
                 par_rows(qkv, 3 * h, |rows| kernels::add_bias_inplace(rows, &layer.qkv.b));
             }
             c.rope.apply(qkv, &shape, positions, rope);
             attention(qkv, &shape, cu, Mask::Full, None, isa, ctx);
-            layer.out.matmul(ctx, hidden, true, par, xb);
+            layer.out.matmul(ctx, hidden, true, par, staged);
             layer_norm(hidden, &layer.out.b, &layer.attn_norm);
-            layer.gate_up.matmul(hidden, gate_up, false, par, xb);
+            layer.gate_up.matmul(hidden, gate_up, false, par, staged);
             if !layer.gate_up.b.is_empty() {
                 par_rows(gate_up, 2 * inter, |rows| {
                     kernels::add_bias_inplace(rows, &layer.gate_up.b)
                 });
             }
             gated(c.activation, c.gate_order, gate_up, act, inter, isa);
-            layer.down.matmul(act, hidden, true, par, xb);
+            layer.down.matmul(act, hidden, true, par, staged);
             layer_norm(hidden, &layer.down.b, &layer.mlp_norm);
         }
         Ok(())
@@ -270,7 +270,7 @@ impl TokenModel for RopeEncoder {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn use_bf16(&mut self, isa: Bf16Isa) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) -> bool {
         for layer in &mut self.layers {
             for linear in [
                 &mut layer.qkv,
@@ -278,14 +278,14 @@ impl TokenModel for RopeEncoder {
                 &mut layer.gate_up,
                 &mut layer.down,
             ] {
-                linear.pack_bf16(isa);
+                linear.pack(format);
             }
         }
         true
     }
 
-    fn runs_bf16(&self) -> bool {
-        self.layers.first().is_some_and(|l| l.qkv.packed.is_some())
+    fn dense_format(&self) -> Option<DenseFormat> {
+        self.layers.first().and_then(|l| l.qkv.format())
     }
 }
 
