@@ -751,17 +751,48 @@ pub fn rms_norm_inplace(x: &mut [f32], weight: &[f32], eps: f32) {
 /// When `out` is not whole rows of `width` values or `gate_up` does not hold
 /// twice as many.
 pub fn silu_mul_with(gate_up: &[f32], out: &mut [f32], width: usize, isa: Isa) {
-    assert_rows("silu_mul", out, width);
+    gate_by_sigmoid("silu_mul", gate_up, out, width, isa, |g| -g);
+}
+
+/// √(2/π), the tanh GELU's constant.
+const GELU_TANH_C: f32 = 0.797_884_6;
+
+/// GeGLU with PyTorch's tanh GELU (`gelu(x, approximate="tanh")`, Gemma's
+/// `gelu_pytorch_tanh`): for every row of `gate_up` (`[gate | up]`,
+/// `2·width` values) writes `gelu_tanh(gate) · up` into the matching row of
+/// `out`. Computed as `g / (1 + e^(-2·√(2/π)·(g + 0.044715·g³)))`, the same
+/// function as `0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³)))`, with the exp
+/// of `isa` (libm's scalar tanh had cost as much as the int8 GEMMs).
+///
+/// # Panics
+/// As [`silu_mul_with`].
+pub fn gelu_tanh_mul_with(gate_up: &[f32], out: &mut [f32], width: usize, isa: Isa) {
+    gate_by_sigmoid("gelu_tanh_mul", gate_up, out, width, isa, |g| {
+        -2.0 * GELU_TANH_C * (g + 0.044_715 * g * g * g)
+    });
+}
+
+/// `out = gate / (1 + e^exponent(gate)) · up`, row by row: a gate times
+/// the sigmoid of a function of it.
+fn gate_by_sigmoid(
+    kernel: &str,
+    gate_up: &[f32],
+    out: &mut [f32],
+    width: usize,
+    isa: Isa,
+    exponent: impl Fn(f32) -> f32,
+) {
+    assert_rows(kernel, out, width);
     assert_eq!(
         gate_up.len(),
         2 * out.len(),
-        "kernels::silu_mul: {} gate/up values for {} outputs",
+        "kernels::{kernel}: {} gate/up values for {} outputs",
         gate_up.len(),
         out.len()
     );
     for (gu, o) in gate_up.chunks_exact(2 * width).zip(out.chunks_exact_mut(width)) {
         let (gate, up) = gu.split_at(width);
-        o.iter_mut().zip(gate).for_each(|(o, g)| *o = -g);
+        o.iter_mut().zip(gate).for_each(|(o, g)| *o = exponent(*g));
         exp_with(o, isa);
         for ((o, g), u) in o.iter_mut().zip(gate).zip(up) {
             *o = g / (1.0 + *o) * u;
@@ -1093,6 +1124,46 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Against PyTorch's values and the tanh formula in f64, on every
+    /// kernel family, from far below zero (where e^… overflows) to far above.
+    #[test]
+    fn gelu_tanh_mul_matches_the_tanh_formula() {
+        // torch.nn.functional.gelu(x, approximate="tanh") for x = -1, 0.5, 2.
+        let known = [(-1.0f32, -0.158_808f32), (0.5, 0.345_714), (2.0, 1.954_598)];
+        let mut gate_up: Vec<f32> = (0..60).map(|i| (i as f32 - 30.0) * 0.4).collect();
+        gate_up[..3].copy_from_slice(&[-1.0, 0.5, 2.0]);
+        gate_up[3] = -200.0;
+        gate_up[4] = 200.0;
+        gate_up[30..60]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, u)| *u = 1.0 + i as f32 * 0.01);
+        gate_up[30..33].fill(1.0);
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; 30];
+            gelu_tanh_mul_with(&gate_up, &mut out, 30, isa);
+            for (j, (x, want)) in known.iter().enumerate() {
+                assert!(
+                    (out[j] - want).abs() < 1e-5,
+                    "{isa:?}: gelu_tanh({x}) = {}",
+                    out[j]
+                );
+            }
+            for j in 0..30 {
+                let g = gate_up[j] as f64;
+                let c = GELU_TANH_C as f64;
+                let want =
+                    0.5 * g * (1.0 + (c * (g + 0.044_715 * g * g * g)).tanh()) * gate_up[30 + j] as f64;
+                let o = out[j] as f64;
+                assert!(
+                    (o - want).abs() <= 1e-6 * want.abs().max(1.0),
+                    "{isa:?} at {g}: {o} vs {want}"
+                );
+            }
+            assert!(out[3].abs() < 1e-30, "{isa:?}: far below zero: {}", out[3]);
         }
     }
 }
