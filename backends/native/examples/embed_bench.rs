@@ -13,7 +13,9 @@
 //! current one. `--gemm` instead measures the fp32 GEMM rate of the `gemm`
 //! crate at the model's largest shape (for the hardware bound), or at
 //! `--gemm-shape MxKxN`, and beside it the engine's bf16 and int8 GEMMs
-//! (activation packing included) where this CPU has their instructions.
+//! (activation packing included) where this CPU has their instructions;
+//! `--gemm --peak` adds the instruction-bound fp32 FMA and int8 VNNI rates
+//! on the same threads (the ceiling of every GEMM here).
 
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
@@ -37,6 +39,7 @@ struct Args {
     max_length: Option<usize>,
     gemm: bool,
     gemm_shape: (usize, usize, usize),
+    peak: bool,
     save: Option<PathBuf>,
     precision: String,
 }
@@ -54,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
         max_length: None,
         gemm: false,
         gemm_shape: (8192, 384, 1536),
+        peak: false,
         save: None,
         precision: "auto".into(),
     };
@@ -74,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
             "--save-f32" => args.save = Some(value()?.into()),
             "--precision" => args.precision = value()?,
             "--gemm" => args.gemm = true,
+            "--peak" => args.peak = true,
             "--gemm-shape" => {
                 let v = value()?;
                 let dims: Vec<usize> = v
@@ -88,7 +93,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 println!(
                     "embed_bench --texts FILE.jsonl [--threads N] [--batch-size N] [--runs N] [--warmup N] \
-                     [--limit N] [--max-length N] [--name ID] [--model-path DIR] [--save-f32 FILE] [--precision P] | --gemm [--gemm-shape MxKxN] [--threads N]"
+                     [--limit N] [--max-length N] [--name ID] [--model-path DIR] [--save-f32 FILE] [--precision P] | --gemm [--gemm-shape MxKxN] [--peak] [--threads N]"
                 );
                 std::process::exit(0);
             }
@@ -206,6 +211,106 @@ fn gemm_rate(threads: usize, (m, k, n): (usize, usize, usize)) -> f64 {
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
+/// The instruction-bound rates of this CPU on `threads` threads at once:
+/// 512-bit fp32 FMAs and, where present, VNNI int8 dot products, each
+/// thread running 12 independent accumulator chains with no memory
+/// traffic. No GEMM passes these: `(name, GFLOP/s or GOP/s)`.
+fn instruction_peaks(threads: usize) -> Vec<(&'static str, f64)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        const STEPS: usize = 20_000_000;
+
+        // Twelve independent chains in named registers: enough to cover the
+        // latency of both units, with no loads or stores in the loop.
+        macro_rules! chains {
+            ($step:ident, $start:expr, $b:expr, $c:expr) => {{
+                let mut acc = [$start; 12];
+                let (b, c) = std::hint::black_box(($b, $c));
+                let [
+                    mut a0,
+                    mut a1,
+                    mut a2,
+                    mut a3,
+                    mut a4,
+                    mut a5,
+                    mut a6,
+                    mut a7,
+                    mut a8,
+                    mut a9,
+                    mut a10,
+                    mut a11,
+                ] = acc;
+                for _ in 0..STEPS {
+                    a0 = $step(a0, b, c);
+                    a1 = $step(a1, b, c);
+                    a2 = $step(a2, b, c);
+                    a3 = $step(a3, b, c);
+                    a4 = $step(a4, b, c);
+                    a5 = $step(a5, b, c);
+                    a6 = $step(a6, b, c);
+                    a7 = $step(a7, b, c);
+                    a8 = $step(a8, b, c);
+                    a9 = $step(a9, b, c);
+                    a10 = $step(a10, b, c);
+                    a11 = $step(a11, b, c);
+                }
+                acc = [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11];
+                std::hint::black_box(acc);
+            }};
+        }
+
+        /// # Safety
+        /// AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn fma_chains() {
+            chains!(
+                _mm512_fmadd_ps,
+                _mm512_set1_ps(1.0),
+                _mm512_set1_ps(0.999_9),
+                _mm512_set1_ps(1e-4)
+            );
+        }
+
+        /// # Safety
+        /// AVX-512F and AVX512-VNNI.
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn vnni_chains() {
+            chains!(
+                _mm512_dpbusd_epi32,
+                _mm512_setzero_si512(),
+                _mm512_set1_epi8(3),
+                _mm512_set1_epi8(-2)
+            );
+        }
+
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("thread pool");
+        let rate = |run: fn(), ops_per_step: f64| {
+            let t = Instant::now();
+            pool.broadcast(|_| run());
+            ops_per_step * (STEPS * 12 * threads) as f64 / t.elapsed().as_secs_f64() / 1e9
+        };
+        let mut peaks = Vec::new();
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F detected just above.
+            peaks.push(("fp32-fma-peak", rate(|| unsafe { fma_chains() }, 32.0)));
+            if is_x86_feature_detected!("avx512vnni") {
+                // SAFETY: AVX-512F and AVX512-VNNI detected just above.
+                peaks.push(("int8-vnni-peak", rate(|| unsafe { vnni_chains() }, 128.0)));
+            }
+        }
+        peaks
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        Vec::new()
+    }
+}
+
 /// The engine's packed GEMMs at the same shape, each with its activation
 /// packing step, as a linear layer runs them: `(name, GFLOP/s)`.
 fn packed_gemm_rates(threads: usize, (m, k, n): (usize, usize, usize)) -> Vec<(&'static str, f64)> {
@@ -275,6 +380,14 @@ fn main() {
                 "{}",
                 serde_json::json!({"engine": engine, "threads": threads, "shape": [m, k, n], "gemm_gflops": rate})
             );
+        }
+        if args.peak {
+            for (engine, rate) in instruction_peaks(threads) {
+                println!(
+                    "{}",
+                    serde_json::json!({"engine": engine, "threads": threads, "peak_gops": rate})
+                );
+            }
         }
         return;
     }

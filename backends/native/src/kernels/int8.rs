@@ -33,7 +33,7 @@ const MR: usize = 6;
 const MC: usize = 96;
 /// Largest input count whose sums cannot overflow i32:
 /// 255 · 127 · k < 2³¹.
-const MAX_INPUTS: usize = 66_000;
+pub const MAX_INPUTS: usize = 66_000;
 
 pub use token::Int8Isa;
 

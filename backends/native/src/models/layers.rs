@@ -169,9 +169,12 @@ impl Linear {
     }
 
     /// Packs the weight in `format` and drops the f32 copy (once: a packed
-    /// layer keeps its first format).
+    /// layer keeps its first format). A layer too wide for exact int8 sums
+    /// (over [`int8::MAX_INPUTS`] inputs, which no released model has)
+    /// stays f32.
     pub fn pack(&mut self, format: DenseFormat) {
-        if self.packed.is_none() {
+        let too_wide = matches!(format, DenseFormat::Int8(_)) && self.inputs > int8::MAX_INPUTS;
+        if self.packed.is_none() && !too_wide {
             let (k, n) = (self.inputs, self.outputs);
             self.packed = Some(match format {
                 DenseFormat::Bf16(isa) => PackedWeight::Bf16(isa, PackedBf16::pack(&self.w, k, n)),
