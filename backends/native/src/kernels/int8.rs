@@ -129,15 +129,6 @@ impl PackedInt8 {
             w.len()
         );
         assert!(k <= MAX_INPUTS, "int8::pack: {k} inputs overflow the i32 sums");
-        let mut scale = vec![0f32; n];
-        for row in w.chunks_exact(n.max(1)) {
-            for (s, x) in scale.iter_mut().zip(row) {
-                *s = s.max(x.abs());
-            }
-        }
-        for s in &mut scale {
-            *s /= 127.0;
-        }
         let quantize = |x: f32, s: f32| -> i8 {
             if s > 0.0 {
                 (x / s).round_ties_even().clamp(-127.0, 127.0) as i8
@@ -148,22 +139,34 @@ impl PackedInt8 {
         let kq = k.div_ceil(4);
         let panels = n.div_ceil(NP);
         let mut data = vec![0i8; panels * kq * NP * 4];
+        let mut scale = vec![0f32; n];
         let mut column_sum = vec![0i32; n];
-        for (j, panel) in data.chunks_exact_mut(kq * NP * 4).enumerate() {
-            for (p, quads) in panel.chunks_exact_mut(NP * 4).enumerate() {
-                for c in 0..NP.min(n - j * NP) {
-                    let col = j * NP + c;
-                    for h in 0..4 {
-                        let row = 4 * p + h;
-                        if row < k {
-                            let q = quantize(w[row * n + col], scale[col]);
-                            quads[4 * c + h] = q;
-                            column_sum[col] += q as i32;
+        // One panel of columns per task (a model's load packs every layer).
+        data.par_chunks_exact_mut((kq * NP * 4).max(1))
+            .zip(scale.par_chunks_mut(NP))
+            .zip(column_sum.par_chunks_mut(NP))
+            .enumerate()
+            .for_each(|(j, ((panel, scale), sums))| {
+                let first = j * NP;
+                for row in w.chunks_exact(n) {
+                    for (s, x) in scale.iter_mut().zip(&row[first..]) {
+                        *s = s.max(x.abs());
+                    }
+                }
+                scale.iter_mut().for_each(|s| *s /= 127.0);
+                for (p, quads) in panel.chunks_exact_mut(NP * 4).enumerate() {
+                    for (c, (s, sum)) in scale.iter().zip(sums.iter_mut()).enumerate() {
+                        for h in 0..4 {
+                            let row = 4 * p + h;
+                            if row < k {
+                                let q = quantize(w[row * n + first + c], *s);
+                                quads[4 * c + h] = q;
+                                *sum += q as i32;
+                            }
                         }
                     }
                 }
-            }
-        }
+            });
         PackedInt8 {
             k,
             n,
@@ -586,6 +589,8 @@ mod tests {
 
     #[test]
     fn weights_are_within_half_a_step_of_their_column_scale() {
+        let empty = PackedInt8::pack(&[], 0, 3);
+        assert_eq!((empty.inputs(), empty.outputs(), empty.row_stride()), (0, 3, 0));
         for (k, n) in [(1, 1), (3, 5), (4, 64), (7, 65), (10, 130)] {
             let mut w = lcg(11, k * n);
             w[0] = 0.0;
