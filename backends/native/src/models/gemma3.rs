@@ -279,39 +279,6 @@ struct Gemma3 {
     scratch: Scratchpad<Scratch>,
 }
 
-/// Concatenates the columns of dense layers with the same input width.
-fn fuse(parts: &[Linear]) -> Linear {
-    let inputs = parts[0].inputs;
-    let outputs = parts.iter().map(|l| l.outputs).sum();
-    let mut w = Vec::with_capacity(inputs * outputs);
-    for r in 0..inputs {
-        for l in parts {
-            w.extend_from_slice(&l.w[r * l.outputs..(r + 1) * l.outputs]);
-        }
-    }
-    let b = if parts.iter().all(|l| l.b.is_empty()) {
-        Vec::new()
-    } else {
-        parts
-            .iter()
-            .flat_map(|l| {
-                if l.b.is_empty() {
-                    vec![0.0; l.outputs]
-                } else {
-                    l.b.clone()
-                }
-            })
-            .collect()
-    };
-    Linear {
-        w,
-        b,
-        inputs,
-        outputs,
-        packed: None,
-    }
-}
-
 impl Gemma3 {
     fn load(t: &Tensors<'_>, prefix: &str, cfg: Gemma3Config) -> Result<Self, EmbedError> {
         let (h, dh) = (cfg.hidden, cfg.head_dim);
@@ -330,12 +297,12 @@ impl Gemma3 {
         for (i, &global) in cfg.global.iter().enumerate() {
             let l = |s: &str| n(&format!("layers.{i}.{s}"));
             let bias = cfg.attention_bias;
-            let qkv = fuse(&[
+            let qkv = Linear::side_by_side(&[
                 Linear::load(t, &l("self_attn.q_proj"), h, q_out, bias)?,
                 Linear::load(t, &l("self_attn.k_proj"), h, kv_out, bias)?,
                 Linear::load(t, &l("self_attn.v_proj"), h, kv_out, bias)?,
             ]);
-            let gate_up = fuse(&[
+            let gate_up = Linear::side_by_side(&[
                 Linear::load(t, &l("mlp.gate_proj"), h, cfg.intermediate, false)?,
                 Linear::load(t, &l("mlp.up_proj"), h, cfg.intermediate, false)?,
             ]);

@@ -51,23 +51,45 @@ impl Linear {
     /// k, then v, as `attention` reads them), with `q` scaled by `q_scale`
     /// (the attention's 1/sqrt(head_dim), folded in at load). All three
     /// take the same inputs.
-    pub(crate) fn fused_qkv(q: Linear, k: Linear, v: Linear, q_scale: f32) -> Linear {
-        let outputs = q.outputs + k.outputs + v.outputs;
-        let mut w = Vec::with_capacity(q.inputs * outputs);
-        for r in 0..q.inputs {
-            w.extend(
-                q.w[r * q.outputs..(r + 1) * q.outputs]
-                    .iter()
-                    .map(|x| x * q_scale),
-            );
-            w.extend_from_slice(&k.w[r * k.outputs..(r + 1) * k.outputs]);
-            w.extend_from_slice(&v.w[r * v.outputs..(r + 1) * v.outputs]);
+    pub(crate) fn fused_qkv(mut q: Linear, k: Linear, v: Linear, q_scale: f32) -> Linear {
+        q.w.iter_mut().chain(&mut q.b).for_each(|x| *x *= q_scale);
+        Linear::side_by_side(&[q, k, v])
+    }
+
+    /// One layer computing `parts` at once: their columns side by side, in
+    /// order, for the same inputs ([inputs, Σ outputs]). A part without a
+    /// bias gets zeros beside the others' biases; no bias when none has one.
+    pub(crate) fn side_by_side(parts: &[Linear]) -> Linear {
+        let inputs = parts.first().map_or(0, |p| p.inputs);
+        assert!(
+            parts.iter().all(|p| p.inputs == inputs && p.packed.is_none()),
+            "Linear::side_by_side: parts differ in inputs or are packed"
+        );
+        let outputs = parts.iter().map(|p| p.outputs).sum();
+        let mut w = Vec::with_capacity(inputs * outputs);
+        for r in 0..inputs {
+            for p in parts {
+                w.extend_from_slice(&p.w[r * p.outputs..(r + 1) * p.outputs]);
+            }
         }
-        let b = q.b.iter().map(|x| x * q_scale).chain(k.b).chain(v.b).collect();
+        let b = if parts.iter().all(|p| p.b.is_empty()) {
+            Vec::new()
+        } else {
+            parts
+                .iter()
+                .flat_map(|p| {
+                    if p.b.is_empty() {
+                        vec![0.0; p.outputs]
+                    } else {
+                        p.b.clone()
+                    }
+                })
+                .collect()
+        };
         Linear {
             w,
             b,
-            inputs: q.inputs,
+            inputs,
             outputs,
             packed: None,
         }

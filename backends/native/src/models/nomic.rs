@@ -288,31 +288,6 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
     Ok(Box::new(encoder(t, &config(cfg)?)?))
 }
 
-/// Concatenates the columns of transposed weights ([inputs, outputs_i]
-/// each) into one [inputs, Σ outputs_i] layer; biases likewise (all or none).
-fn fuse(parts: &[Linear]) -> Linear {
-    let inputs = parts[0].inputs;
-    let outputs = parts.iter().map(|p| p.outputs).sum();
-    let mut w = Vec::with_capacity(inputs * outputs);
-    for r in 0..inputs {
-        for p in parts {
-            w.extend_from_slice(&p.w[r * p.outputs..(r + 1) * p.outputs]);
-        }
-    }
-    let b = if parts.iter().all(|p| !p.b.is_empty()) {
-        parts.iter().flat_map(|p| p.b.iter().copied()).collect()
-    } else {
-        Vec::new()
-    };
-    Linear {
-        w,
-        b,
-        inputs,
-        outputs,
-        packed: None,
-    }
-}
-
 /// The column order that turns interleaved rotary pairs (2j, 2j+1) of
 /// every head in `0..width` into the half-split pairs (j, j + head_dim/2):
 /// new column `c` reads old column `order[c]`.
@@ -400,7 +375,7 @@ fn encoder(t: &Tensors<'_>, cfg: &NomicConfig) -> Result<RopeEncoder, EmbedError
                 qkv: linear(&l("attn.Wqkv"), h, 3 * h, cfg.qkv_bias)?,
                 out: linear(&l("attn.out_proj"), h, h, cfg.qkv_bias)?,
                 attn_norm: norm(&l("norm1"))?,
-                gate_up: fuse(&[
+                gate_up: Linear::side_by_side(&[
                     linear(&l("mlp.fc12"), h, inter, cfg.fc1_bias)?,
                     linear(&l("mlp.fc11"), h, inter, cfg.fc1_bias)?,
                 ]),
@@ -411,10 +386,10 @@ fn encoder(t: &Tensors<'_>, cfg: &NomicConfig) -> Result<RopeEncoder, EmbedError
             let l = |s: &str| n(&format!("layers.{i}.{s}"));
             let proj = |s: &str| linear(&l(&format!("self_attn.{s}_proj")), h, h, cfg.qkv_bias);
             RopeLayer {
-                qkv: fuse(&[proj("q")?, proj("k")?, proj("v")?]),
+                qkv: Linear::side_by_side(&[proj("q")?, proj("k")?, proj("v")?]),
                 out: proj("o")?,
                 attn_norm: norm(&l("post_attention_layernorm"))?,
-                gate_up: fuse(&[
+                gate_up: Linear::side_by_side(&[
                     linear(&l("mlp.gate_proj"), h, inter, cfg.fc1_bias)?,
                     linear(&l("mlp.up_proj"), h, inter, cfg.fc1_bias)?,
                 ]),

@@ -229,31 +229,6 @@ pub struct Qwen3 {
     scratch: Scratchpad<Scratch>,
 }
 
-/// Concatenates the columns of transposed weights ([inputs, outputs_i]
-/// each) into one [inputs, Σ outputs_i] layer, biases likewise.
-fn fuse(parts: &[Linear]) -> Linear {
-    let inputs = parts[0].inputs;
-    let outputs = parts.iter().map(|p| p.outputs).sum();
-    let mut w = Vec::with_capacity(inputs * outputs);
-    for r in 0..inputs {
-        for p in parts {
-            w.extend_from_slice(&p.w[r * p.outputs..(r + 1) * p.outputs]);
-        }
-    }
-    let b = if parts.iter().all(|p| !p.b.is_empty()) {
-        parts.iter().flat_map(|p| p.b.iter().copied()).collect()
-    } else {
-        Vec::new()
-    };
-    Linear {
-        w,
-        b,
-        inputs,
-        outputs,
-        packed: None,
-    }
-}
-
 fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, EmbedError> {
     let c = config(cfg)?;
     let prefix = t.find_prefix(&PREFIXES, "embed_tokens.weight")?;
@@ -275,12 +250,12 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
         let q_norm = t.get(&l("self_attn.q_norm.weight"), &[dh])?;
         layers.push(Layer {
             input_norm: t.get(&l("input_layernorm.weight"), &[h])?,
-            qkv: fuse(&[q, k, v]),
+            qkv: Linear::side_by_side(&[q, k, v]),
             q_norm: q_norm.iter().map(|w| w * scale).collect(),
             k_norm: t.get(&l("self_attn.k_norm.weight"), &[dh])?,
             o: linear("self_attn.o_proj", c.heads * dh, h, c.bias)?,
             post_norm: t.get(&l("post_attention_layernorm.weight"), &[h])?,
-            gate_up: fuse(&[gate, up]),
+            gate_up: Linear::side_by_side(&[gate, up]),
             down: linear("mlp.down_proj", c.intermediate, h, false)?,
         });
     }
