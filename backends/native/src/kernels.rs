@@ -62,6 +62,7 @@ const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 pub mod bf16;
 pub mod int8;
+mod tiles;
 
 use isa::Family;
 pub use isa::Isa;

@@ -18,12 +18,13 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::tiles::{SharedOut, for_each_tile};
+
 /// Output columns per packed panel: four vectors of 16 f32 accumulators.
 pub const NP: usize = 64;
 /// Rows of one register tile (6 × 4 accumulators of the 32 registers).
 const MR: usize = 6;
-/// Rows per parallel task: the task's activations stay in L2 while every
-/// weight panel streams past them.
+/// Rows per parallel task (see [`for_each_tile`]).
 const MC: usize = 96;
 
 pub use token::Bf16Isa;
@@ -230,52 +231,33 @@ pub fn gemm(
     if m == 0 || w.n == 0 {
         return;
     }
-    let panels = w.n.div_ceil(NP);
-    let row_chunks = m.div_ceil(MC);
-    // Enough tasks for every worker even when the batch is short.
-    let groups = (2 * threads.max(1)).div_ceil(row_chunks).clamp(1, panels);
-    let per_group = panels.div_ceil(groups);
-    let out = SendPtr(c.as_mut_ptr());
+    let out = SharedOut(c.as_mut_ptr());
     let n = w.n;
-    (0..row_chunks * groups).into_par_iter().for_each(|task| {
-        let (chunk, group) = (task / groups, task % groups);
-        let rows = chunk * MC..(chunk * MC + MC).min(m);
-        let cols = group * per_group..((group + 1) * per_group).min(panels);
+    for_each_tile(m, n.div_ceil(NP), threads, MR, MC, |rows, j| {
         let out = &out;
-        for j in cols {
-            let width = NP.min(n - j * NP);
-            let panel = &w.data[j * w.kp * NP * 2..(j + 1) * w.kp * NP * 2];
-            let mut r = rows.start;
-            while r < rows.end {
-                let mr = MR.min(rows.end - r);
-                // SAFETY: rows r..r+mr of `a` (stride lda) and the panel's
-                // kp pairs are in bounds (asserted above); c's rows r..r+mr,
-                // columns j·NP..j·NP+width are in bounds and written by this
-                // task only (tasks own disjoint rows × panels).
-                unsafe {
-                    tile_dispatch(
-                        isa,
-                        mr,
-                        &a[r * lda..(r + mr) * lda],
-                        lda,
-                        panel,
-                        w.kp,
-                        out.0.add(r * n + j * NP),
-                        n,
-                        width,
-                        accumulate,
-                    );
-                }
-                r += mr;
-            }
+        let width = NP.min(n - j * NP);
+        let panel = &w.data[j * w.kp * NP * 2..(j + 1) * w.kp * NP * 2];
+        let (r, mr) = (rows.start, rows.len());
+        // SAFETY: rows r..r+mr of `a` (stride lda) and the panel's kp pairs
+        // are in bounds (asserted above); c's rows r..r+mr, columns
+        // j·NP..j·NP+width are in bounds and this call's alone
+        // (`for_each_tile` hands out each tile once).
+        unsafe {
+            tile_dispatch(
+                isa,
+                mr,
+                &a[r * lda..(r + mr) * lda],
+                lda,
+                panel,
+                w.kp,
+                out.0.add(r * n + j * NP),
+                n,
+                width,
+                accumulate,
+            );
         }
     });
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: hands disjoint regions of one buffer to rayon tasks.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 /// # Safety
 /// `a` holds `mr` rows of `lda` (≥ 2·kp) values, `panel` kp·NP·2 values,
