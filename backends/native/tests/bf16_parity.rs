@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::{assert_parity, cosine, fixtures, read_reference};
-use papersys_backend_core::{Embedder, Embeddings};
+use common::{assert_close, assert_parity, cosines, embed, fixtures, read_reference};
+use papersys_backend_core::Embedder;
 use papersys_backend_native::kernels::bf16::Bf16Dispatch;
 use papersys_backend_native::{CpuDispatch, DEFAULT_MODEL, NativeEmbedder, NativeOptions, Precision};
 
@@ -33,29 +33,6 @@ fn tiny(dir: &str, precision: &str) -> NativeOptions {
         precision: Precision::parse(precision).expect("a precision spelling"),
         ..NativeOptions::default()
     }
-}
-
-fn embed(embedder: &NativeEmbedder, texts: &[String]) -> Embeddings {
-    let prepared = embedder.prepare(texts.to_vec()).unwrap();
-    embedder.embed(&prepared).unwrap()
-}
-
-/// (worst, mean) cosine of `got`'s rows against `want` (flat rows).
-fn cosines(got: &Embeddings, want: &[f32]) -> (f64, f64) {
-    let d = got.dimension();
-    let all: Vec<f64> = got
-        .rows()
-        .enumerate()
-        .map(|(i, row)| cosine(row, &want[i * d..(i + 1) * d]))
-        .collect();
-    let worst = all.iter().copied().fold(1.0, f64::min);
-    (worst, all.iter().sum::<f64>() / all.len() as f64)
-}
-
-fn assert_close(what: &str, (worst, mean): (f64, f64)) {
-    eprintln!("{what}: worst cosine {worst:.7}, mean {mean:.8}");
-    assert!(worst >= MIN_COSINE, "{what}: worst cosine {worst} < {MIN_COSINE}");
-    assert!(mean >= MEAN_COSINE, "{what}: mean cosine {mean} < {MEAN_COSINE}");
 }
 
 /// bf16 against sentence-transformers and the f32 engine on one fixture.
@@ -95,10 +72,14 @@ fn check(name: &str, fixture: &str, bf16: NativeOptions, f32: NativeOptions) {
     assert_close(
         &format!("{name} bf16 vs sentence-transformers fp32"),
         cosines(&got, &reference.vectors),
+        MIN_COSINE,
+        MEAN_COSINE,
     );
     assert_close(
         &format!("{name} bf16 vs papersys fp32"),
         cosines(&got, want.as_flat()),
+        MIN_COSINE,
+        MEAN_COSINE,
     );
 }
 

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_parity, cosine, fixture_options, fixtures, read_reference};
+use common::{assert_close, assert_parity, cosines, embed, fixture_options, fixtures, read_reference};
 use papersys_backend_core::{Embedder, Embeddings};
 use papersys_backend_native::kernels::int8::Int8Dispatch;
 use papersys_backend_native::{CpuDispatch, DEFAULT_MODEL, NativeEmbedder, NativeOptions, Precision};
@@ -36,29 +36,6 @@ fn minilm(precision: &str) -> NativeOptions {
         },
         precision,
     )
-}
-
-fn embed(embedder: &NativeEmbedder, texts: &[String]) -> Embeddings {
-    let prepared = embedder.prepare(texts.to_vec()).unwrap();
-    embedder.embed(&prepared).unwrap()
-}
-
-/// (worst, mean) cosine of `got`'s rows against `want` (flat rows).
-fn cosines(got: &Embeddings, want: &[f32]) -> (f64, f64) {
-    let d = got.dimension();
-    let all: Vec<f64> = got
-        .rows()
-        .enumerate()
-        .map(|(i, row)| cosine(row, &want[i * d..(i + 1) * d]))
-        .collect();
-    let worst = all.iter().copied().fold(1.0, f64::min);
-    (worst, all.iter().sum::<f64>() / all.len() as f64)
-}
-
-fn assert_close(what: &str, (worst, mean): (f64, f64), min: f64, mean_floor: f64) {
-    eprintln!("{what}: worst cosine {worst:.7}, mean {mean:.8}");
-    assert!(worst >= min, "{what}: worst cosine {worst} < {min}");
-    assert!(mean >= mean_floor, "{what}: mean cosine {mean} < {mean_floor}");
 }
 
 /// Loads `int8` and `f32`, checks what each says it runs and records, and

@@ -85,6 +85,43 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// `texts` embedded the way the pipeline does (prepare, then embed).
+#[allow(
+    dead_code,
+    reason = "each test crate includes this module; not all compare whole runs"
+)]
+pub fn embed(embedder: &NativeEmbedder, texts: &[String]) -> Embeddings {
+    let prepared = embedder.prepare(texts.to_vec()).unwrap();
+    embedder.embed(&prepared).unwrap()
+}
+
+/// (worst, mean) cosine of `got`'s rows against `want` (flat rows).
+#[allow(
+    dead_code,
+    reason = "each test crate includes this module; not all compare whole runs"
+)]
+pub fn cosines(got: &Embeddings, want: &[f32]) -> (f64, f64) {
+    let d = got.dimension();
+    let all: Vec<f64> = got
+        .rows()
+        .enumerate()
+        .map(|(i, row)| cosine(row, &want[i * d..(i + 1) * d]))
+        .collect();
+    let worst = all.iter().copied().fold(1.0, f64::min);
+    (worst, all.iter().sum::<f64>() / all.len() as f64)
+}
+
+/// Prints `what`'s worst and mean cosine and holds them to their floors.
+#[allow(
+    dead_code,
+    reason = "each test crate includes this module; not all compare whole runs"
+)]
+pub fn assert_close(what: &str, (worst, mean): (f64, f64), min: f64, mean_floor: f64) {
+    eprintln!("{what}: worst cosine {worst:.7}, mean {mean:.8}");
+    assert!(worst >= min, "{what}: worst cosine {worst} < {min}");
+    assert!(mean >= mean_floor, "{what}: mean cosine {mean} < {mean_floor}");
+}
+
 /// Checks tokenisation id-for-id and every vector's cosine similarity.
 pub fn assert_parity(embedder: &NativeEmbedder, reference: &Reference, min_cosine: f64) -> Embeddings {
     for (i, (text, want)) in reference.texts.iter().zip(&reference.ids).enumerate() {
