@@ -233,12 +233,31 @@ pub(crate) fn grow(v: &mut Vec<f32>, len: usize) {
 
 /// `w` ([rows, cols], row-major) transposed to [cols, rows].
 pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    // Bands of 32 output rows, one rayon task each, filled 32 input rows at
+    // a time so the strided writes stay in cache.
+    const BAND: usize = 32;
+    assert_eq!(
+        w.len(),
+        rows * cols,
+        "transpose: {} values are not [{rows}, {cols}]",
+        w.len()
+    );
     let mut t = vec![0.0; w.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = w[r * cols + c];
-        }
+    if rows == 0 || cols == 0 {
+        return t;
     }
+    t.par_chunks_mut(BAND * rows).enumerate().for_each(|(band, out)| {
+        let first = band * BAND;
+        let width = out.len() / rows;
+        for block in (0..rows).step_by(BAND) {
+            for r in block..(block + BAND).min(rows) {
+                let src = &w[r * cols + first..r * cols + first + width];
+                for (dc, &x) in src.iter().enumerate() {
+                    out[dc * rows + r] = x;
+                }
+            }
+        }
+    });
     t
 }
 
@@ -850,6 +869,20 @@ mod tests {
         a.table(&mut ta, 4);
         b.table(&mut tb, 4);
         assert_eq!((ta.cos, ta.sin), (tb.cos, tb.sin));
+    }
+
+    #[test]
+    fn transpose_moves_every_value_on_every_band_and_tail_shape() {
+        for (rows, cols) in [(1, 1), (3, 70), (70, 3), (33, 65), (64, 32), (0, 5)] {
+            let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transpose(&w, rows, cols);
+            assert_eq!(t.len(), w.len());
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], w[r * cols + c], "[{rows}, {cols}] at ({r}, {c})");
+                }
+            }
+        }
     }
 
     #[test]
