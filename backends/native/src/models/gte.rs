@@ -306,13 +306,6 @@ fn stacked(
     })
 }
 
-fn layer_norm(t: &Tensors<'_>, name: &str, h: usize) -> Result<LayerNorm, EmbedError> {
-    Ok(LayerNorm {
-        gamma: t.get(&format!("{name}.weight"), &[h])?,
-        beta: t.get(&format!("{name}.bias"), &[h])?,
-    })
-}
-
 /// Loads `layout`'s weights into the shared rotary encoder: GELU on the
 /// second (gate) half of `up_gate_proj`, NTK-scaled RoPE when configured.
 fn encoder(
@@ -333,7 +326,7 @@ fn encoder(
             row.iter_mut().zip(&types[..h]).for_each(|(w, t)| *w += t);
         }
     }
-    let emb_ln = layer_norm(t, &n("embeddings.LayerNorm"), h)?;
+    let emb_ln = LayerNorm::load(t, &n("embeddings.LayerNorm"), h, true)?;
     let mut layers = Vec::with_capacity(cfg.layers);
     for i in 0..cfg.layers {
         let layer = match layout {
@@ -342,10 +335,10 @@ fn encoder(
                 RopeLayer {
                     qkv: Linear::load(t, &l("attention.qkv_proj"), h, 3 * h, true)?,
                     out: Linear::load(t, &l("attention.o_proj"), h, h, true)?,
-                    attn_norm: layer_norm(t, &l("attn_ln"), h)?,
+                    attn_norm: LayerNorm::load(t, &l("attn_ln"), h, true)?,
                     gate_up: Linear::load(t, &l("mlp.up_gate_proj"), h, 2 * inter, false)?,
                     down: Linear::load(t, &l("mlp.down_proj"), inter, h, true)?,
-                    mlp_norm: layer_norm(t, &l("mlp_ln"), h)?,
+                    mlp_norm: LayerNorm::load(t, &l("mlp_ln"), h, true)?,
                 }
             }
             Layout::Transformers => {
@@ -355,10 +348,10 @@ fn encoder(
                 RopeLayer {
                     qkv: stacked(t, &qkv, h, true)?,
                     out: Linear::load(t, &l("self_attn.o_proj"), h, h, true)?,
-                    attn_norm: layer_norm(t, &l("post_attention_layernorm"), h)?,
+                    attn_norm: LayerNorm::load(t, &l("post_attention_layernorm"), h, true)?,
                     gate_up: stacked(t, &up_gate, h, false)?,
                     down: Linear::load(t, &l("mlp.down_proj"), inter, h, true)?,
-                    mlp_norm: layer_norm(t, &l("post_mlp_layernorm"), h)?,
+                    mlp_norm: LayerNorm::load(t, &l("post_mlp_layernorm"), h, true)?,
                 }
             }
         };

@@ -224,6 +224,21 @@ pub(crate) struct LayerNorm {
     pub beta: Vec<f32>,
 }
 
+impl LayerNorm {
+    /// Loads `{name}.weight` and, when `bias`, `{name}.bias` ([width]
+    /// each); without a bias the shift is zero.
+    pub fn load(t: &Tensors<'_>, name: &str, width: usize, bias: bool) -> Result<Self, EmbedError> {
+        Ok(LayerNorm {
+            gamma: t.get(&format!("{name}.weight"), &[width])?,
+            beta: if bias {
+                t.get(&format!("{name}.bias"), &[width])?
+            } else {
+                vec![0.0; width]
+            },
+        })
+    }
+}
+
 /// Grows `v` to at least `len` elements (zeros), never shrinks it.
 pub(crate) fn grow(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {

@@ -255,25 +255,12 @@ pub(crate) struct ModernBert {
     scratch: Scratchpad<Scratch>,
 }
 
-/// Loads `{name}.weight` and, when `bias`, `{name}.bias`; a norm without a
-/// bias gets zeros.
-fn layer_norm(t: &Tensors<'_>, name: &str, h: usize, bias: bool) -> Result<LayerNorm, EmbedError> {
-    Ok(LayerNorm {
-        gamma: t.get(&format!("{name}.weight"), &[h])?,
-        beta: if bias {
-            t.get(&format!("{name}.bias"), &[h])?
-        } else {
-            vec![0.0; h]
-        },
-    })
-}
-
 impl ModernBert {
     fn load(t: &Tensors<'_>, prefix: &str, cfg: ModernBertConfig) -> Result<Self, EmbedError> {
         let h = cfg.hidden;
         let n = |s: &str| format!("{prefix}{s}");
         let word = t.get(&n("embeddings.tok_embeddings.weight"), &[cfg.vocab, h])?;
-        let emb_norm = layer_norm(t, &n("embeddings.norm"), h, cfg.norm_bias)?;
+        let emb_norm = LayerNorm::load(t, &n("embeddings.norm"), h, cfg.norm_bias)?;
         let scale = 1.0 / ((h / cfg.heads) as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.global.len());
         for (i, &global) in cfg.global.iter().enumerate() {
@@ -288,17 +275,17 @@ impl ModernBert {
                 attn_norm: if i == 0 {
                     None
                 } else {
-                    Some(layer_norm(t, &l("attn_norm"), h, cfg.norm_bias)?)
+                    Some(LayerNorm::load(t, &l("attn_norm"), h, cfg.norm_bias)?)
                 },
                 wqkv,
                 wo: Linear::load(t, &l("attn.Wo"), h, h, cfg.attention_bias)?,
-                mlp_norm: layer_norm(t, &l("mlp_norm"), h, cfg.norm_bias)?,
+                mlp_norm: LayerNorm::load(t, &l("mlp_norm"), h, cfg.norm_bias)?,
                 wi: Linear::load(t, &l("mlp.Wi"), h, 2 * cfg.intermediate, cfg.mlp_bias)?,
                 mlp_out: Linear::load(t, &l("mlp.Wo"), cfg.intermediate, h, cfg.mlp_bias)?,
                 global,
             });
         }
-        let final_norm = layer_norm(t, &n("final_norm"), h, cfg.norm_bias)?;
+        let final_norm = LayerNorm::load(t, &n("final_norm"), h, cfg.norm_bias)?;
         let dh = h / cfg.heads;
         Ok(ModernBert {
             global_rope: Rope::new(cfg.global_theta, dh),

@@ -168,12 +168,7 @@ fn load(cfg: &ModelConfig, t: &Tensors<'_>) -> Result<Box<dyn TokenModel>, Embed
     let prefix = t.find_prefix(&PREFIXES, "embeddings.word_embeddings.weight")?;
     let n = |s: &str| format!("{prefix}{s}");
     let h = c.hidden_size;
-    let norm = |s: &str| -> Result<LayerNorm, EmbedError> {
-        Ok(LayerNorm {
-            gamma: t.get(&n(&format!("{s}.weight")), &[h])?,
-            beta: t.get(&n(&format!("{s}.bias")), &[h])?,
-        })
-    };
+    let norm = |s: &str| LayerNorm::load(t, &n(s), h, true);
     let scale = 1.0 / ((h / c.num_attention_heads) as f32).sqrt();
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {

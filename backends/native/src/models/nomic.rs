@@ -342,12 +342,7 @@ fn encoder(t: &Tensors<'_>, cfg: &NomicConfig) -> Result<RopeEncoder, EmbedError
     // A bias is read when the config asks for it, or, without a flag,
     // when the checkpoint has it.
     let has = |flag: Option<bool>, name: &str| flag.unwrap_or_else(|| t.contains(&format!("{name}.bias")));
-    let norm = |name: &str| -> Result<LayerNorm, EmbedError> {
-        Ok(LayerNorm {
-            gamma: t.get(&format!("{name}.weight"), &[h])?,
-            beta: t.get(&format!("{name}.bias"), &[h])?,
-        })
-    };
+    let norm = |name: &str| LayerNorm::load(t, name, h, true);
     let word = t.get(&n("embeddings.word_embeddings.weight"), &[cfg.vocab, h])?;
     let types = t.get(
         &n("embeddings.token_type_embeddings.weight"),
