@@ -169,14 +169,13 @@ fn weights_sha256(weights: &WeightsFile) -> String {
 }
 
 /// Packs the model's dense layers for a reduced `precision` when this CPU
-/// and this architecture run it, else leaves them f32 with a warning that
-/// says why; returns what the forward pass runs on (for logs and status).
+/// runs it, else leaves them f32 with a warning that says why; returns what
+/// the forward pass runs on (for logs and status).
 fn pack_dense_layers(
     model: &mut dyn TokenModel,
     precision: Precision,
     dispatch: CpuDispatch,
     opts: &NativeOptions,
-    model_type: &str,
 ) -> String {
     let (format, feature) = match precision {
         Precision::BF16 => (
@@ -196,21 +195,16 @@ fn pack_dense_layers(
         Precision::F32 | Precision::F16 => return "cpu float32".to_string(),
     };
     match format {
-        Some(format) if model.pack_dense(format) => format!("cpu {precision} ({})", format.kernel()),
-        Some(_) => {
-            tracing::warn!(
-                model = %opts.name,
-                model_type,
-                "precision \"{precision}\" is not built for this architecture: \
-                 computing in float32 instead (vectors are recorded as float32)"
-            );
-            format!("cpu float32 ({precision} requested, not built for this architecture)")
+        Some(format) => {
+            model.pack_dense(format);
+            format!("cpu {precision} ({})", format.kernel())
         }
         None => {
             tracing::warn!(
                 model = %opts.name,
                 "precision \"{precision}\" needs a CPU with {feature}, which this one lacks: \
-                 computing in float32 instead (vectors are recorded as float32)"
+                 computing in float32 instead (vectors are recorded as float32); \
+                 set precision = \"float32\" to silence this"
             );
             format!("cpu float32 ({precision} requested, no {feature})")
         }
@@ -334,7 +328,7 @@ impl NativeEmbedder {
                 setup.shape.hidden
             )));
         }
-        let path = pack_dense_layers(model.as_mut(), precision, dispatch, opts, &setup.model.model_type);
+        let path = pack_dense_layers(model.as_mut(), precision, dispatch, opts);
         let sha = weights_sha256(&weights);
         drop(weights);
         let threads = resolve_threads(opts.threads);

@@ -322,9 +322,8 @@ impl TokenModel for EncoderModel {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn pack_dense(&mut self, format: DenseFormat) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) {
         self.encoder.pack_dense(format);
-        true
     }
 
     fn dense_format(&self) -> Option<DenseFormat> {

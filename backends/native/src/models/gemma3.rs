@@ -450,13 +450,12 @@ impl TokenModel for Gemma3 {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn pack_dense(&mut self, format: DenseFormat) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) {
         for layer in &mut self.layers {
             for linear in [&mut layer.qkv, &mut layer.o, &mut layer.gate_up, &mut layer.down] {
                 linear.pack(format);
             }
         }
-        true
     }
 
     fn dense_format(&self) -> Option<DenseFormat> {

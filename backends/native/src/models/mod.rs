@@ -41,9 +41,8 @@ pub trait TokenModel: Send + Sync {
     ) -> Result<(), EmbedError>;
 
     /// Repacks the weights of the dense layers for `format` (dropping the
-    /// f32 copies); false when this architecture has no such path (it then
-    /// keeps computing in f32).
-    fn pack_dense(&mut self, format: DenseFormat) -> bool;
+    /// f32 copies): every architecture lists its dense layers here.
+    fn pack_dense(&mut self, format: DenseFormat);
 
     /// The format the dense layers run in; `None`: f32.
     fn dense_format(&self) -> Option<DenseFormat>;

@@ -421,13 +421,12 @@ impl TokenModel for ModernBert {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn pack_dense(&mut self, format: DenseFormat) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) {
         for layer in &mut self.layers {
             for linear in [&mut layer.wqkv, &mut layer.wo, &mut layer.wi, &mut layer.mlp_out] {
                 linear.pack(format);
             }
         }
-        true
     }
 
     fn dense_format(&self) -> Option<DenseFormat> {

@@ -307,7 +307,7 @@ impl TokenModel for Mpnet {
         self.scratch.forward(len, out, pass, |s| &s.hidden)
     }
 
-    fn pack_dense(&mut self, format: DenseFormat) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) {
         for layer in &mut self.layers {
             for linear in [
                 &mut layer.qkv,
@@ -318,7 +318,6 @@ impl TokenModel for Mpnet {
                 linear.pack(format);
             }
         }
-        true
     }
 
     fn dense_format(&self) -> Option<DenseFormat> {

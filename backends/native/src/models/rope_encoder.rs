@@ -270,7 +270,7 @@ impl TokenModel for RopeEncoder {
         self.scratch.forward(len, hidden, pass, |s| &s.hidden)
     }
 
-    fn pack_dense(&mut self, format: DenseFormat) -> bool {
+    fn pack_dense(&mut self, format: DenseFormat) {
         for layer in &mut self.layers {
             for linear in [
                 &mut layer.qkv,
@@ -281,7 +281,6 @@ impl TokenModel for RopeEncoder {
                 linear.pack(format);
             }
         }
-        true
     }
 
     fn dense_format(&self) -> Option<DenseFormat> {
