@@ -299,6 +299,8 @@ unsafe fn tile_dispatch(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
+    use crate::kernels::tiles::avx512::store;
+    use crate::kernels::tiles::lanes;
 
     /// Converts 16 values at a time; returns how many were done.
     ///
@@ -359,14 +361,7 @@ mod avx512 {
                     if lo >= width {
                         break;
                     }
-                    let left = width - lo;
-                    let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
-                    let dst = c.add(r * ldc + lo);
-                    let mut x = *acc;
-                    if accumulate {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, dst));
-                    }
-                    _mm512_mask_storeu_ps(dst, mask, x);
+                    store(c.add(r * ldc + lo), lanes(width - lo), *acc, accumulate);
                 }
             }
         }
@@ -376,16 +371,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: u32, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::tiles::lcg;
 
     fn round(x: f32) -> f64 {
         half::bf16::from_bits(to_bf16(x)).to_f32() as f64

@@ -443,6 +443,8 @@ unsafe fn tile_dispatch(
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::*;
+    use crate::kernels::tiles::avx512::store;
+    use crate::kernels::tiles::lanes;
 
     /// The smallest and largest of the first whole 16s of `src`, each
     /// starting from 0 (NaN when one of them is NaN), and how many values
@@ -538,17 +540,12 @@ mod avx512 {
                     if lo >= width {
                         break;
                     }
-                    let left = width - lo;
-                    let mask: __mmask16 = if left >= 16 { 0xffff } else { (1u16 << left) - 1 };
+                    let mask = lanes(width - lo);
                     let sum = _mm512_maskz_loadu_epi32(mask, columns.sum.as_ptr().add(lo));
                     let scale = _mm512_maskz_loadu_ps(mask, columns.scale.as_ptr().add(lo));
                     let exact = _mm512_sub_epi32(*acc, _mm512_mullo_epi32(zero, sum));
-                    let dst = c.add(r * ldc + lo);
-                    let mut x = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(row_scale, scale));
-                    if accumulate {
-                        x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, dst));
-                    }
-                    _mm512_mask_storeu_ps(dst, mask, x);
+                    let x = _mm512_mul_ps(_mm512_cvtepi32_ps(exact), _mm512_mul_ps(row_scale, scale));
+                    store(c.add(r * ldc + lo), mask, x, accumulate);
                 }
             }
         }
@@ -558,16 +555,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: u32, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (s >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernels::tiles::lcg;
 
     #[test]
     fn weights_are_within_half_a_step_of_their_column_scale() {

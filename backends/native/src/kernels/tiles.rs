@@ -1,5 +1,6 @@
-//! How the packed GEMMs ([`super::bf16`], [`super::int8`]) split an output
-//! of `m` rows × column panels among rayon tasks.
+//! What the packed GEMMs ([`super::bf16`], [`super::int8`]) share: how an
+//! output of `m` rows × column panels is split among rayon tasks, and how a
+//! tile's accumulators are written out.
 
 use std::ops::Range;
 
@@ -47,6 +48,49 @@ pub(crate) struct SharedOut(pub(crate) *mut f32);
 // the disjoint tile regions `for_each_tile` hands out, once each.
 unsafe impl Sync for SharedOut {}
 unsafe impl Send for SharedOut {}
+
+/// The lane mask of the first `left` values of a 16-lane vector (all 16
+/// when `left` ≥ 16): a panel's last, partial vector.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn lanes(left: usize) -> u16 {
+    if left >= 16 { u16::MAX } else { (1u16 << left) - 1 }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// Writes the lanes of `x` that `mask` selects to `dst`, added to what
+    /// is there when `accumulate`.
+    ///
+    /// # Safety
+    /// AVX-512F; every lane `mask` selects is a writable value at `dst`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) unsafe fn store(dst: *mut f32, mask: __mmask16, x: __m512, accumulate: bool) {
+        // SAFETY: the masked load and store touch only the selected lanes.
+        unsafe {
+            let x = if accumulate {
+                _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, dst))
+            } else {
+                x
+            };
+            _mm512_mask_storeu_ps(dst, mask, x);
+        }
+    }
+}
+
+/// Reproducible values in [-1, 1) for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn lcg(seed: u32, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
 
 #[cfg(test)]
 mod tests {
