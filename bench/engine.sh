@@ -19,6 +19,7 @@
 # the engine's parity fixture.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo/bench/lib.sh"
 texts="" n=512 threads=2 batch=32 rounds=3 bf16=0 st=1
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -41,27 +42,21 @@ trap 'rm -rf "$work"' EXIT
 
 if [ -z "$texts" ]; then
   texts="$work/texts.jsonl"
-  "$py" - "$repo" "$n" "$texts" <<'PY'
+  if [ -f "$repo/../shared/data/arxiv-real/records.jsonl" ]; then
+    shared_texts "$py" "$n" "$texts"
+  else
+    "$py" - "$repo" "$n" "$texts" <<'PY'
 import json, os, sys
 repo, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-records = os.path.join(repo, "..", "shared", "data", "arxiv-real", "records.jsonl")
-rows = []
-if os.path.exists(records):
-    with open(records, encoding="utf-8") as fh:
-        for line in fh:
-            r = json.loads(line)
-            rows.append((r["title"] + "\n\n" + r["abstract"]).strip())
-            if len(rows) >= n:
-                break
-else:
-    fixture = os.path.join(repo, "backends", "native", "tests", "fixtures", "minilm", "texts.jsonl")
-    with open(fixture, encoding="utf-8") as fh:
-        rows = [json.loads(line)["text"] for line in fh][:n]
+fixture = os.path.join(repo, "backends", "native", "tests", "fixtures", "minilm", "texts.jsonl")
+with open(fixture, encoding="utf-8") as fh:
+    rows = [json.loads(line)["text"] for line in fh][:n]
 with open(out, "w", encoding="utf-8") as fh:
     for t in rows:
         fh.write(json.dumps({"text": t}) + "\n")
-print(f"{len(rows)} texts", file=sys.stderr)
+print(f"{len(rows)} fixture texts (no shared records)", file=sys.stderr)
 PY
+  fi
 fi
 
 model_dir="$("$py" -c '

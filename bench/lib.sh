@@ -20,6 +20,29 @@ measure() {
   if [ "$own_err" = 1 ]; then rm -f "$err"; fi
 }
 
+# shared_texts PYTHON N OUT: the first N shared real records
+# (../shared/data/arxiv-real/records.jsonl) written to OUT as the engine
+# benchmarks' texts, one JSON line {"text": title + "\n\n" + abstract} each;
+# fails, saying so, when the records are missing.
+shared_texts() {
+  "$1" - "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)" "$2" "$3" <<'PY'
+import json, os, sys
+repo, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+records = os.path.join(repo, "..", "shared", "data", "arxiv-real", "records.jsonl")
+if not os.path.exists(records):
+    sys.exit(f"{records} is missing: the shared real records are the benchmark's texts")
+count = 0
+with open(records, encoding="utf-8") as fh, open(out, "w", encoding="utf-8") as dst:
+    for line in fh:
+        if count >= n:
+            break
+        r = json.loads(line)
+        dst.write(json.dumps({"text": (r["title"] + "\n\n" + r["abstract"]).strip()}) + "\n")
+        count += 1
+print(f"{count} texts", file=sys.stderr)
+PY
+}
+
 # median: the median of the numbers on stdin, one a line.
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 

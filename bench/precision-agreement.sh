@@ -16,6 +16,7 @@
 # instead of building one.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo/bench/lib.sh"
 precision=int8 n=2694 k=10 model="" max_length=256 threads=2
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,19 +35,7 @@ target="${CARGO_TARGET_DIR:-$repo/target}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
-"$py" - "$repo" "$n" "$work/texts.jsonl" <<'PY'
-import json, os, sys
-repo, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-records = os.path.join(repo, "..", "shared", "data", "arxiv-real", "records.jsonl")
-if not os.path.exists(records):
-    sys.exit(f"{records} is missing: the shared real records are the benchmark's texts")
-with open(records, encoding="utf-8") as fh, open(out, "w", encoding="utf-8") as dst:
-    for i, line in enumerate(fh):
-        if i >= n:
-            break
-        r = json.loads(line)
-        dst.write(json.dumps({"text": (r["title"] + "\n\n" + r["abstract"]).strip()}) + "\n")
-PY
+shared_texts "$py" "$n" "$work/texts.jsonl"
 
 bench="${EMBED_BENCH:-}"
 if [ -z "$bench" ]; then
